@@ -1,0 +1,25 @@
+//! wechat-notify: a gRPC service that sends WeChat Mini Program subscribe messages over a
+//! shared per-app access-token cache.
+//!
+//! Modules, with imports pointing one way (top to bottom):
+//! - [`server`]: composition root (health, reflection, metrics, shutdown).
+//! - [`grpc`]: protobuf <-> domain translation; [`error`]: the one place that picks a gRPC code.
+//! - [`service`]: decides (validation, idempotency, retries, batch fan-out); knows no tonic.
+//! - [`validation`], [`idempotency`], [`token`], [`wechat`]: the pieces it decides with.
+//! - [`sandbox`]: the fake WeChat API; only the composition root and tests use it.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod idempotency;
+pub mod pb;
+pub mod sandbox;
+pub mod secret;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+pub mod token;
+pub mod validation;
+pub mod wechat;
