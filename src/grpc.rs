@@ -1,1 +1,250 @@
-//! Being written.
+//! `notify.v1.NotifyService` over tonic: translates protobuf to the service's types and back.
+//! No business rules here; `crate::error` picks the status codes.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tracing::Instrument;
+
+use crate::{
+    error::{code_of, status_of},
+    pb::{self, notify_service_server::NotifyService},
+    service::{BatchRequest, Notifier, Receipt, RecipientInput, SendError, SendRequest},
+    wechat::MiniprogramState,
+};
+
+/// The gRPC face of a [`Notifier`].
+#[derive(Clone)]
+pub struct NotifyGrpc {
+    notifier: Arc<Notifier>,
+}
+
+impl NotifyGrpc {
+    /// Serves `notifier`.
+    pub fn new(notifier: Arc<Notifier>) -> Self {
+        Self { notifier }
+    }
+
+    /// The tonic service, ready to add to a router.
+    pub fn into_server(self) -> pb::notify_service_server::NotifyServiceServer<Self> {
+        pb::notify_service_server::NotifyServiceServer::new(self)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+    }
+}
+
+/// A request is at most 16 MiB.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+#[tonic::async_trait]
+impl NotifyService for NotifyGrpc {
+    async fn send_subscribe(
+        &self,
+        request: Request<pb::SendSubscribeRequest>,
+    ) -> Result<Response<pb::SendSubscribeResponse>, Status> {
+        let deadline = deadline_of(request.metadata());
+        let request = request.into_inner();
+        let span = tracing::info_span!(
+            "send_subscribe",
+            app = %request.app,
+            template_id = %request.template_id,
+        );
+        async move {
+            let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
+                .map_err(|error| status_of(&error))?;
+            let result = self
+                .notifier
+                .send(
+                    SendRequest {
+                        app: request.app,
+                        touser: request.touser,
+                        template_id: request.template_id,
+                        page: request.page,
+                        data: request.data,
+                        miniprogram_state: state,
+                        lang: request.lang,
+                        idempotency_key: request.idempotency_key,
+                    },
+                    deadline,
+                )
+                .await;
+            match result {
+                Ok(receipt) => {
+                    tracing::info!(
+                        code = "OK",
+                        msgid = receipt.msgid,
+                        attempts = receipt.attempts,
+                        deduplicated = receipt.deduplicated,
+                        "message sent"
+                    );
+                    Ok(Response::new(send_response(receipt)))
+                }
+                Err(error) => {
+                    log_failure(&error);
+                    Err(status_of(&error))
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn batch_send(
+        &self,
+        request: Request<pb::BatchSendRequest>,
+    ) -> Result<Response<pb::BatchSendResponse>, Status> {
+        let deadline = deadline_of(request.metadata());
+        let request = request.into_inner();
+        let span = tracing::info_span!(
+            "batch_send",
+            app = %request.app,
+            template_id = %request.template_id,
+            recipients = request.recipients.len(),
+        );
+        async move {
+            let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
+                .map_err(|error| status_of(&error))?;
+            let batch = BatchRequest {
+                app: request.app,
+                template_id: request.template_id,
+                page: request.page,
+                data: request.data,
+                recipients: request
+                    .recipients
+                    .into_iter()
+                    .map(|recipient| RecipientInput {
+                        touser: recipient.touser,
+                        data: recipient.data,
+                        page: recipient.page,
+                    })
+                    .collect(),
+                miniprogram_state: state,
+                lang: request.lang,
+                idempotency_key: request.idempotency_key,
+            };
+            let outcomes = self
+                .notifier
+                .batch_send(batch, deadline)
+                .await
+                .map_err(|error| {
+                    log_failure(&error);
+                    status_of(&error)
+                })?;
+            let results: Vec<_> = outcomes
+                .into_iter()
+                .map(|outcome| recipient_result(outcome.touser, outcome.result))
+                .collect();
+            let succeeded = results.iter().filter(|result| result.code == 0).count() as u32;
+            let failed = results.len() as u32 - succeeded;
+            tracing::info!(code = "OK", succeeded, failed, "batch sent");
+            Ok(Response::new(pb::BatchSendResponse {
+                results,
+                succeeded,
+                failed,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn send_response(receipt: Receipt) -> pb::SendSubscribeResponse {
+    pb::SendSubscribeResponse {
+        msgid: receipt.msgid.unwrap_or(0),
+        attempts: receipt.attempts,
+        deduplicated: receipt.deduplicated,
+    }
+}
+
+fn recipient_result(touser: String, result: Result<Receipt, SendError>) -> pb::RecipientResult {
+    match result {
+        Ok(receipt) => pb::RecipientResult {
+            touser,
+            code: 0,
+            wechat_errcode: 0,
+            message: String::new(),
+            msgid: receipt.msgid.unwrap_or(0),
+            attempts: receipt.attempts,
+            deduplicated: receipt.deduplicated,
+        },
+        Err(error) => pb::RecipientResult {
+            touser,
+            code: code_of(&error) as i32,
+            wechat_errcode: error.wechat_errcode().unwrap_or(0),
+            message: error.to_string(),
+            msgid: 0,
+            attempts: error.attempts,
+            deduplicated: false,
+        },
+    }
+}
+
+fn log_failure(error: &SendError) {
+    let code = code_of(error);
+    tracing::info!(
+        code = ?code,
+        wechat_errcode = error.wechat_errcode(),
+        attempts = error.attempts,
+        error = %error,
+        "message not sent"
+    );
+}
+
+fn miniprogram_state(value: i32, field: &str) -> Result<MiniprogramState, SendError> {
+    match pb::MiniprogramState::try_from(value) {
+        Ok(pb::MiniprogramState::Unspecified) => Ok(MiniprogramState::Unspecified),
+        Ok(pb::MiniprogramState::Developer) => Ok(MiniprogramState::Developer),
+        Ok(pb::MiniprogramState::Trial) => Ok(MiniprogramState::Trial),
+        Ok(pb::MiniprogramState::Formal) => Ok(MiniprogramState::Formal),
+        Err(_) => Err(SendError::invalid_field(
+            field,
+            format!("{value} is not a MiniprogramState value"),
+        )),
+    }
+}
+
+/// The caller's deadline, from the `grpc-timeout` header.
+fn deadline_of(metadata: &MetadataMap) -> Option<Instant> {
+    let timeout = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(timeout).map(|timeout| Instant::now() + timeout)
+}
+
+/// Parses gRPC's `TimeoutValue TimeoutUnit` (at most 8 digits, then one of `HMSmun`).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if !value.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3_600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_every_unit() {
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7_200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("9n"), Some(Duration::from_nanos(9)));
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+    }
+}

@@ -1,0 +1,270 @@
+//! One configured app: its WeChat API handle, token cache and limits, and the delivery loop
+//! with the only retries the service makes.
+
+use std::{
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::error::{ErrorKind, NotStarted, SendError};
+use crate::{
+    idempotency::Record,
+    token::TokenCache,
+    wechat::{AppApi, ErrorClass, SubscribeMessage},
+};
+
+/// Retries after errcode -1 (system busy), on top of the first attempt.
+const BUSY_RETRIES: u32 = 3;
+/// First backoff after errcode -1; doubled each retry, plus up to 50% jitter.
+const BUSY_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a SendSubscribe may wait for the app's limits when the caller set no deadline.
+pub(crate) const SEND_ADMISSION_WAIT: Duration = Duration::from_secs(30);
+/// How long one BatchSend recipient may wait for the app's limits when the caller set no
+/// deadline: long enough to sit out a 45011 pause until the next minute.
+pub(crate) const BATCH_ADMISSION_WAIT: Duration = Duration::from_secs(120);
+
+/// When a send may start: not after the caller's deadline or cancellation, and not after
+/// waiting `wait_limit` for the app's limits.
+#[derive(Clone, Debug)]
+pub(crate) struct Admission {
+    /// The caller's deadline, if it set one.
+    pub caller_deadline: Option<Instant>,
+    /// The latest instant a send may start.
+    pub wait_limit: Instant,
+    /// Cancelled when the caller goes away.
+    pub cancel: CancellationToken,
+}
+
+impl Admission {
+    /// Admission for a call with the caller's `deadline`, waiting at most `max_wait` otherwise.
+    pub(crate) fn new(caller_deadline: Option<Instant>, max_wait: Duration) -> Self {
+        let bounded = Instant::now() + max_wait;
+        Self {
+            caller_deadline,
+            wait_limit: caller_deadline.map_or(bounded, |deadline| deadline.min(bounded)),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Why no new send may start now, if one may not.
+    pub(crate) fn stopped(&self) -> Option<NotStarted> {
+        if self.cancel.is_cancelled() {
+            Some(NotStarted::Cancelled)
+        } else if self.caller_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            Some(NotStarted::DeadlineExceeded)
+        } else {
+            None
+        }
+    }
+}
+
+/// A configured app, shared by every RPC.
+pub struct App {
+    /// The configured name (metric label, logs).
+    pub name: String,
+    /// The AppID.
+    pub appid: String,
+    /// Concurrent upstream sends at most.
+    pub max_in_flight: usize,
+    api: AppApi,
+    tokens: Arc<TokenCache>,
+    in_flight: Arc<Semaphore>,
+    rate: DefaultDirectRateLimiter,
+    /// Set on 45011 (per-minute limit): no send starts before this instant.
+    paused_until: Mutex<Option<Instant>>,
+}
+
+impl App {
+    /// An app sending through `api` with tokens from `tokens`.
+    pub fn new(
+        name: String,
+        api: AppApi,
+        tokens: Arc<TokenCache>,
+        max_in_flight: usize,
+        rate_per_sec: u32,
+    ) -> Self {
+        let rate = NonZeroU32::new(rate_per_sec).unwrap_or(NonZeroU32::MIN);
+        Self {
+            name,
+            appid: api.appid().to_owned(),
+            max_in_flight,
+            api,
+            tokens,
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            // `per_second` allows bursts of one second's worth, as the interface promises.
+            rate: RateLimiter::direct(Quota::per_second(rate)),
+            paused_until: Mutex::new(None),
+        }
+    }
+
+    /// The app's token cache.
+    pub fn tokens(&self) -> &Arc<TokenCache> {
+        &self.tokens
+    }
+
+    /// Delivers one message, retrying only where WeChat provably did not take it: errcode -1
+    /// (with backoff) and one token rejection (after dropping that token). A connect failure is
+    /// retried on the next API base inside the client. Everything else is final.
+    pub(crate) async fn deliver(
+        &self,
+        message: &SubscribeMessage,
+        admission: &Admission,
+    ) -> Result<Record, SendError> {
+        let mut attempts = 0;
+        let mut token_refreshed = false;
+        let mut busy_retries = 0;
+        loop {
+            let permit = self
+                .admit(admission)
+                .await
+                .map_err(|kind| SendError::new(kind, attempts))?;
+            let token = self
+                .tokens
+                .get()
+                .await
+                .map_err(|error| SendError::new(ErrorKind::Token(error), attempts))?;
+            let attempt = self.api.send(&token, message).await;
+            attempts += attempt.requests;
+            let error = match attempt.result {
+                Ok(delivered) => {
+                    return Ok(Record {
+                        msgid: delivered.msgid,
+                        attempts,
+                        touser: message.touser.clone(),
+                        template_id: message.template_id.clone(),
+                    });
+                }
+                Err(error) => error,
+            };
+            match error.class() {
+                Some(ErrorClass::TokenRejected) if !token_refreshed => {
+                    token_refreshed = true;
+                    tracing::warn!(app = %self.name, errcode = error.errcode(), "token rejected, refreshing once");
+                    self.tokens.invalidate(&token).await;
+                }
+                Some(ErrorClass::Busy) if busy_retries < BUSY_RETRIES => {
+                    busy_retries += 1;
+                    let backoff = jittered(BUSY_BACKOFF * 2u32.pow(busy_retries - 1));
+                    if Instant::now() + backoff >= admission.wait_limit {
+                        return Err(SendError::new(ErrorKind::Upstream(error), attempts));
+                    }
+                    tracing::debug!(app = %self.name, attempt = attempts, "wechat busy, backing off");
+                    drop(permit);
+                    tokio::time::sleep(backoff).await;
+                }
+                Some(ErrorClass::MinuteQuota) => {
+                    self.pause_until(Instant::now() + until_next_minute());
+                    return Err(SendError::new(ErrorKind::Upstream(error), attempts));
+                }
+                _ => return Err(SendError::new(ErrorKind::Upstream(error), attempts)),
+            }
+        }
+    }
+
+    /// Waits for the app's limits (a 45011 pause, the rate, the in-flight bound), but not past
+    /// the admission's wait limit, and not once the caller is gone.
+    async fn admit(&self, admission: &Admission) -> Result<OwnedSemaphorePermit, ErrorKind> {
+        if let Some(stopped) = admission.stopped() {
+            return Err(ErrorKind::NotStarted(stopped));
+        }
+        let limits = async {
+            if let Some(until) = self.paused() {
+                if until > admission.wait_limit {
+                    return Err(ErrorKind::Throttled {
+                        reason: "wechat's per-minute limit (45011) was hit; sends resume next minute",
+                        retry_after: Some(until - Instant::now()),
+                    });
+                }
+                tokio::time::sleep_until(until).await;
+            }
+            self.rate.until_ready().await;
+            Ok(self.in_flight.clone().acquire_owned().await)
+        };
+        let admitted = tokio::select! {
+            admitted = tokio::time::timeout_at(admission.wait_limit, limits) => admitted,
+            () = admission.cancel.cancelled() => return Err(ErrorKind::NotStarted(NotStarted::Cancelled)),
+        };
+        match admitted {
+            Ok(Ok(Ok(permit))) => Ok(permit),
+            Ok(Err(paused)) => Err(paused),
+            // The semaphore is never closed; a timeout means the limits did not admit in time.
+            Ok(Ok(Err(_))) | Err(_) => Err(admission
+                .stopped()
+                .map(ErrorKind::NotStarted)
+                .unwrap_or(ErrorKind::Throttled {
+                    reason: "the app's rate limit could not admit the send in time",
+                    retry_after: Some(Duration::from_secs(1)),
+                })),
+        }
+    }
+
+    fn paused(&self) -> Option<Instant> {
+        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        match *paused {
+            Some(until) if until > Instant::now() => Some(until),
+            Some(_) => {
+                *paused = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn pause_until(&self, until: Instant) {
+        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        *paused = Some(paused.map_or(until, |current| current.max(until)));
+    }
+}
+
+/// `base` plus up to 50% random jitter, so retries from many callers spread out.
+fn jittered(base: Duration) -> Duration {
+    base + base.mul_f64(fastrand::f64() * 0.5)
+}
+
+/// Time until the next wall-clock minute starts: when WeChat's per-minute limit resets.
+pub fn until_next_minute() -> Duration {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(60) - Duration::from_millis((since_epoch.as_millis() % 60_000) as u64)
+}
+
+/// Time until the daily quota resets: midnight in China (UTC+8).
+pub fn until_quota_day_ends() -> Duration {
+    const DAY: u64 = 86_400;
+    const CHINA_OFFSET: u64 = 8 * 3_600;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Duration::from_secs(DAY - (now + CHINA_OFFSET) % DAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_times_are_within_their_period() {
+        let minute = until_next_minute();
+        assert!(minute > Duration::ZERO && minute <= Duration::from_secs(60));
+        let day = until_quota_day_ends();
+        assert!(day > Duration::ZERO && day <= Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn jitter_adds_at_most_half() {
+        for _ in 0..100 {
+            let delay = jittered(Duration::from_millis(100));
+            assert!(delay >= Duration::from_millis(100) && delay <= Duration::from_millis(150));
+        }
+    }
+}

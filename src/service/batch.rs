@@ -1,0 +1,246 @@
+//! BatchSend: one template to many recipients, with bounded concurrency per app, one result per
+//! recipient in request order, and memory that grows with the concurrency rather than the batch.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use futures::StreamExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    App, Notifier, Receipt, SendError,
+    app::{Admission, BATCH_ADMISSION_WAIT},
+    check::Violations,
+    error::{ErrorKind, NotStarted},
+    non_empty, outcome_label,
+};
+use crate::wechat::{ErrorClass, MiniprogramState, SubscribeMessage};
+
+/// One recipient of a batch, with its overrides.
+#[derive(Clone, Debug, Default)]
+pub struct RecipientInput {
+    /// Recipient openid.
+    pub touser: String,
+    /// Overrides the shared data key by key.
+    pub data: HashMap<String, String>,
+    /// Overrides the shared page when non-empty.
+    pub page: String,
+}
+
+/// One template to many recipients.
+#[derive(Clone, Debug, Default)]
+pub struct BatchRequest {
+    /// App name or appid; may be empty when exactly one app is configured.
+    pub app: String,
+    /// Template id shared by all recipients.
+    pub template_id: String,
+    /// Page shared by all recipients unless overridden.
+    pub page: String,
+    /// Data shared by all recipients, overridden key by key.
+    pub data: HashMap<String, String>,
+    /// The recipients.
+    pub recipients: Vec<RecipientInput>,
+    /// Which build the cards open.
+    pub miniprogram_state: MiniprogramState,
+    /// Card language; empty for WeChat's default.
+    pub lang: String,
+    /// Batch idempotency key; each recipient's key is derived from it and the openid.
+    pub idempotency_key: String,
+}
+
+/// The outcome for one recipient.
+#[derive(Clone, Debug)]
+pub struct RecipientOutcome {
+    /// The recipient's openid, as given.
+    pub touser: String,
+    /// Its delivery, or why it failed.
+    pub result: Result<Receipt, SendError>,
+}
+
+/// What every recipient of one batch shares.
+struct Shared {
+    app: Arc<App>,
+    template_id: String,
+    page: String,
+    data: HashMap<String, String>,
+    miniprogram_state: MiniprogramState,
+    lang: Option<String>,
+    idempotency_key: Option<String>,
+    caller_deadline: Option<Instant>,
+    cancel: CancellationToken,
+    /// Set once WeChat answers 45009: no further sends for this app in this batch.
+    daily_quota_exhausted: AtomicBool,
+}
+
+impl Notifier {
+    /// Sends one template to every recipient. Fails as a whole only when the call itself is
+    /// malformed (nothing is sent then); otherwise answers one outcome per recipient, in order.
+    pub async fn batch_send(
+        self: &Arc<Self>,
+        request: BatchRequest,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<RecipientOutcome>, SendError> {
+        let app = self.resolve(&request.app)?;
+        self.check_batch(&request)?;
+        let cancel = CancellationToken::new();
+        // Dropped when the caller goes away (cancel or deadline): no new sends start, the ones
+        // in flight finish and are recorded under their idempotency keys.
+        let stop_on_drop = cancel.clone().drop_guard();
+        let notifier = self.clone();
+        let recipients = request.recipients;
+        let shared = Arc::new(Shared {
+            app,
+            template_id: request.template_id,
+            page: request.page,
+            data: request.data,
+            miniprogram_state: request.miniprogram_state,
+            lang: non_empty(request.lang),
+            idempotency_key: non_empty(request.idempotency_key),
+            caller_deadline: deadline,
+            cancel,
+            daily_quota_exhausted: AtomicBool::new(false),
+        });
+        let outcomes = self
+            .tasks
+            .spawn(async move { notifier.fan_out(shared, recipients).await })
+            .await
+            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()));
+        stop_on_drop.disarm();
+        Ok(outcomes)
+    }
+
+    fn check_batch(&self, request: &BatchRequest) -> Result<(), SendError> {
+        let mut violations = Violations::default();
+        violations.required_id("template_id", &request.template_id);
+        violations.page("page", &request.page);
+        violations.lang(&request.lang);
+        violations.idempotency_key(&request.idempotency_key);
+        if request.recipients.is_empty() {
+            violations.push("recipients", "is required: at least one recipient");
+        } else if request.recipients.len() > self.max_batch_recipients {
+            violations.push(
+                "recipients",
+                format!(
+                    "has {} recipients, at most {} allowed per call",
+                    request.recipients.len(),
+                    self.max_batch_recipients
+                ),
+            );
+        }
+        // Shared data reaches every recipient that does not override it: a bad shared value is
+        // a malformed call, not one bad recipient.
+        if request.data.len() > crate::validation::MAX_DATA_KEYS {
+            violations.data_count("data", request.data.len());
+        }
+        for (key, value) in &request.data {
+            violations.data_entry("data", key, value);
+        }
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(SendError::invalid(violations.into_vec()))
+        }
+    }
+
+    async fn fan_out(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        recipients: Vec<RecipientInput>,
+    ) -> Vec<RecipientOutcome> {
+        let concurrency = shared.app.max_in_flight.max(1);
+        futures::stream::iter(recipients.into_iter().enumerate())
+            .map(|(index, recipient)| {
+                let notifier = self.clone();
+                let shared = shared.clone();
+                async move {
+                    let touser = recipient.touser.clone();
+                    let result = notifier.send_recipient(&shared, index, recipient).await;
+                    metrics::counter!("wechat_notify_messages_total", "app" => shared.app.name.clone(), "outcome" => outcome_label(&result)).increment(1);
+                    RecipientOutcome { touser, result }
+                }
+            })
+            .buffered(concurrency)
+            .collect()
+            .await
+    }
+
+    async fn send_recipient(
+        self: &Arc<Self>,
+        shared: &Shared,
+        index: usize,
+        recipient: RecipientInput,
+    ) -> Result<Receipt, SendError> {
+        let message = recipient_message(shared, index, recipient)?;
+        if shared.daily_quota_exhausted.load(Ordering::Relaxed) {
+            return Err(SendError::new(
+                ErrorKind::NotStarted(NotStarted::DailyQuotaExhausted),
+                0,
+            ));
+        }
+        let admission = Admission {
+            cancel: shared.cancel.clone(),
+            ..Admission::new(shared.caller_deadline, BATCH_ADMISSION_WAIT)
+        };
+        // One key per recipient: a retried batch with the same key delivers each openid once.
+        let key = shared
+            .idempotency_key
+            .as_ref()
+            .map(|key| format!("batch\n{key}\n{}", message.touser));
+        let result = self
+            .deliver_once(&shared.app, message, key, &admission)
+            .await;
+        if let Err(error) = &result {
+            if let ErrorKind::Upstream(upstream) = &error.kind {
+                if upstream.class() == Some(ErrorClass::DailyQuota) {
+                    shared.daily_quota_exhausted.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// The message for one recipient: shared fields with its overrides, checked on its own.
+fn recipient_message(
+    shared: &Shared,
+    index: usize,
+    recipient: RecipientInput,
+) -> Result<SubscribeMessage, SendError> {
+    let prefix = format!("recipients[{index}]");
+    let mut violations = Violations::default();
+    violations.required_id(&format!("{prefix}.touser"), &recipient.touser);
+    violations.page(&format!("{prefix}.page"), &recipient.page);
+    let recipient_data_field = format!("{prefix}.data");
+    for (key, value) in &recipient.data {
+        violations.data_entry(&recipient_data_field, key, value);
+    }
+    let mut data: BTreeMap<String, String> = shared
+        .data
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    data.extend(recipient.data);
+    violations.data_count(&recipient_data_field, data.len());
+    if !violations.is_empty() {
+        return Err(SendError::invalid(violations.into_vec()));
+    }
+    let page = if recipient.page.is_empty() {
+        shared.page.clone()
+    } else {
+        recipient.page
+    };
+    Ok(SubscribeMessage {
+        touser: recipient.touser,
+        template_id: shared.template_id.clone(),
+        page: non_empty(page),
+        data,
+        miniprogram_state: shared.miniprogram_state,
+        lang: shared.lang.clone(),
+    })
+}

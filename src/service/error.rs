@@ -1,0 +1,92 @@
+//! Why a message was not delivered. The gRPC code for each is chosen in one place:
+//! `crate::error`.
+
+use std::time::Duration;
+
+use crate::{validation::FieldViolation, wechat::WechatError};
+
+/// Why a send did not happen, or failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ErrorKind {
+    /// Fields are missing, too long or break their keyword rule. Nothing was sent.
+    #[error("invalid request: {}", describe(.0))]
+    Invalid(Vec<FieldViolation>),
+    /// `app` names no configured app.
+    #[error("app {0:?} is not configured")]
+    UnknownApp(String),
+    /// No access token could be had for the app.
+    #[error("could not get an access token: {0}")]
+    Token(WechatError),
+    /// WeChat did not deliver the message (an errcode, an HTTP status, no answer).
+    #[error("{0}")]
+    Upstream(WechatError),
+    /// The app's limits did not admit the send in time; nothing was sent.
+    #[error("not sent: {reason}")]
+    Throttled {
+        reason: &'static str,
+        retry_after: Option<Duration>,
+    },
+    /// The send was never started.
+    #[error("not sent: {0}")]
+    NotStarted(NotStarted),
+}
+
+/// Why a send was never started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotStarted {
+    /// The caller's deadline passed first.
+    #[error("the call's deadline passed before this send started")]
+    DeadlineExceeded,
+    /// The caller cancelled the call first.
+    #[error("the call was cancelled before this send started")]
+    Cancelled,
+    /// WeChat answered 45009 (daily quota) earlier in the same batch.
+    #[error("wechat's daily quota (45009) was exhausted earlier in this batch")]
+    DailyQuotaExhausted,
+}
+
+/// A failed send, with the upstream attempts it made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}")]
+pub struct SendError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// HTTP requests made to WeChat's send endpoint before giving up.
+    pub attempts: u32,
+}
+
+impl SendError {
+    /// An error after `attempts` upstream requests.
+    pub fn new(kind: ErrorKind, attempts: u32) -> Self {
+        Self { kind, attempts }
+    }
+
+    /// A request rejected before anything was sent.
+    pub fn invalid(violations: Vec<FieldViolation>) -> Self {
+        Self::new(ErrorKind::Invalid(violations), 0)
+    }
+
+    /// One bad field.
+    pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::invalid(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+
+    /// WeChat's errcode, when WeChat answered with one.
+    pub fn wechat_errcode(&self) -> Option<i32> {
+        match &self.kind {
+            ErrorKind::Token(error) | ErrorKind::Upstream(error) => error.errcode(),
+            _ => None,
+        }
+    }
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|violation| format!("{}: {}", violation.field, violation.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,244 @@
+//! The service decides: it resolves the app, validates, deduplicates, delivers with the
+//! interface's retry rules and fans batches out. It knows nothing of tonic; `crate::grpc`
+//! translates to and from protobuf and `crate::error` picks status codes.
+
+mod app;
+mod batch;
+mod check;
+mod error;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use app::{Admission, SEND_ADMISSION_WAIT};
+pub use app::{App, until_next_minute, until_quota_day_ends};
+pub use batch::{BatchRequest, RecipientInput, RecipientOutcome};
+pub use error::{ErrorKind, NotStarted, SendError};
+
+use self::check::Violations;
+use crate::{
+    idempotency::{IdempotencyStore, Keyed, Record},
+    validation::MAX_ID_BYTES,
+    wechat::{MiniprogramState, SubscribeMessage},
+};
+
+/// One message to one user, as the caller asked for it.
+#[derive(Clone, Debug, Default)]
+pub struct SendRequest {
+    /// App name or appid; may be empty when exactly one app is configured.
+    pub app: String,
+    /// Recipient openid.
+    pub touser: String,
+    /// Template id.
+    pub template_id: String,
+    /// Page opened from the card; empty for none.
+    pub page: String,
+    /// Keyword -> value.
+    pub data: HashMap<String, String>,
+    /// Which build the card opens.
+    pub miniprogram_state: MiniprogramState,
+    /// Card language; empty for WeChat's default.
+    pub lang: String,
+    /// Optional idempotency key; empty for none.
+    pub idempotency_key: String,
+}
+
+/// A delivered message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// WeChat's message id, when it gave one.
+    pub msgid: Option<u64>,
+    /// Upstream send attempts made.
+    pub attempts: u32,
+    /// True when answered from an earlier request with the same idempotency key.
+    pub deduplicated: bool,
+}
+
+/// Outcome label of `wechat_notify_messages_total`.
+fn outcome_label(result: &Result<Receipt, SendError>) -> &'static str {
+    match result {
+        Ok(receipt) if receipt.deduplicated => "deduplicated",
+        Ok(_) => "sent",
+        Err(error) => match &error.kind {
+            ErrorKind::Invalid(_) | ErrorKind::UnknownApp(_) => "invalid",
+            _ if error.wechat_errcode().is_some() => "rejected",
+            _ => "failed",
+        },
+    }
+}
+
+/// The notification service: the configured apps and the idempotency records.
+pub struct Notifier {
+    apps: HashMap<String, Arc<App>>,
+    only_app: Option<Arc<App>>,
+    idempotency: Arc<dyn IdempotencyStore<SendError>>,
+    max_batch_recipients: usize,
+    /// Sends run as tasks of their own, so a caller that goes away does not cut a request to
+    /// WeChat in half (its outcome would become unknown and unrecorded). Shutdown waits for them.
+    tasks: TaskTracker,
+}
+
+impl Notifier {
+    /// A service over `apps`, reachable by name and by appid.
+    pub fn new(
+        apps: Vec<Arc<App>>,
+        idempotency: Arc<dyn IdempotencyStore<SendError>>,
+        max_batch_recipients: usize,
+    ) -> Self {
+        let only_app = (apps.len() == 1).then(|| apps[0].clone());
+        let mut by_key = HashMap::new();
+        for app in &apps {
+            by_key.insert(app.appid.clone(), app.clone());
+            by_key.insert(app.name.clone(), app.clone());
+        }
+        Self {
+            apps: by_key,
+            only_app,
+            idempotency,
+            max_batch_recipients,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Every configured app, once each.
+    pub fn apps(&self) -> Vec<Arc<App>> {
+        let mut apps: Vec<_> = self.apps.values().cloned().collect();
+        apps.sort_by(|a, b| a.name.cmp(&b.name));
+        apps.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        apps
+    }
+
+    /// Stops accepting new background sends and waits for the running ones.
+    pub async fn drain(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// The app a request names.
+    fn resolve(&self, app: &str) -> Result<Arc<App>, SendError> {
+        if app.len() > MAX_ID_BYTES {
+            return Err(SendError::invalid_field(
+                "app",
+                format!("is {} bytes, at most {MAX_ID_BYTES} allowed", app.len()),
+            ));
+        }
+        if app.is_empty() {
+            return self.only_app.clone().ok_or_else(|| {
+                SendError::invalid_field("app", "is required: several apps are configured")
+            });
+        }
+        self.apps
+            .get(app)
+            .cloned()
+            .ok_or_else(|| SendError::new(ErrorKind::UnknownApp(app.to_owned()), 0))
+    }
+
+    /// Sends one message. `deadline` is the caller's, if it set one.
+    pub async fn send(
+        self: &Arc<Self>,
+        request: SendRequest,
+        deadline: Option<Instant>,
+    ) -> Result<Receipt, SendError> {
+        let (app_label, result) = match self.resolve(&request.app) {
+            Ok(app) => {
+                let result = self.send_checked(&app, request, deadline).await;
+                (app.name.clone(), result)
+            }
+            Err(error) => ("unknown".to_owned(), Err(error)),
+        };
+        metrics::counter!("wechat_notify_messages_total", "app" => app_label, "outcome" => outcome_label(&result)).increment(1);
+        result
+    }
+
+    async fn send_checked(
+        self: &Arc<Self>,
+        app: &Arc<App>,
+        request: SendRequest,
+        deadline: Option<Instant>,
+    ) -> Result<Receipt, SendError> {
+        let mut violations = Violations::default();
+        violations.required_id("touser", &request.touser);
+        violations.required_id("template_id", &request.template_id);
+        violations.page("page", &request.page);
+        violations.lang(&request.lang);
+        violations.idempotency_key(&request.idempotency_key);
+        violations.data_count("data", request.data.len());
+        for (key, value) in &request.data {
+            violations.data_entry("data", key, value);
+        }
+        if !violations.is_empty() {
+            return Err(SendError::invalid(violations.into_vec()));
+        }
+        let message = SubscribeMessage {
+            touser: request.touser,
+            template_id: request.template_id,
+            page: non_empty(request.page),
+            data: request.data.into_iter().collect::<BTreeMap<_, _>>(),
+            miniprogram_state: request.miniprogram_state,
+            lang: non_empty(request.lang),
+        };
+        let key = non_empty(request.idempotency_key).map(|key| format!("send\n{key}"));
+        // Run on a task of its own: if the caller goes away mid-send, the request to WeChat
+        // still completes and its outcome is recorded under the idempotency key.
+        let notifier = self.clone();
+        let app = app.clone();
+        let admission = Admission::new(deadline, SEND_ADMISSION_WAIT);
+        self.tasks
+            .spawn(async move { notifier.deliver_once(&app, message, key, &admission).await })
+            .await
+            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+    }
+
+    /// Delivers `message`, at most once per idempotency key (scoped to the app).
+    async fn deliver_once(
+        self: &Arc<Self>,
+        app: &Arc<App>,
+        message: SubscribeMessage,
+        key: Option<String>,
+        admission: &Admission,
+    ) -> Result<Receipt, SendError> {
+        let Some(key) = key else {
+            let record = app.deliver(&message, admission).await?;
+            return Ok(receipt(&record, false));
+        };
+        let (touser, template_id) = (message.touser.clone(), message.template_id.clone());
+        let send_app = app.clone();
+        let send_admission = admission.clone();
+        let keyed = self
+            .idempotency
+            .once(
+                format!("{}\n{key}", app.appid),
+                Box::pin(async move { send_app.deliver(&message, &send_admission).await }),
+            )
+            .await
+            .map_err(|shared| SendError::clone(&shared))?;
+        if keyed.record.touser != touser || keyed.record.template_id != template_id {
+            return Err(SendError::invalid_field(
+                "idempotency_key",
+                "was already used for a different recipient or template",
+            ));
+        }
+        Ok(keyed_receipt(&keyed))
+    }
+}
+
+fn receipt(record: &Record, deduplicated: bool) -> Receipt {
+    Receipt {
+        msgid: record.msgid,
+        attempts: record.attempts,
+        deduplicated,
+    }
+}
+
+fn keyed_receipt(keyed: &Keyed) -> Receipt {
+    receipt(&keyed.record, keyed.deduplicated)
+}
+
+fn non_empty(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
