@@ -42,6 +42,7 @@ impl NotifyService for NotifyGrpc {
         &self,
         request: Request<pb::SendSubscribeRequest>,
     ) -> Result<Response<pb::SendSubscribeResponse>, Status> {
+        let started = std::time::Instant::now();
         let deadline = deadline_of(request.metadata());
         let request = request.into_inner();
         let span = tracing::info_span!(
@@ -75,12 +76,13 @@ impl NotifyService for NotifyGrpc {
                         msgid = receipt.msgid,
                         attempts = receipt.attempts,
                         deduplicated = receipt.deduplicated,
+                        latency_ms = started.elapsed().as_millis() as u64,
                         "message sent"
                     );
                     Ok(Response::new(send_response(receipt)))
                 }
                 Err(error) => {
-                    log_failure(&error);
+                    log_failure(&error, started);
                     Err(status_of(&error))
                 }
             }
@@ -93,6 +95,7 @@ impl NotifyService for NotifyGrpc {
         &self,
         request: Request<pb::BatchSendRequest>,
     ) -> Result<Response<pb::BatchSendResponse>, Status> {
+        let started = std::time::Instant::now();
         let deadline = deadline_of(request.metadata());
         let request = request.into_inner();
         let span = tracing::info_span!(
@@ -127,7 +130,7 @@ impl NotifyService for NotifyGrpc {
                 .batch_send(batch, deadline)
                 .await
                 .map_err(|error| {
-                    log_failure(&error);
+                    log_failure(&error, started);
                     status_of(&error)
                 })?;
             let results: Vec<_> = outcomes
@@ -136,7 +139,13 @@ impl NotifyService for NotifyGrpc {
                 .collect();
             let succeeded = results.iter().filter(|result| result.code == 0).count() as u32;
             let failed = results.len() as u32 - succeeded;
-            tracing::info!(code = "OK", succeeded, failed, "batch sent");
+            tracing::info!(
+                code = "OK",
+                succeeded,
+                failed,
+                latency_ms = started.elapsed().as_millis() as u64,
+                "batch sent"
+            );
             Ok(Response::new(pb::BatchSendResponse {
                 results,
                 succeeded,
@@ -179,12 +188,13 @@ fn recipient_result(touser: String, result: Result<Receipt, SendError>) -> pb::R
     }
 }
 
-fn log_failure(error: &SendError) {
-    let code = code_of(error);
+fn log_failure(error: &SendError, started: std::time::Instant) {
     tracing::info!(
-        code = ?code,
+        code = ?code_of(error),
         wechat_errcode = error.wechat_errcode(),
+        rid = error.wechat_rid(),
         attempts = error.attempts,
+        latency_ms = started.elapsed().as_millis() as u64,
         error = %error,
         "message not sent"
     );

@@ -12,7 +12,9 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tokio_stream::wrappers::TcpListenerStream;
+use http::HeaderName;
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::{
     config::ServeConfig,
@@ -20,7 +22,7 @@ use crate::{
     idempotency::MemoryIdempotencyStore,
     pb,
     service::{App, Notifier},
-    telemetry,
+    telemetry::{self, REQUEST_ID_HEADER, RpcTelemetryLayer},
     token::{TokenCache, TokenOptions},
     wechat::{WechatClient, WechatError},
 };
@@ -160,6 +162,19 @@ pub async fn start(
     let (begin_shutdown, shutdown_requested) = oneshot::channel::<()>();
     let drain = CancellationToken::new();
     let grpc = tonic::transport::Server::builder()
+        .layer(
+            tower::ServiceBuilder::new()
+                // Outermost first: take or make the request id, echo it back, then open the
+                // call's span (which carries the id) and count the call.
+                .layer(SetRequestIdLayer::new(
+                    HeaderName::from_static(REQUEST_ID_HEADER),
+                    MakeRequestUuid,
+                ))
+                .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
+                    REQUEST_ID_HEADER,
+                )))
+                .layer(RpcTelemetryLayer),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

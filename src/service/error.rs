@@ -83,6 +83,17 @@ impl SendError {
     }
 }
 
+impl SendError {
+    /// WeChat's request id (`rid`) for the failed call, for its rid lookup.
+    pub fn wechat_rid(&self) -> Option<&str> {
+        match &self.kind {
+            ErrorKind::Token(WechatError::Api { rid, .. })
+            | ErrorKind::Upstream(WechatError::Api { rid, .. }) => rid.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 fn describe(violations: &[FieldViolation]) -> String {
     violations
         .iter()

@@ -74,3 +74,7 @@ pub fn metrics_router(handle: PrometheusHandle) -> axum::Router {
         }),
     )
 }
+
+mod rpc;
+
+pub use rpc::{REQUEST_ID_HEADER, RpcTelemetryLayer};

@@ -1,0 +1,176 @@
+//! Test harness: a sandbox (the fake WeChat API) and the real server, both on loopback port 0,
+//! and a real gRPC client.
+#![allow(dead_code)]
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use tonic::transport::Channel;
+use url::Url;
+use wechat_notify::{
+    config::{AppConfig, IdempotencyOptions, LogFormat, ServeConfig},
+    pb::{self, notify_service_client::NotifyServiceClient},
+    sandbox::{Sandbox, SandboxApp, SandboxConfig, SandboxServer},
+    secret::Secret,
+    server::{self, Running},
+    wechat::{ClientOptions, TokenMode},
+};
+
+/// The openid of the sandbox's demo user (28 characters, as WeChat's are).
+pub const OPENID: &str = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M";
+/// The seed template: a course reminder (`phrase1` student, `date5` time, `phrase4` teacher).
+pub const COURSE_REMINDER: &str = "sandbox-course-reminder";
+
+pub fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A distinct valid openid per index.
+pub fn openid(index: usize) -> String {
+    format!("oTestUser{index:019}")
+}
+
+/// Data valid for the course reminder.
+pub fn course_data() -> HashMap<String, String> {
+    HashMap::from([
+        ("phrase1".to_owned(), "王小二".to_owned()),
+        ("date5".to_owned(), "2019年10月1日 15:01".to_owned()),
+        ("phrase4".to_owned(), "李老师".to_owned()),
+    ])
+}
+
+pub fn course_request(touser: &str) -> pb::SendSubscribeRequest {
+    pb::SendSubscribeRequest {
+        touser: touser.to_owned(),
+        template_id: COURSE_REMINDER.to_owned(),
+        data: course_data(),
+        ..Default::default()
+    }
+}
+
+/// One app configured against `sandbox`.
+pub fn app_config(name: &str, app: &SandboxApp, bases: Vec<Url>) -> AppConfig {
+    AppConfig {
+        name: name.to_owned(),
+        appid: app.appid.clone(),
+        secret: Secret::new(app.secret.as_str()),
+        api_bases: bases,
+        token_mode: TokenMode::Stable,
+        max_in_flight: 64,
+        rate_per_sec: 100_000,
+    }
+}
+
+/// A server config with test-sized timeouts and no apps.
+pub fn serve_config() -> ServeConfig {
+    ServeConfig {
+        listen: loopback(),
+        metrics_listen: loopback(),
+        log_format: LogFormat::Text,
+        apps: Vec::new(),
+        sandbox: false,
+        warm_tokens: false,
+        max_batch_recipients: 10_000,
+        shutdown_grace: Duration::from_secs(5),
+        idempotency: IdempotencyOptions {
+            ttl: Duration::from_secs(86_400),
+            capacity: 100_000,
+        },
+        client: ClientOptions {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(1_500),
+        },
+    }
+}
+
+pub struct Harness {
+    pub sandbox: SandboxServer,
+    pub server: Running,
+    pub client: NotifyServiceClient<Channel>,
+}
+
+impl Harness {
+    /// The default sandbox (one app, auto-accept on) behind one server app named `demo`.
+    pub async fn start() -> Harness {
+        Self::start_with(
+            SandboxConfig {
+                auto_accept: true,
+                ..SandboxConfig::default()
+            },
+            |_| {},
+        )
+        .await
+    }
+
+    /// A sandbox with `sandbox_config`; `tweak` adjusts the server config after one app per
+    /// sandbox app was added (named `demo`, `second`, ...).
+    pub async fn start_with(
+        sandbox_config: SandboxConfig,
+        tweak: impl FnOnce(&mut ServeConfig),
+    ) -> Harness {
+        let sandbox = Sandbox::new(sandbox_config.clone())
+            .spawn(loopback())
+            .await
+            .expect("sandbox starts");
+        let mut config = serve_config();
+        for (index, app) in sandbox_config.apps.iter().enumerate() {
+            let name = ["demo", "second", "third"][index];
+            config
+                .apps
+                .push(app_config(name, app, vec![sandbox.base_url()]));
+        }
+        tweak(&mut config);
+        let server = server::start(config, std::future::pending())
+            .await
+            .expect("server starts");
+        let client = connect(server.grpc_addr).await;
+        Harness {
+            sandbox,
+            server,
+            client,
+        }
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        self.sandbox.sandbox()
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> NotifyServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("grpc connects");
+    NotifyServiceClient::new(channel)
+}
+
+/// A loopback URL on which nothing listens: connections are refused.
+pub async fn closed_base() -> Url {
+    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    Url::parse(&format!("http://{addr}/")).unwrap()
+}
+
+/// The decimal `wechat-errcode` trailer of a status.
+pub fn errcode(status: &tonic::Status) -> Option<i32> {
+    status
+        .metadata()
+        .get("wechat-errcode")
+        .map(|value| value.to_str().unwrap().parse().unwrap())
+}
+
+/// The fields a status's BadRequest detail names.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|violation| violation.field.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,102 @@
+//! No AppSecret or access token reaches a log line, at any level, even when things go wrong.
+//! (Its own test binary: it installs a process-wide TRACE subscriber.)
+
+mod common;
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::*;
+use wechat_notify::{
+    pb,
+    sandbox::{Fault, SandboxConfig},
+};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_hold_no_secret_and_no_token() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let secret = "s3cr3t-app-secret-value-for-the-test";
+    let sandbox_config = SandboxConfig {
+        apps: vec![wechat_notify::sandbox::SandboxApp::new(
+            "wxsandbox000000001",
+            secret,
+        )],
+        auto_accept: true,
+        ..SandboxConfig::default()
+    };
+    let mut harness = Harness::start_with(sandbox_config, |config| {
+        config.client.request_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let send = |harness: &mut Harness| {
+        let mut client = harness.client.clone();
+        async move { client.send_subscribe(course_request(OPENID)).await }
+    };
+    send(&mut harness).await.expect("sent");
+    // Token rejected, then refreshed.
+    harness.sandbox().revoke_tokens("wxsandbox000000001");
+    send(&mut harness).await.expect("sent after refresh");
+    // An errcode, an HTTP status, a timeout and a busy retry all print errors.
+    for fault in [
+        Fault::errcode(40003).times(1),
+        Fault::http_status(502).times(1),
+        Fault::latency(Duration::from_secs(1)).times(1),
+        Fault::errcode(-1).times(1),
+    ] {
+        harness.sandbox().inject(fault);
+        let _ = send(&mut harness).await;
+    }
+    // A bad secret on the token endpoint.
+    let mut bad = Harness::start_with(SandboxConfig::default(), |config| {
+        config.apps[0].secret = wechat_notify::secret::Secret::new("another-wrong-secret-value");
+    })
+    .await;
+    let _ = bad
+        .client
+        .send_subscribe(pb::SendSubscribeRequest {
+            ..course_request(OPENID)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.lines().count() > 20, "trace logging was captured");
+    let mut tokens: Vec<String> = harness
+        .sandbox()
+        .send_requests()
+        .into_iter()
+        .filter_map(|send| send.access_token)
+        .collect();
+    tokens.sort();
+    tokens.dedup();
+    assert!(tokens.len() >= 2, "a token was issued and then replaced");
+    for token in &tokens {
+        assert!(!logs.contains(token.as_str()), "an access token was logged");
+    }
+    assert!(!logs.contains(secret), "the app secret was logged");
+    assert!(!logs.contains("another-wrong-secret-value"));
+}
