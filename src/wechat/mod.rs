@@ -9,6 +9,8 @@ mod client;
 mod errors;
 mod wire;
 
-pub use client::{AppApi, ClientOptions, Delivered, FetchedToken, SendAttempt, TokenMode, WechatClient};
+pub use client::{
+    AppApi, ClientOptions, Delivered, FetchedToken, SendAttempt, TokenMode, WechatClient,
+};
 pub use errors::{Endpoint, ErrorClass, WechatError};
 pub use wire::{MiniprogramState, SubscribeMessage};
