@@ -69,7 +69,9 @@ impl WechatClient {
     /// Builds the shared client.
     ///
     /// Proxies from the environment are ignored and redirects are not followed (a redirect would
-    /// carry the access token to another host; WeChat never redirects).
+    /// carry the access token to another host; WeChat never redirects). Never enable reqwest's
+    /// `connection_verbose`: it traces raw request bytes, token and AppSecret included (hyper and
+    /// h2 leave paths, headers and bodies out of their own logs).
     pub fn new(options: &ClientOptions) -> Result<Self, WechatError> {
         let http = reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
