@@ -11,7 +11,8 @@ mod redact;
 mod wire;
 
 pub use client::{
-    AppApi, ClientOptions, Delivered, FetchedToken, SendAttempt, TokenMode, WechatClient,
+    AppApi, ClientOptions, Delivered, FetchedToken, SendAttempt, TokenMode,
+    UPSTREAM_REQUEST_DURATION, WechatClient,
 };
 pub use errors::{Endpoint, ErrorClass, WechatError};
 pub use redact::{REDACTED, redact_url, scrub};

@@ -89,7 +89,7 @@ pub fn scrub(text: impl Into<String>, secrets: &[&Secret]) -> String {
 
 /// A `reqwest` error as one line (its sources joined with `: `), without the URL it carries
 /// and with the given secrets scrubbed.
-pub fn describe_reqwest_error(error: reqwest::Error, secrets: &[&Secret]) -> String {
+pub(crate) fn describe_reqwest_error(error: reqwest::Error, secrets: &[&Secret]) -> String {
     let error = error.without_url();
     let mut text = error.to_string();
     let mut source = std::error::Error::source(&error);
