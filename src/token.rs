@@ -1,15 +1,63 @@
 //! The shared per-app access-token cache.
 //!
-//! CONTRACT STUB: signatures are fixed; bodies are being written.
+//! - **Hot path**: [`TokenCache::get`] is a lock-free `ArcSwap` load plus a time comparison.
+//!   Only a miss takes the async refresh mutex (and checks again once it holds it), so any number
+//!   of concurrent callers on an empty or expired cache cause exactly one fetch, and they all
+//!   share its outcome, success or failure.
+//! - **Lifetimes** count from the moment the fetch *started*. A token is handed out only while it
+//!   has at least the safety margin left ([`TokenOptions::max_safety_margin`], capped at
+//!   [`TokenOptions::safety_margin_fraction`] of its lifetime), and the background refresher
+//!   renews it at [`TokenOptions::refresh_at_fraction`] of its lifetime, so in steady state no
+//!   request ever waits for a fetch.
+//! - **Rejections**: [`TokenCache::invalidate`] drops the token only if it is still the one that
+//!   was rejected. In stable mode the next fetch is a normal one; `force_refresh` is used only when
+//!   WeChat hands back the very token it just rejected, at most once per
+//!   [`TokenOptions::force_refresh_interval`] and [`TokenOptions::force_refresh_daily_limit`]
+//!   times in any rolling 24 hours.
+//! - **Failures**: -1 (busy) and transport failures are retried inside one fetch with exponential
+//!   backoff and jitter. Any other errcode from the token endpoint (credentials, IP whitelist,
+//!   quota) is remembered for [`TokenOptions::failure_cooldown`] and answered from memory, so a
+//!   misconfigured app never hammers WeChat.
+//!
+//! Only `tokio::time` is used, so all of this is testable with paused time.
 
-use std::{sync::Arc, time::Duration};
+mod store;
 
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
+use tokio::{
+    sync::{Mutex, Notify},
+    time::{Duration, Instant},
+};
+use tracing::{debug, info, warn};
 
+pub use self::store::{MemoryTokenStore, StoredToken, TokenStore, TokenStoreError};
 use crate::{
     secret::Secret,
-    wechat::{AppApi, FetchedToken, TokenMode, WechatError},
+    wechat::{AppApi, Endpoint, ErrorClass, FetchedToken, TokenMode, WechatError},
 };
+
+/// Counter of token fetches from WeChat (every attempt), labelled `app`.
+pub const TOKEN_FETCHES_TOTAL: &str = "wechat_notify_token_fetches_total";
+/// Counter of failed token fetches (every failed attempt), labelled `app`.
+pub const TOKEN_FETCH_FAILURES_TOTAL: &str = "wechat_notify_token_fetch_failures_total";
+/// Gauge of the stored token's `expires_in` (seconds), set whenever a token is stored, labelled
+/// `app`. [`TokenCache::time_to_expiry`] gives the live value.
+pub const TOKEN_EXPIRES_IN_SECONDS: &str = "wechat_notify_token_expires_in_seconds";
+
+/// Rejected tokens remembered at most (a handful: only the latest few can come back).
+const REJECTED_REMEMBERED: usize = 8;
+
+/// The window of the force-refresh daily limit (rolling, stricter than a calendar day).
+const FORCE_REFRESH_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Where tokens come from: WeChat (via [`AppApi`]) in production, a fake in unit tests.
 #[async_trait]
@@ -31,38 +79,555 @@ impl TokenSource for AppApi {
     }
 }
 
-/// Tuning of the cache.
-#[derive(Clone, Debug, Default)]
-pub struct TokenOptions {}
+/// Tuning of the cache. The defaults are the documented behaviour; tests shrink them.
+#[derive(Clone, Debug)]
+pub struct TokenOptions {
+    /// The background refresher renews a token once this fraction of its lifetime has passed
+    /// (0.7, as linkerd does for its identity certificates: early enough that a few failed
+    /// retries still leave a valid token, late enough not to waste fetches).
+    pub refresh_at_fraction: f64,
+    /// A token is handed out only while it has at least this long left (60 s: more than a
+    /// request timeout plus clock skew, so a send never reaches WeChat with an expired token)...
+    pub max_safety_margin: Duration,
+    /// ...or this fraction of its lifetime, whichever is smaller (0.1: keeps very short
+    /// lifetimes usable; a 5 s token gets 0.5 s).
+    pub safety_margin_fraction: f64,
+    /// Attempts per fetch on -1 (busy) or a transport failure (3).
+    pub fetch_attempts: u32,
+    /// Backoff before the second attempt; doubled for each next one, with jitter (200 ms).
+    pub fetch_backoff: Duration,
+    /// How long a non-retryable token-endpoint errcode (credentials, IP whitelist, quota) is
+    /// answered from memory without calling WeChat (30 s: a fixed config comes back within
+    /// half a minute, while a broken one costs WeChat at most 2 calls a minute).
+    pub failure_cooldown: Duration,
+    /// Least time between two `force_refresh` calls (30 s: WeChat ignores faster ones).
+    pub force_refresh_interval: Duration,
+    /// Most `force_refresh` calls in any rolling 24 hours (20: WeChat's daily limit).
+    pub force_refresh_daily_limit: usize,
+    /// First retry delay of the background refresher after a failure (1 s)...
+    pub background_retry_min: Duration,
+    /// ...doubling up to this (60 s).
+    pub background_retry_max: Duration,
+}
+
+impl Default for TokenOptions {
+    fn default() -> Self {
+        Self {
+            refresh_at_fraction: 0.7,
+            max_safety_margin: Duration::from_secs(60),
+            safety_margin_fraction: 0.1,
+            fetch_attempts: 3,
+            fetch_backoff: Duration::from_millis(200),
+            failure_cooldown: Duration::from_secs(30),
+            force_refresh_interval: Duration::from_secs(30),
+            force_refresh_daily_limit: 20,
+            background_retry_min: Duration::from_secs(1),
+            background_retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl TokenOptions {
+    /// The safety margin for a token of this lifetime.
+    pub fn safety_margin(&self, lifetime: Duration) -> Duration {
+        self.max_safety_margin
+            .min(lifetime.mul_f64(self.safety_margin_fraction.clamp(0.0, 0.5)))
+    }
+
+    /// How long after the fetch started a token of this lifetime is due for renewal.
+    pub fn refresh_after(&self, lifetime: Duration) -> Duration {
+        lifetime.mul_f64(self.refresh_at_fraction.clamp(0.1, 0.9))
+    }
+}
+
+/// The cached token with its deadlines precomputed, so the hot path is one comparison.
+#[derive(Debug)]
+struct CachedToken {
+    stored: StoredToken,
+    /// Handed out only before this.
+    usable_until: Instant,
+    /// The background refresher renews it from this point.
+    refresh_at: Instant,
+}
+
+impl CachedToken {
+    fn new(stored: StoredToken, options: &TokenOptions) -> Self {
+        let usable_until = stored.expires_at() - options.safety_margin(stored.lifetime);
+        // Never later than the usable limit, whatever the options say.
+        let refresh_at =
+            (stored.fetched_at + options.refresh_after(stored.lifetime)).min(usable_until);
+        Self {
+            stored,
+            usable_until,
+            refresh_at,
+        }
+    }
+
+    fn token(&self) -> &Secret {
+        &self.stored.token
+    }
+}
+
+/// State of the refresh path, guarded by the single-flight mutex.
+#[derive(Default)]
+struct RefreshState {
+    /// The outcome of the last refresh, shared with callers that waited for it.
+    last_error: Option<WechatError>,
+    /// A token-endpoint failure answered from memory until the instant.
+    cooldown: Option<(Instant, WechatError)>,
+    /// When `force_refresh` was used, within the rolling window.
+    forced_at: VecDeque<Instant>,
+}
 
 /// One app's token cache. Shared by every RPC for that app.
-pub struct TokenCache {}
+pub struct TokenCache {
+    /// The configured app name: the `app` label and log field.
+    app: String,
+    source: Arc<dyn TokenSource>,
+    store: Arc<dyn TokenStore>,
+    options: TokenOptions,
+    /// The hot path reads only this.
+    current: ArcSwapOption<CachedToken>,
+    /// Single flight: held for the duration of a refresh.
+    refresh: Mutex<RefreshState>,
+    /// Refreshes completed (either way), so callers that waited on the mutex can tell that a
+    /// refresh ran while they waited and share its failure instead of repeating it.
+    refreshes_done: AtomicU64,
+    /// Tokens WeChat rejected, newest last, until a different token is installed: a fetch
+    /// handing one of them back must not be cached.
+    rejected: std::sync::Mutex<VecDeque<Secret>>,
+    /// Wakes the refresher when a token is installed or the cache is dropped.
+    wake_refresher: Arc<Notify>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("app", &self.app)
+            .field("mode", &self.source.mode())
+            .field("time_to_expiry", &self.time_to_expiry())
+            .finish_non_exhaustive()
+    }
+}
 
 impl TokenCache {
     /// Builds the cache for `app` (its configured name, used in logs and metric labels).
     pub fn new(app: &str, source: Arc<dyn TokenSource>, options: TokenOptions) -> Arc<Self> {
-        let _ = (app, source, options);
-        unimplemented!()
+        Self::with_store(app, source, Arc::new(MemoryTokenStore::new()), options)
     }
 
-    /// A token valid for at least the safety margin.
+    /// Like [`TokenCache::new`], keeping tokens in `store` (e.g. one shared by replicas).
+    pub fn with_store(
+        app: &str,
+        source: Arc<dyn TokenSource>,
+        store: Arc<dyn TokenStore>,
+        options: TokenOptions,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            app: app.to_string(),
+            source,
+            store,
+            options,
+            current: ArcSwapOption::empty(),
+            refresh: Mutex::new(RefreshState::default()),
+            refreshes_done: AtomicU64::new(0),
+            rejected: std::sync::Mutex::new(VecDeque::new()),
+            wake_refresher: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The app name given to [`TokenCache::new`].
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    /// A token valid for at least the safety margin. Lock-free while the cached token is usable;
+    /// otherwise waits for the single in-flight fetch (or starts it). A failure carries
+    /// `endpoint: Token`.
     pub async fn get(&self) -> Result<Secret, WechatError> {
-        unimplemented!()
+        if let Some(token) = self.usable_token(Instant::now()) {
+            return Ok(token);
+        }
+        let seen = self.refreshes_done.load(Ordering::Acquire);
+        let mut state = self.refresh.lock().await;
+        if let Some(token) = self.usable_token(Instant::now()) {
+            return Ok(token);
+        }
+        if self.refreshes_done.load(Ordering::Acquire) != seen
+            && let Some(error) = &state.last_error
+        {
+            // A fetch ran and failed while we waited: share its outcome rather than repeat it.
+            return Err(error.clone());
+        }
+        self.refresh_locked(&mut state)
+            .await
+            .map(|cached| cached.token().clone())
     }
 
-    /// Drops `rejected` if it is still the cached token (compare-and-invalidate).
+    /// Drops `rejected` if it is still the cached token (compare-and-invalidate). Concurrent
+    /// rejections of one token drop it once; a rejection of an older token is a no-op.
     pub async fn invalidate(&self, rejected: &Secret) {
-        let _ = rejected;
-        unimplemented!()
+        let current = self.current.load_full();
+        match &current {
+            Some(cached) if cached.token() != rejected => {
+                debug!(app = %self.app, "ignoring the rejection of a token that is no longer cached");
+                return;
+            }
+            _ => {}
+        }
+        // Recorded before the swap, so a fetch racing with it already knows the token is bad.
+        {
+            let mut remembered = self.rejected_slot();
+            if !remembered.contains(rejected) {
+                if remembered.len() == REJECTED_REMEMBERED {
+                    remembered.pop_front();
+                }
+                remembered.push_back(rejected.clone());
+            }
+        }
+        if current.is_some() {
+            let previous = self.current.compare_and_swap(&current, None);
+            let dropped = match (previous.as_ref(), current.as_ref()) {
+                (Some(previous), Some(current)) => Arc::ptr_eq(previous, current),
+                _ => false,
+            };
+            if !dropped {
+                return;
+            }
+            info!(app = %self.app, "wechat rejected the access token; dropped it");
+        }
+        if let Err(error) = self.store.invalidate_if(rejected).await {
+            warn!(app = %self.app, %error, "could not drop the rejected token from the store");
+        }
     }
 
     /// Time left before the cached token expires, if one is cached.
     pub fn time_to_expiry(&self) -> Option<Duration> {
-        unimplemented!()
+        self.current
+            .load()
+            .as_ref()
+            .map(|cached| cached.stored.remaining(Instant::now()))
     }
 
-    /// Starts the background refresher (renews before expiry); it stops when the cache is dropped.
+    /// Starts the background refresher (renews before expiry); it stops when the cache is dropped
+    /// or the handle is aborted. It fetches at once if the cache is empty.
     pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        unimplemented!()
+        tokio::spawn(run_refresher(
+            Arc::downgrade(self),
+            self.wake_refresher.clone(),
+        ))
+    }
+
+    fn usable_token(&self, now: Instant) -> Option<Secret> {
+        match self.current.load().as_deref() {
+            Some(cached) if now < cached.usable_until => Some(cached.token().clone()),
+            _ => None,
+        }
+    }
+
+    fn rejected_slot(&self) -> std::sync::MutexGuard<'_, VecDeque<Secret>> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn is_rejected(&self, token: &Secret) -> bool {
+        self.rejected_slot().contains(token)
+    }
+
+    /// One background renewal, unless another caller renewed the token meanwhile.
+    async fn refresh_in_background(&self) -> Result<(), WechatError> {
+        let mut state = self.refresh.lock().await;
+        if let Some(cached) = self.current.load().as_deref()
+            && Instant::now() < cached.refresh_at
+        {
+            return Ok(());
+        }
+        self.refresh_locked(&mut state).await.map(drop)
+    }
+
+    /// Refreshes with the single-flight mutex held and records the outcome for the waiters.
+    async fn refresh_locked(
+        &self,
+        state: &mut RefreshState,
+    ) -> Result<Arc<CachedToken>, WechatError> {
+        let result = self.refresh_with(state).await;
+        state.last_error = result.as_ref().err().cloned();
+        self.refreshes_done.fetch_add(1, Ordering::Release);
+        result
+    }
+
+    async fn refresh_with(
+        &self,
+        state: &mut RefreshState,
+    ) -> Result<Arc<CachedToken>, WechatError> {
+        let now = Instant::now();
+        if let Some((until, error)) = &state.cooldown {
+            if now < *until {
+                return Err(error.clone());
+            }
+            state.cooldown = None;
+        }
+
+        // Another replica (sharing the store) may have renewed it already.
+        match self.store.load().await {
+            Ok(Some(stored)) => {
+                let cached = CachedToken::new(stored, &self.options);
+                if now < cached.refresh_at && !self.is_rejected(cached.token()) {
+                    debug!(app = %self.app, "using the token from the store");
+                    return Ok(self.install(cached));
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                warn!(app = %self.app, %error, "token store unavailable; fetching from wechat")
+            }
+        }
+
+        let (started, fetched) = match self.fetch_with_retries().await {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                self.start_cooldown_if_needed(state, &error);
+                return Err(error);
+            }
+        };
+        let (started, fetched) = if self.is_rejected(&fetched.token) {
+            self.force_after_rejection(state, &fetched.token).await?
+        } else {
+            (started, fetched)
+        };
+        Ok(self.save_and_install(started, fetched).await)
+    }
+
+    /// WeChat answered a normal fetch with the token it just rejected: in stable mode, revoke
+    /// it with one `force_refresh` if the limits allow; otherwise fail (the caller answers
+    /// UNAVAILABLE) and answer from memory until a force is allowed again.
+    async fn force_after_rejection(
+        &self,
+        state: &mut RefreshState,
+        rejected: &Secret,
+    ) -> Result<(Instant, FetchedToken), WechatError> {
+        let now = Instant::now();
+        if self.source.mode() == TokenMode::Classic {
+            // Classic fetches always issue a new token; this answer is broken.
+            let error = token_error("the token endpoint returned the token that was just rejected");
+            return Err(self.cool_down(state, now, self.options.failure_cooldown, error));
+        }
+        while let Some(first) = state.forced_at.front()
+            && now.duration_since(*first) >= FORCE_REFRESH_WINDOW
+        {
+            state.forced_at.pop_front();
+        }
+        let wait = match (state.forced_at.front(), state.forced_at.back()) {
+            (_, Some(last)) if now.duration_since(*last) < self.options.force_refresh_interval => {
+                Some(self.options.force_refresh_interval - now.duration_since(*last))
+            }
+            (Some(first), _) if state.forced_at.len() >= self.options.force_refresh_daily_limit => {
+                Some(FORCE_REFRESH_WINDOW - now.duration_since(*first))
+            }
+            _ => None,
+        };
+        if let Some(wait) = wait {
+            let error = token_error(format!(
+                "stable_token returned the token that was just rejected and force_refresh is not \
+                 allowed for another {}s",
+                wait.as_secs().max(1)
+            ));
+            warn!(app = %self.app, wait_secs = wait.as_secs(), "token rejected but force refresh not allowed yet");
+            let cooldown = wait.min(self.options.failure_cooldown);
+            return Err(self.cool_down(state, now, cooldown, error));
+        }
+
+        state.forced_at.push_back(now);
+        warn!(app = %self.app, forced_today = state.forced_at.len(), "stable_token returned the rejected token; forcing a refresh");
+        let started = Instant::now();
+        match self.fetch_once(true).await {
+            Ok(fetched) if fetched.token == *rejected => {
+                let error =
+                    token_error("stable_token force_refresh returned the rejected token again");
+                Err(self.cool_down(state, now, self.options.force_refresh_interval, error))
+            }
+            Ok(fetched) => Ok((started, fetched)),
+            Err(error) => {
+                self.start_cooldown_if_needed(state, &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// One fetch with retries of the transient failures.
+    async fn fetch_with_retries(&self) -> Result<(Instant, FetchedToken), WechatError> {
+        let mut attempt = 1;
+        loop {
+            let started = Instant::now();
+            match self.fetch_once(false).await {
+                Ok(fetched) => return Ok((started, fetched)),
+                Err(error) if attempt < self.options.fetch_attempts && is_transient(&error) => {
+                    let delay =
+                        jittered_backoff(self.options.fetch_backoff, attempt, Duration::MAX);
+                    warn!(app = %self.app, attempt, %error, delay_ms = delay.as_millis() as u64, "token fetch failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(error) => {
+                    warn!(app = %self.app, attempt, %error, "token fetch failed");
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// One call to WeChat, counted.
+    async fn fetch_once(&self, force_refresh: bool) -> Result<FetchedToken, WechatError> {
+        metrics::counter!(TOKEN_FETCHES_TOTAL, "app" => self.app.clone()).increment(1);
+        let result = self.source.fetch(force_refresh).await;
+        if result.is_err() {
+            metrics::counter!(TOKEN_FETCH_FAILURES_TOTAL, "app" => self.app.clone()).increment(1);
+        }
+        result
+    }
+
+    /// Remembers an errcode that retrying cannot fix (credentials, IP whitelist, quota).
+    fn start_cooldown_if_needed(&self, state: &mut RefreshState, error: &WechatError) {
+        let remembered =
+            matches!(error, WechatError::Api { .. }) && error.class() != Some(ErrorClass::Busy);
+        if remembered {
+            warn!(app = %self.app, errcode = error.errcode(), cooldown_secs = self.options.failure_cooldown.as_secs(), "token endpoint refused; not calling it again until the cooldown passes");
+            self.cool_down(
+                state,
+                Instant::now(),
+                self.options.failure_cooldown,
+                error.clone(),
+            );
+        }
+    }
+
+    fn cool_down(
+        &self,
+        state: &mut RefreshState,
+        now: Instant,
+        duration: Duration,
+        error: WechatError,
+    ) -> WechatError {
+        state.cooldown = Some((now + duration, error.clone()));
+        error
+    }
+
+    async fn save_and_install(&self, started: Instant, fetched: FetchedToken) -> Arc<CachedToken> {
+        let stored = StoredToken {
+            token: fetched.token,
+            fetched_at: started,
+            lifetime: fetched.expires_in,
+        };
+        if let Err(error) = self.store.save(&stored).await {
+            warn!(app = %self.app, %error, "could not save the token to the store; keeping it in-process");
+        }
+        self.install(CachedToken::new(stored, &self.options))
+    }
+
+    fn install(&self, cached: CachedToken) -> Arc<CachedToken> {
+        let cached = Arc::new(cached);
+        let lifetime = cached.stored.lifetime;
+        metrics::gauge!(TOKEN_EXPIRES_IN_SECONDS, "app" => self.app.clone())
+            .set(lifetime.as_secs_f64());
+        self.current.store(Some(cached.clone()));
+        // WeChat moved on: the rejected tokens cannot come back (a rejection racing with this
+        // install of the very same token stays recorded).
+        self.rejected_slot()
+            .retain(|rejected| rejected == cached.token());
+        self.wake_refresher.notify_one();
+        debug!(app = %self.app, expires_in_secs = lifetime.as_secs(), "access token cached");
+        cached
     }
 }
+
+impl Drop for TokenCache {
+    fn drop(&mut self) {
+        // Lets a sleeping refresher notice at once that the cache is gone.
+        self.wake_refresher.notify_one();
+    }
+}
+
+/// Renews the token at its refresh point; on failure keeps the current token and retries with
+/// backoff. Holds the cache only while working, never while sleeping.
+async fn run_refresher(cache: Weak<TokenCache>, wake: Arc<Notify>) {
+    let mut failures: u32 = 0;
+    loop {
+        let next_wake = {
+            let Some(cache) = cache.upgrade() else {
+                debug!("token cache dropped; refresher stopping");
+                return;
+            };
+            let now = Instant::now();
+            let refresh_at = cache
+                .current
+                .load()
+                .as_deref()
+                .map(|cached| cached.refresh_at);
+            match refresh_at {
+                Some(refresh_at) if now < refresh_at => refresh_at,
+                _ => match cache.refresh_in_background().await {
+                    Ok(()) => {
+                        failures = 0;
+                        let refresh_at = cache
+                            .current
+                            .load()
+                            .as_deref()
+                            .map(|cached| cached.refresh_at);
+                        // At least the minimum retry delay apart, even for absurdly short lifetimes.
+                        let earliest = Instant::now() + cache.options.background_retry_min;
+                        refresh_at.map_or(earliest, |at| at.max(earliest))
+                    }
+                    Err(error) => {
+                        failures = failures.saturating_add(1);
+                        let delay = jittered_backoff(
+                            cache.options.background_retry_min,
+                            failures,
+                            cache.options.background_retry_max,
+                        );
+                        let keeping = cache.usable_token(Instant::now()).is_some();
+                        warn!(app = %cache.app, %error, failures, retry_in_ms = delay.as_millis() as u64, keeping_current_token = keeping, "background token refresh failed");
+                        Instant::now() + delay
+                    }
+                },
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(next_wake) => {}
+            () = wake.notified() => {}
+        }
+    }
+}
+
+/// Worth retrying within one fetch: WeChat was busy, or the request did not get an answer.
+/// Token fetches are safe to repeat (stable mode returns the same token; a classic fetch
+/// leaves the previous token valid for 5 more minutes).
+fn is_transient(error: &WechatError) -> bool {
+    match error {
+        WechatError::Api { .. } => error.class() == Some(ErrorClass::Busy),
+        WechatError::Unreachable { .. } | WechatError::OutcomeUnknown { .. } => true,
+        WechatError::HttpStatus { status, .. } => *status >= 500,
+        WechatError::InvalidResponse { .. } => false,
+    }
+}
+
+/// `base * 2^(attempt-1)`, capped at `max`, then jittered into its upper half ("equal jitter").
+fn jittered_backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
+    let exponential = base
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(max);
+    let half = exponential / 2;
+    let jitter_nanos = fastrand::u64(0..=half.as_nanos().min(u64::MAX as u128) as u64);
+    half + Duration::from_nanos(jitter_nanos)
+}
+
+/// A token-endpoint failure produced by the cache itself (no errcode from WeChat).
+fn token_error(detail: impl Into<String>) -> WechatError {
+    WechatError::InvalidResponse {
+        endpoint: Endpoint::Token,
+        detail: detail.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -126,12 +126,27 @@ mod tests {
             ErrorClass::of(Endpoint::Send, 40001),
             ErrorClass::TokenRejected
         );
-        assert_eq!(ErrorClass::of(Endpoint::Token, 40001), ErrorClass::Credential);
+        assert_eq!(
+            ErrorClass::of(Endpoint::Token, 40001),
+            ErrorClass::Credential
+        );
         assert_eq!(ErrorClass::of(Endpoint::Token, -1), ErrorClass::Busy);
-        assert_eq!(ErrorClass::of(Endpoint::Send, 43101), ErrorClass::NotSubscribed);
-        assert_eq!(ErrorClass::of(Endpoint::Send, 47003), ErrorClass::InvalidRequest);
-        assert_eq!(ErrorClass::of(Endpoint::Send, 45009), ErrorClass::DailyQuota);
-        assert_eq!(ErrorClass::of(Endpoint::Send, 45011), ErrorClass::MinuteQuota);
+        assert_eq!(
+            ErrorClass::of(Endpoint::Send, 43101),
+            ErrorClass::NotSubscribed
+        );
+        assert_eq!(
+            ErrorClass::of(Endpoint::Send, 47003),
+            ErrorClass::InvalidRequest
+        );
+        assert_eq!(
+            ErrorClass::of(Endpoint::Send, 45009),
+            ErrorClass::DailyQuota
+        );
+        assert_eq!(
+            ErrorClass::of(Endpoint::Send, 45011),
+            ErrorClass::MinuteQuota
+        );
         assert_eq!(ErrorClass::of(Endpoint::Send, 48001), ErrorClass::Other);
     }
 }

@@ -7,8 +7,13 @@
 
 mod client;
 mod errors;
+mod redact;
 mod wire;
 
-pub use client::{AppApi, ClientOptions, Delivered, FetchedToken, SendAttempt, TokenMode, WechatClient};
+pub use client::{
+    AppApi, ClientOptions, Delivered, FetchedToken, SendAttempt, TokenMode,
+    UPSTREAM_REQUEST_DURATION, WechatClient,
+};
 pub use errors::{Endpoint, ErrorClass, WechatError};
+pub use redact::{REDACTED, redact_url, scrub};
 pub use wire::{MiniprogramState, SubscribeMessage};

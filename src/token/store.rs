@@ -1,0 +1,122 @@
+//! Where the current token is kept between fetches, behind a small trait so that many replicas
+//! can later share one token (e.g. Redis) instead of each fetching its own.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tokio::time::{Duration, Instant};
+
+use crate::secret::Secret;
+
+/// A token with the facts needed to judge its age.
+///
+/// A shared store keeps the token with a TTL of [`StoredToken::remaining`] and the original
+/// `lifetime`; loading it back rebuilds `fetched_at = now - (lifetime - remaining_ttl)`, so
+/// `Instant`s never cross a process boundary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredToken {
+    /// The access token (redacted in Debug).
+    pub token: Secret,
+    /// When the fetch that produced it *started*: its lifetime counts from here, so network time
+    /// can only make us think it expires earlier than it does, never later.
+    pub fetched_at: Instant,
+    /// WeChat's `expires_in`, as given.
+    pub lifetime: Duration,
+}
+
+impl StoredToken {
+    /// When WeChat stops accepting it (at the latest).
+    pub fn expires_at(&self) -> Instant {
+        self.fetched_at + self.lifetime
+    }
+
+    /// Lifetime left at `now` (zero once expired).
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.expires_at().saturating_duration_since(now)
+    }
+}
+
+/// A token store failed (a shared store can be unreachable). The cache then falls back to
+/// fetching from WeChat and keeping the token in-process.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("token store: {0}")]
+pub struct TokenStoreError(pub String);
+
+/// One app's token storage. Object-safe; every method is called only on the cache's slow path
+/// (misses, refreshes and rejections), never on the hot read path.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// The stored token, if any (it may be expired; the cache judges).
+    async fn load(&self) -> Result<Option<StoredToken>, TokenStoreError>;
+    /// Replaces the stored token.
+    async fn save(&self, token: &StoredToken) -> Result<(), TokenStoreError>;
+    /// Removes the stored token only if it is `rejected` (compare-and-delete); true when it did.
+    async fn invalidate_if(&self, rejected: &Secret) -> Result<bool, TokenStoreError>;
+}
+
+/// The default store: one slot in this process.
+#[derive(Debug, Default)]
+pub struct MemoryTokenStore {
+    slot: Mutex<Option<StoredToken>>,
+}
+
+impl MemoryTokenStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<StoredToken>> {
+        // A poisoned slot still holds a whole value (writes are single assignments).
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl TokenStore for MemoryTokenStore {
+    async fn load(&self) -> Result<Option<StoredToken>, TokenStoreError> {
+        Ok(self.slot().clone())
+    }
+
+    async fn save(&self, token: &StoredToken) -> Result<(), TokenStoreError> {
+        *self.slot() = Some(token.clone());
+        Ok(())
+    }
+
+    async fn invalidate_if(&self, rejected: &Secret) -> Result<bool, TokenStoreError> {
+        let mut slot = self.slot();
+        if slot
+            .as_ref()
+            .is_some_and(|stored| stored.token == *rejected)
+        {
+            *slot = None;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_store_compares_before_deleting() {
+        let store = MemoryTokenStore::new();
+        assert_eq!(store.load().await.unwrap(), None);
+        let stored = StoredToken {
+            token: Secret::new("t1"),
+            fetched_at: Instant::now(),
+            lifetime: Duration::from_secs(7200),
+        };
+        store.save(&stored).await.unwrap();
+        assert!(!store.invalidate_if(&Secret::new("t0")).await.unwrap());
+        assert_eq!(store.load().await.unwrap(), Some(stored.clone()));
+        tokio::time::advance(Duration::from_secs(7000)).await;
+        assert_eq!(stored.remaining(Instant::now()), Duration::from_secs(200));
+        assert!(store.invalidate_if(&Secret::new("t1")).await.unwrap());
+        assert_eq!(store.load().await.unwrap(), None);
+    }
+}
