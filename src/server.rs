@@ -23,7 +23,7 @@ use crate::{
     pb,
     service::{App, Notifier},
     telemetry::{self, REQUEST_ID_HEADER, RpcTelemetryLayer},
-    token::{TokenCache, TokenOptions},
+    token::{TOKEN_EXPIRES_IN_SECONDS, TokenCache, TokenOptions},
     wechat::{WechatClient, WechatError},
 };
 
@@ -100,12 +100,14 @@ pub async fn start(
         .apps
         .iter()
         .map(|app| {
-            let api = client.app(
-                app.appid.clone(),
-                app.secret.clone(),
-                app.token_mode,
-                app.api_bases.clone(),
-            );
+            let api = client
+                .app(
+                    app.appid.clone(),
+                    app.secret.clone(),
+                    app.token_mode,
+                    app.api_bases.clone(),
+                )
+                .with_metrics_label(&app.name);
             let tokens = TokenCache::new(&app.name, Arc::new(api.clone()), TokenOptions::default());
             Arc::new(App::new(
                 app.name.clone(),
@@ -183,9 +185,17 @@ pub async fn start(
             TcpListenerStream::new(grpc_listener),
             drain.clone().cancelled_owned(),
         );
+    let token_caches: Vec<_> = apps.iter().map(|app| app.tokens().clone()).collect();
     let metrics = axum::serve(
         metrics_listener,
-        telemetry::metrics_router(telemetry::metrics_handle()),
+        telemetry::metrics_router(telemetry::metrics_handle(), move || {
+            // Time to expiry is a live value: set it at scrape time.
+            for tokens in &token_caches {
+                let seconds = tokens.time_to_expiry().unwrap_or_default().as_secs_f64();
+                metrics::gauge!(TOKEN_EXPIRES_IN_SECONDS, "app" => tokens.app().to_owned())
+                    .set(seconds);
+            }
+        }),
     );
     let metrics_task = tokio::spawn(async move {
         if let Err(error) = metrics.await {

@@ -56,13 +56,18 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// `GET /metrics` in the Prometheus text format.
-pub fn metrics_router(handle: PrometheusHandle) -> axum::Router {
+/// `GET /metrics` in the Prometheus text format; `before_render` updates live gauges.
+pub fn metrics_router(
+    handle: PrometheusHandle,
+    before_render: impl Fn() + Clone + Send + Sync + 'static,
+) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let handle = handle.clone();
+            let before_render = before_render.clone();
             async move {
+                before_render();
                 (
                     [(
                         http::header::CONTENT_TYPE,
