@@ -1,15 +1,49 @@
 //! Typed, validated configuration: command line, environment and the multi-app TOML file.
 //!
-//! CONTRACT STUB: the types are fixed; parsing is being written.
+//! Two steps. clap turns flags and environment variables into [`ServeArgs`]; a value of the
+//! wrong shape (not a number, not a socket address, not one of an enum's values) is a usage
+//! error there. [`ServeArgs::into_config`] then checks ranges and consistency, reads secret files
+//! and the TOML file, and returns a [`ServeConfig`], or a [`ConfigError`] whose message names the
+//! environment variable and flag, or the TOML key, at fault. It binds and starts nothing, so
+//! `main` can exit 64 before any port is bound. docs/configuration.md is the operator's reference.
 
-use std::{net::SocketAddr, time::Duration};
+mod file;
+#[cfg(test)]
+mod tests;
+
+use std::{fmt, net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use url::Url;
 
 use crate::{
     secret::Secret,
+    validation::MAX_ID_BYTES,
     wechat::{ClientOptions, TokenMode},
 };
+
+/// WeChat's general API domain, the default API base.
+pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
+/// Default gRPC listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
+/// Default metrics listen address.
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9464";
+
+/// Allowed `max_in_flight`, per app.
+pub const MAX_IN_FLIGHT_RANGE: RangeInclusive<u64> = 1..=10_000;
+/// Allowed `rate_per_sec`, per app.
+pub const RATE_PER_SEC_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+/// Allowed BatchSend recipients per call.
+pub const MAX_BATCH_RECIPIENTS_RANGE: RangeInclusive<u64> = 1..=100_000;
+/// Allowed shutdown grace, in seconds.
+pub const SHUTDOWN_GRACE_RANGE: RangeInclusive<u64> = 0..=3_600;
+/// Allowed idempotency TTL, in seconds: at least the promised 24 hours, at most 30 days.
+pub const IDEMPOTENCY_TTL_RANGE: RangeInclusive<u64> = 86_400..=2_592_000;
+/// Allowed idempotency records kept.
+pub const IDEMPOTENCY_CAPACITY_RANGE: RangeInclusive<u64> = 1..=100_000_000;
+/// Allowed connect timeout, in milliseconds.
+pub const CONNECT_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 1..=60_000;
+/// Allowed request timeout, in milliseconds.
+pub const REQUEST_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 1..=600_000;
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -41,6 +75,37 @@ pub struct AppConfig {
     pub rate_per_sec: u32,
 }
 
+/// The per-app settings given by flags (`WECHAT_API_BASE`, `WECHAT_TOKEN_MODE`,
+/// `NOTIFY_MAX_IN_FLIGHT`, `NOTIFY_RATE_PER_SEC`): the single app's settings, the defaults of
+/// TOML apps that leave a key out, and the settings of the sandbox's apps (whose API base is the
+/// sandbox's own address instead).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppDefaults {
+    /// API bases, tried in order.
+    pub api_bases: Vec<Url>,
+    /// Token endpoint family.
+    pub token_mode: TokenMode,
+    /// Concurrent upstream sends at most, per app.
+    pub max_in_flight: usize,
+    /// Sustained sends per second, per app.
+    pub rate_per_sec: u32,
+}
+
+impl AppDefaults {
+    /// An app with these settings.
+    pub fn app(&self, name: String, appid: String, secret: Secret) -> AppConfig {
+        AppConfig {
+            name,
+            appid,
+            secret,
+            api_bases: self.api_bases.clone(),
+            token_mode: self.token_mode,
+            max_in_flight: self.max_in_flight,
+            rate_per_sec: self.rate_per_sec,
+        }
+    }
+}
+
 /// Idempotency record keeping.
 #[derive(Clone, Debug)]
 pub struct IdempotencyOptions {
@@ -61,6 +126,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// The apps; empty with `sandbox`, which configures its own.
     pub apps: Vec<AppConfig>,
+    /// The flags' per-app settings; what the sandbox's apps should use (with its own API base).
+    pub app_defaults: AppDefaults,
     /// Run the embedded sandbox and send to it.
     pub sandbox: bool,
     /// Fetch every app's token before reporting SERVING; exit non-zero on bad credentials.
@@ -73,4 +140,536 @@ pub struct ServeConfig {
     pub idempotency: IdempotencyOptions,
     /// Upstream HTTP client settings.
     pub client: ClientOptions,
+}
+
+/// A setting given by an environment variable or, equally, a flag of `serve`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setting {
+    /// The environment variable.
+    pub env: &'static str,
+    /// The `serve` flag.
+    pub flag: &'static str,
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.env, self.flag)
+    }
+}
+
+macro_rules! settings {
+    ($($(#[$doc:meta])* $name:ident = $env:literal, $flag:literal;)*) => {
+        /// Every setting of `serve`, by environment variable and flag.
+        pub mod settings {
+            use super::Setting;
+            $($(#[$doc])* pub const $name: Setting = Setting { env: $env, flag: $flag };)*
+            /// All of them, in `--help` order.
+            pub const ALL: &[Setting] = &[$($name),*];
+        }
+    };
+}
+
+settings! {
+    /// The single app's AppID.
+    APPID = "WECHAT_APPID", "--appid";
+    /// The single app's AppSecret.
+    SECRET = "WECHAT_SECRET", "--secret";
+    /// A file holding the single app's AppSecret.
+    SECRET_FILE = "WECHAT_SECRET_FILE", "--secret-file";
+    /// API bases, comma-separated, in failover order.
+    API_BASE = "WECHAT_API_BASE", "--api-base";
+    /// Token endpoint family.
+    TOKEN_MODE = "WECHAT_TOKEN_MODE", "--token-mode";
+    /// The multi-app TOML file.
+    CONFIG = "NOTIFY_CONFIG", "--config";
+    /// gRPC listen address.
+    LISTEN = "NOTIFY_LISTEN", "--listen";
+    /// Metrics listen address.
+    METRICS_LISTEN = "NOTIFY_METRICS_LISTEN", "--metrics-listen";
+    /// Log line format.
+    LOG_FORMAT = "NOTIFY_LOG_FORMAT", "--log-format";
+    /// Concurrent upstream sends per app.
+    MAX_IN_FLIGHT = "NOTIFY_MAX_IN_FLIGHT", "--max-in-flight";
+    /// Sustained sends per second per app.
+    RATE_PER_SEC = "NOTIFY_RATE_PER_SEC", "--rate-per-sec";
+    /// BatchSend recipients per call.
+    MAX_BATCH_RECIPIENTS = "NOTIFY_MAX_BATCH_RECIPIENTS", "--max-batch-recipients";
+    /// Drain time after shutdown begins.
+    SHUTDOWN_GRACE = "NOTIFY_SHUTDOWN_GRACE", "--shutdown-grace";
+    /// Idempotency record lifetime.
+    IDEMPOTENCY_TTL = "NOTIFY_IDEMPOTENCY_TTL", "--idempotency-ttl";
+    /// Idempotency records kept.
+    IDEMPOTENCY_CAPACITY = "NOTIFY_IDEMPOTENCY_CAPACITY", "--idempotency-capacity";
+    /// Upstream connect timeout.
+    CONNECT_TIMEOUT_MS = "WECHAT_CONNECT_TIMEOUT_MS", "--connect-timeout-ms";
+    /// Upstream request timeout.
+    REQUEST_TIMEOUT_MS = "WECHAT_REQUEST_TIMEOUT_MS", "--request-timeout-ms";
+    /// Run the embedded sandbox.
+    SANDBOX = "NOTIFY_SANDBOX", "--sandbox";
+    /// Fetch tokens before serving.
+    WARM_TOKENS = "NOTIFY_WARM_TOKENS", "--warm-tokens";
+}
+
+/// Why the configuration was refused. Every message names the environment variable and flag,
+/// or the TOML file and key, at fault; none contains a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag or environment variable has a bad value.
+    #[error("{setting}: {problem}")]
+    Invalid {
+        /// The setting at fault.
+        setting: Setting,
+        /// What is wrong, lowercase.
+        problem: String,
+    },
+    /// Settings given together that exclude each other.
+    #[error("{0}")]
+    Conflict(String),
+    /// Neither an app nor the sandbox is configured.
+    #[error(
+        "no app configured: set WECHAT_APPID (--appid) with WECHAT_SECRET (--secret) or \
+         WECHAT_SECRET_FILE (--secret-file) for one app, or NOTIFY_CONFIG (--config) to a TOML \
+         file with one [[apps]] table per app, or NOTIFY_SANDBOX=true (--sandbox) to run against \
+         the embedded sandbox"
+    )]
+    NoApp,
+    /// The TOML file cannot be read or is not TOML.
+    #[error("NOTIFY_CONFIG (--config) {}: {problem}", .path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, lowercase.
+        problem: String,
+    },
+    /// A key of the TOML file has a bad value.
+    #[error("{}: {key}: {problem}", .path.display())]
+    FileKey {
+        /// The file.
+        path: PathBuf,
+        /// The key, e.g. `apps[1].secret_env` (apps are numbered from 0).
+        key: String,
+        /// What is wrong, lowercase.
+        problem: String,
+    },
+}
+
+/// The flags (and environment variables) of `serve`.
+///
+/// `Debug` is safe to print: the secret is a [`Secret`].
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// AppID of the one app (for several apps, use --config)
+    #[arg(long, env = "WECHAT_APPID", value_name = "APPID")]
+    pub appid: Option<String>,
+
+    /// AppSecret of the one app; prefer --secret-file, since flags show in the process list
+    #[arg(
+        long,
+        env = "WECHAT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET",
+        value_parser = parse_secret
+    )]
+    pub secret: Option<Secret>,
+
+    /// File holding the one app's AppSecret (a trailing newline is ignored)
+    #[arg(long, env = "WECHAT_SECRET_FILE", value_name = "FILE", value_parser = parse_path)]
+    pub secret_file: Option<PathBuf>,
+
+    /// WeChat API base URLs, comma-separated, tried in order when one cannot be reached;
+    /// also the default of TOML apps
+    #[arg(long, env = "WECHAT_API_BASE", value_name = "URLS", default_value = DEFAULT_API_BASE)]
+    pub api_base: String,
+
+    /// Token endpoint: stable (POST /cgi-bin/stable_token) or classic (GET /cgi-bin/token);
+    /// also the default of TOML apps
+    #[arg(long, env = "WECHAT_TOKEN_MODE", value_name = "MODE", value_enum, default_value_t = TokenMode::Stable)]
+    pub token_mode: TokenMode,
+
+    /// TOML file configuring several apps, one [[apps]] table each
+    #[arg(long = "config", env = "NOTIFY_CONFIG", value_name = "FILE", value_parser = parse_path)]
+    pub config: Option<PathBuf>,
+
+    /// gRPC listen address
+    #[arg(long, env = "NOTIFY_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Metrics (Prometheus, GET /metrics) listen address
+    #[arg(long, env = "NOTIFY_METRICS_LISTEN", value_name = "ADDR", default_value = DEFAULT_METRICS_LISTEN)]
+    pub metrics_listen: SocketAddr,
+
+    /// Log line format
+    #[arg(long, env = "NOTIFY_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Concurrent upstream sends at most, per app (1-10000); also the default of TOML apps
+    #[arg(
+        long,
+        env = "NOTIFY_MAX_IN_FLIGHT",
+        value_name = "N",
+        default_value_t = 64
+    )]
+    pub max_in_flight: u64,
+
+    /// Sustained sends per second, per app (1-1000000); also the default of TOML apps
+    #[arg(
+        long,
+        env = "NOTIFY_RATE_PER_SEC",
+        value_name = "N",
+        default_value_t = 500
+    )]
+    pub rate_per_sec: u64,
+
+    /// BatchSend recipients per call at most (1-100000)
+    #[arg(
+        long,
+        env = "NOTIFY_MAX_BATCH_RECIPIENTS",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    pub max_batch_recipients: u64,
+
+    /// Seconds in-flight calls may take to finish once shutdown begins (0-3600)
+    #[arg(
+        long,
+        env = "NOTIFY_SHUTDOWN_GRACE",
+        value_name = "SECONDS",
+        default_value_t = 25
+    )]
+    pub shutdown_grace: u64,
+
+    /// Seconds a successful send is remembered by its idempotency key (86400-2592000)
+    #[arg(
+        long,
+        env = "NOTIFY_IDEMPOTENCY_TTL",
+        value_name = "SECONDS",
+        default_value_t = 86_400
+    )]
+    pub idempotency_ttl: u64,
+
+    /// Idempotency records kept at most; the oldest go first (1-100000000)
+    #[arg(
+        long,
+        env = "NOTIFY_IDEMPOTENCY_CAPACITY",
+        value_name = "N",
+        default_value_t = 1_000_000
+    )]
+    pub idempotency_capacity: u64,
+
+    /// Milliseconds allowed to connect to a WeChat API base (1-60000)
+    #[arg(
+        long,
+        env = "WECHAT_CONNECT_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 3_000
+    )]
+    pub connect_timeout_ms: u64,
+
+    /// Milliseconds allowed for a whole WeChat request once connected (1-600000)
+    #[arg(
+        long,
+        env = "WECHAT_REQUEST_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 10_000
+    )]
+    pub request_timeout_ms: u64,
+
+    /// Run the embedded fake WeChat API and send to it; no credentials needed
+    #[arg(long, env = "NOTIFY_SANDBOX", value_parser = parse_bool_env)]
+    pub sandbox: bool,
+
+    /// Fetch every app's token before reporting SERVING; exit non-zero on bad credentials
+    #[arg(long, env = "NOTIFY_WARM_TOKENS", value_parser = parse_bool_env)]
+    pub warm_tokens: bool,
+}
+
+fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(value))
+}
+
+/// A path; unlike clap's own parser, it lets an empty value through, to count as unset.
+fn parse_path(value: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(value))
+}
+
+/// A boolean flag's environment variable: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`
+/// (any case); empty counts as unset, so as false.
+fn parse_bool_env(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "y" | "on" => Ok(true),
+        "false" | "0" | "no" | "n" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
+impl ServeArgs {
+    /// Validates the settings, reads secret files and the TOML file (`secret_env` looks in the
+    /// process environment), and returns the configuration.
+    pub fn into_config(self) -> Result<ServeConfig, ConfigError> {
+        self.into_config_with_env(|name| std::env::var(name).ok())
+    }
+
+    /// [`Self::into_config`], looking environment variables named by `secret_env` up with `env`.
+    pub fn into_config_with_env(
+        self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ServeConfig, ConfigError> {
+        use settings::*;
+
+        let app_defaults = AppDefaults {
+            api_bases: parse_api_base_list(&self.api_base)
+                .map_err(|problem| invalid(API_BASE, problem))?,
+            token_mode: self.token_mode,
+            max_in_flight: in_range(self.max_in_flight, MAX_IN_FLIGHT_RANGE)
+                .map_err(|problem| invalid(MAX_IN_FLIGHT, problem))?,
+            rate_per_sec: in_range(self.rate_per_sec, RATE_PER_SEC_RANGE)
+                .map_err(|problem| invalid(RATE_PER_SEC, problem))?,
+        };
+        let max_batch_recipients = in_range(self.max_batch_recipients, MAX_BATCH_RECIPIENTS_RANGE)
+            .map_err(|problem| invalid(MAX_BATCH_RECIPIENTS, problem))?;
+        let shutdown_grace: u64 = in_range(self.shutdown_grace, SHUTDOWN_GRACE_RANGE)
+            .map_err(|problem| invalid(SHUTDOWN_GRACE, problem))?;
+        let idempotency_ttl: u64 = in_range(self.idempotency_ttl, IDEMPOTENCY_TTL_RANGE)
+            .map_err(|problem| invalid(IDEMPOTENCY_TTL, problem))?;
+        let idempotency_capacity: u64 =
+            in_range(self.idempotency_capacity, IDEMPOTENCY_CAPACITY_RANGE)
+                .map_err(|problem| invalid(IDEMPOTENCY_CAPACITY, problem))?;
+        let connect_timeout_ms: u64 = in_range(self.connect_timeout_ms, CONNECT_TIMEOUT_MS_RANGE)
+            .map_err(|problem| invalid(CONNECT_TIMEOUT_MS, problem))?;
+        let request_timeout_ms: u64 = in_range(self.request_timeout_ms, REQUEST_TIMEOUT_MS_RANGE)
+            .map_err(|problem| invalid(REQUEST_TIMEOUT_MS, problem))?;
+
+        let apps = self.apps(&app_defaults, &env)?;
+
+        Ok(ServeConfig {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            log_format: self.log_format,
+            apps,
+            app_defaults,
+            sandbox: self.sandbox,
+            warm_tokens: self.warm_tokens,
+            max_batch_recipients,
+            shutdown_grace: Duration::from_secs(shutdown_grace),
+            idempotency: IdempotencyOptions {
+                ttl: Duration::from_secs(idempotency_ttl),
+                capacity: idempotency_capacity,
+            },
+            client: ClientOptions {
+                connect_timeout: Duration::from_millis(connect_timeout_ms),
+                request_timeout: Duration::from_millis(request_timeout_ms),
+            },
+        })
+    }
+
+    /// The apps: none with the sandbox, the TOML file's, or the one app of the flags.
+    fn apps(
+        &self,
+        defaults: &AppDefaults,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<AppConfig>, ConfigError> {
+        use settings::*;
+
+        // An empty value counts as unset: templated environments often produce `NAME=`.
+        let appid = self.appid.as_deref().filter(|appid| !appid.is_empty());
+        let secret = self.secret.as_ref().filter(|secret| !secret.is_empty());
+        let secret_file = self
+            .secret_file
+            .as_deref()
+            .filter(|path| !path.as_os_str().is_empty());
+        let config = self
+            .config
+            .as_deref()
+            .filter(|path| !path.as_os_str().is_empty());
+
+        let single_app_settings: Vec<Setting> = [
+            (APPID, appid.is_some()),
+            (SECRET, secret.is_some()),
+            (SECRET_FILE, secret_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(setting, given)| given.then_some(setting))
+        .collect();
+
+        if self.sandbox {
+            let mut given = single_app_settings;
+            if config.is_some() {
+                given.push(CONFIG);
+            }
+            if !given.is_empty() {
+                return Err(ConfigError::Conflict(format!(
+                    "{SANDBOX} configures the sandbox's apps itself; remove {}",
+                    list(&given)
+                )));
+            }
+            return Ok(Vec::new());
+        }
+
+        if let Some(path) = config {
+            if !single_app_settings.is_empty() {
+                return Err(ConfigError::Conflict(format!(
+                    "{CONFIG} configures the apps; remove {} (one-app settings), or put that app \
+                     in the file",
+                    list(&single_app_settings)
+                )));
+            }
+            return file::load_apps(path, defaults, env);
+        }
+
+        let Some(appid) = appid else {
+            if single_app_settings.is_empty() {
+                return Err(ConfigError::NoApp);
+            }
+            return Err(invalid(
+                APPID,
+                format!("not set, but {} is", list(&single_app_settings)),
+            ));
+        };
+        check_identifier(appid).map_err(|problem| invalid(APPID, problem))?;
+        let secret = match (secret, secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Conflict(format!(
+                    "{SECRET} and {SECRET_FILE} are both set; set one"
+                )));
+            }
+            (Some(secret), None) => {
+                check_secret(secret.expose()).map_err(|problem| invalid(SECRET, problem))?;
+                secret.clone()
+            }
+            (None, Some(path)) => {
+                read_secret_file(path).map_err(|problem| invalid(SECRET_FILE, problem))?
+            }
+            (None, None) => {
+                return Err(invalid(
+                    SECRET,
+                    format!("not set; {APPID} needs {SECRET} or {SECRET_FILE}"),
+                ));
+            }
+        };
+        Ok(vec![defaults.app(
+            appid.to_owned(),
+            appid.to_owned(),
+            secret,
+        )])
+    }
+}
+
+fn invalid(setting: Setting, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+/// `A (--a), B (--b)`.
+fn list(settings: &[Setting]) -> String {
+    let names: Vec<String> = settings.iter().map(Setting::to_string).collect();
+    names.join(", ")
+}
+
+/// `value` when it lies in `range`, converted to the type the configuration keeps.
+fn in_range<T: TryFrom<u64>>(value: u64, range: RangeInclusive<u64>) -> Result<T, String> {
+    let out_of_range = || {
+        format!(
+            "must be from {} to {}, got {value}",
+            range.start(),
+            range.end()
+        )
+    };
+    if !range.contains(&value) {
+        return Err(out_of_range());
+    }
+    T::try_from(value).map_err(|_| out_of_range())
+}
+
+/// An appid or app name: non-empty, at most [`MAX_ID_BYTES`] (what a request's `app` may hold),
+/// no whitespace or control characters (most likely a copy-and-paste accident).
+fn check_identifier(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "must be at most {MAX_ID_BYTES} bytes, got {}",
+            value.len()
+        ));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`{}` contains whitespace or control characters",
+            value.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// An AppSecret: non-empty, no whitespace or control characters. Never echoes the value.
+fn check_secret(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("the secret is empty".to_owned());
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the secret contains whitespace or control characters".to_owned());
+    }
+    Ok(())
+}
+
+/// Reads a secret file; trailing newlines (`\n`, `\r\n`) are not part of the secret.
+fn read_secret_file(path: &std::path::Path) -> Result<Secret, String> {
+    let contents = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let secret = contents.trim_end_matches(['\n', '\r']);
+    check_secret(secret).map_err(|problem| format!("{problem} (in {})", path.display()))?;
+    Ok(Secret::new(secret))
+}
+
+/// A comma-separated list of API bases, in failover order.
+fn parse_api_base_list(value: &str) -> Result<Vec<Url>, String> {
+    parse_api_bases(value.split(','))
+}
+
+/// API bases, in failover order: at least one, each an http(s) URL without credentials, query
+/// or fragment, none twice. A path is kept as a prefix and given a trailing `/`, so that joining
+/// `cgi-bin/token` onto `https://proxy.example/wechat` keeps the `wechat/`.
+fn parse_api_bases<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Vec<Url>, String> {
+    let mut bases: Vec<Url> = Vec::new();
+    for entry in entries {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return Err("empty entry in the list of URLs".to_owned());
+        }
+        let base = parse_api_base(entry)?;
+        if bases.contains(&base) {
+            return Err(format!("{base} is listed twice"));
+        }
+        bases.push(base);
+    }
+    if bases.is_empty() {
+        return Err("at least one URL is required".to_owned());
+    }
+    Ok(bases)
+}
+
+fn parse_api_base(entry: &str) -> Result<Url, String> {
+    let mut url = Url::parse(entry).map_err(|error| {
+        format!("`{entry}` is not a URL ({error}); write it as https://host[:port][/path]")
+    })?;
+    // Checked first, so the error below never repeats a password.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("an API base must not contain credentials".to_owned());
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("`{entry}` is not an http or https URL"));
+    }
+    if url.host().is_none() {
+        return Err(format!("`{entry}` has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{entry}` must not have a query or fragment"));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
 }
