@@ -27,6 +27,8 @@ pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
 /// Default metrics listen address.
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9464";
+/// Default address of the embedded sandbox of `serve --sandbox`.
+pub const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:8089";
 
 /// Allowed `max_in_flight`, per app.
 pub const MAX_IN_FLIGHT_RANGE: RangeInclusive<u64> = 1..=10_000;
@@ -130,6 +132,8 @@ pub struct ServeConfig {
     pub app_defaults: AppDefaults,
     /// Run the embedded sandbox and send to it.
     pub sandbox: bool,
+    /// Where the embedded sandbox listens (loopback).
+    pub sandbox_listen: SocketAddr,
     /// Fetch every app's token before reporting SERVING; exit non-zero on bad credentials.
     pub warm_tokens: bool,
     /// BatchSend recipients per call at most.
@@ -206,6 +210,8 @@ settings! {
     REQUEST_TIMEOUT_MS = "WECHAT_REQUEST_TIMEOUT_MS", "--request-timeout-ms";
     /// Run the embedded sandbox.
     SANDBOX = "NOTIFY_SANDBOX", "--sandbox";
+    /// Where the embedded sandbox listens.
+    SANDBOX_LISTEN = "NOTIFY_SANDBOX_LISTEN", "--sandbox-listen";
     /// Fetch tokens before serving.
     WARM_TOKENS = "NOTIFY_WARM_TOKENS", "--warm-tokens";
 }
@@ -378,6 +384,15 @@ pub struct ServeArgs {
     #[arg(long, env = "NOTIFY_SANDBOX", value_parser = parse_bool_env)]
     pub sandbox: bool,
 
+    /// Where the embedded sandbox listens with --sandbox (keep it loopback)
+    #[arg(
+        long,
+        env = "NOTIFY_SANDBOX_LISTEN",
+        value_name = "ADDR",
+        default_value = DEFAULT_SANDBOX_LISTEN
+    )]
+    pub sandbox_listen: SocketAddr,
+
     /// Fetch every app's token before reporting SERVING; exit non-zero on bad credentials
     #[arg(long, env = "NOTIFY_WARM_TOKENS", value_parser = parse_bool_env)]
     pub warm_tokens: bool,
@@ -448,6 +463,7 @@ impl ServeArgs {
             apps,
             app_defaults,
             sandbox: self.sandbox,
+            sandbox_listen: self.sandbox_listen,
             warm_tokens: self.warm_tokens,
             max_batch_recipients,
             shutdown_grace: Duration::from_secs(shutdown_grace),

@@ -197,7 +197,11 @@ mod tests {
         }
         for errcode in [40013, 40125, 40164, 40243, 40001] {
             let token = SendError::new(ErrorKind::Token(api(Endpoint::Token, errcode)), 0);
-            assert_eq!(code_of(&token), Code::FailedPrecondition, "errcode {errcode}");
+            assert_eq!(
+                code_of(&token),
+                Code::FailedPrecondition,
+                "errcode {errcode}"
+            );
         }
         let unknown = upstream(WechatError::OutcomeUnknown {
             endpoint: Endpoint::Send,
@@ -205,7 +209,10 @@ mod tests {
         });
         assert_eq!(code_of(&unknown), Code::Unknown);
         let status = status_of(&unknown);
-        assert_eq!(status.get_error_details().error_info().unwrap().reason, "OUTCOME_UNKNOWN");
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "OUTCOME_UNKNOWN"
+        );
         let unreachable = upstream(WechatError::Unreachable {
             endpoint: Endpoint::Send,
             detail: "refused".into(),

@@ -9,10 +9,10 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
-use tokio_stream::wrappers::TcpListenerStream;
 use http::HeaderName;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
@@ -148,7 +148,10 @@ pub async fn start(
             tracing::info!(app = %app.name, "token warmed up");
         }
     }
-    let refreshers: Vec<_> = apps.iter().map(|app| app.tokens().spawn_refresher()).collect();
+    let refreshers: Vec<_> = apps
+        .iter()
+        .map(|app| app.tokens().spawn_refresher())
+        .collect();
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -225,12 +228,18 @@ pub async fn start(
         tracing::info!(?grace, "shutdown begun: health is NOT_SERVING, draining");
         drain.cancel();
         let deadline = tokio::time::Instant::now() + grace;
-        if tokio::time::timeout_at(deadline, &mut serve_task).await.is_err() {
+        if tokio::time::timeout_at(deadline, &mut serve_task)
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over with calls still in flight; closing them");
             serve_task.abort();
         }
         // Sends whose caller went away still finish at WeChat and are recorded.
-        if tokio::time::timeout_at(deadline, drained.drain()).await.is_err() {
+        if tokio::time::timeout_at(deadline, drained.drain())
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over with sends still running");
         }
         for refresher in refreshers {

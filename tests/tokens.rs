@@ -51,7 +51,11 @@ async fn a_token_revoked_mid_traffic_is_refreshed_once_and_every_message_goes_on
         assert!(result.is_ok(), "{result:?}");
     }
     let stats = harness.sandbox().stats();
-    assert_eq!(stats.total_token_fetches(), 2, "one fetch, then one refresh");
+    assert_eq!(
+        stats.total_token_fetches(),
+        2,
+        "one fetch, then one refresh"
+    );
     let inbox = harness.sandbox().inbox(None);
     assert_eq!(inbox.len(), 200);
     let mut recipients: Vec<_> = inbox.iter().map(|message| message.openid.clone()).collect();
@@ -81,8 +85,16 @@ async fn a_short_lifetime_never_sends_an_expired_token() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let stats = harness.sandbox().stats();
-    assert_eq!(stats.rejected.get(&42001), None, "no expired token was used");
-    assert_eq!(stats.rejected.get(&40001), None, "no revoked token was used");
+    assert_eq!(
+        stats.rejected.get(&42001),
+        None,
+        "no expired token was used"
+    );
+    assert_eq!(
+        stats.rejected.get(&40001),
+        None,
+        "no revoked token was used"
+    );
     assert_eq!(stats.delivered, sent as u64);
     assert!(stats.total_token_fetches() >= 2, "the token was renewed");
 }

@@ -58,7 +58,10 @@ impl Admission {
     pub(crate) fn stopped(&self) -> Option<NotStarted> {
         if self.cancel.is_cancelled() {
             Some(NotStarted::Cancelled)
-        } else if self.caller_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+        } else if self
+            .caller_deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
             Some(NotStarted::DeadlineExceeded)
         } else {
             None

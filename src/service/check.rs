@@ -74,12 +74,18 @@ impl Violations {
         } else if key.len() > MAX_KEY_BYTES {
             self.push(
                 field,
-                format!("keyword name is {} bytes, at most {MAX_KEY_BYTES} allowed", key.len()),
+                format!(
+                    "keyword name is {} bytes, at most {MAX_KEY_BYTES} allowed",
+                    key.len()
+                ),
             );
         } else if value.len() > MAX_VALUE_BYTES {
             self.push(
                 field,
-                format!("is {} bytes, at most {MAX_VALUE_BYTES} allowed", value.len()),
+                format!(
+                    "is {} bytes, at most {MAX_VALUE_BYTES} allowed",
+                    value.len()
+                ),
             );
         } else if let Err(rule) = validation::check_keyword_value(key, value) {
             self.push(field, rule);

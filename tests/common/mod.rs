@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use tonic::transport::Channel;
 use url::Url;
 use wechat_notify::{
-    config::{AppConfig, IdempotencyOptions, LogFormat, ServeConfig},
+    config::{AppConfig, AppDefaults, IdempotencyOptions, LogFormat, ServeConfig},
     pb::{self, notify_service_client::NotifyServiceClient},
     sandbox::{Sandbox, SandboxApp, SandboxConfig, SandboxServer},
     secret::Secret,
@@ -67,7 +67,14 @@ pub fn serve_config() -> ServeConfig {
         metrics_listen: loopback(),
         log_format: LogFormat::Text,
         apps: Vec::new(),
+        app_defaults: AppDefaults {
+            api_bases: Vec::new(),
+            token_mode: TokenMode::Stable,
+            max_in_flight: 64,
+            rate_per_sec: 100_000,
+        },
         sandbox: false,
+        sandbox_listen: loopback(),
         warm_tokens: false,
         max_batch_recipients: 10_000,
         shutdown_grace: Duration::from_secs(5),

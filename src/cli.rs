@@ -1,0 +1,162 @@
+//! The command line: `serve`, `serve --sandbox` and `sandbox`. Part of the composition root:
+//! the one production-side place that knows the sandbox, so that `serve --sandbox` can start it.
+
+use std::{future::Future, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{ServeArgs, ServeConfig},
+    sandbox::{self, Sandbox, SandboxApp, SandboxArgs, SandboxConfig},
+    secret::Secret,
+    server, telemetry,
+};
+
+/// Exit code for a configuration the service refuses (EX_USAGE), before any port is bound.
+const EXIT_CONFIG: u8 = 64;
+/// Exit code for a failure after start-up began (a port in use, a token warm-up refused).
+const EXIT_FAILURE: u8 = 1;
+/// Name of the app `serve --sandbox` configures.
+pub const SANDBOX_APP_NAME: &str = "sandbox";
+
+/// wechat-notify: send WeChat Mini Program subscribe messages with one gRPC call.
+#[derive(Debug, Parser)]
+#[command(name = "wechat-notify", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve notify.v1.NotifyService (with --sandbox: against an embedded fake WeChat API).
+    Serve(Box<ServeArgs>),
+    /// Run the fake WeChat API alone (a development tool; never expose it).
+    Sandbox(Box<SandboxArgs>),
+}
+
+/// Parses the command line and runs the chosen command to completion.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("wechat-notify: cannot start the runtime: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match args.into_config() {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("wechat-notify: configuration error: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            telemetry::init_logging(config.log_format);
+            runtime.block_on(serve(config, shutdown_signal()))
+        }
+        Command::Sandbox(args) => {
+            telemetry::init_logging(crate::config::LogFormat::Text);
+            match runtime.block_on(sandbox::run(*args, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(%error, "sandbox failed");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+    }
+}
+
+/// Runs the service until `shutdown` resolves, with the embedded sandbox when configured.
+pub async fn serve(
+    mut config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> ExitCode {
+    // Kept alive until the service has shut down.
+    let _sandbox = if config.sandbox {
+        match start_embedded_sandbox(&mut config).await {
+            Ok(sandbox) => Some(sandbox),
+            Err(error) => {
+                tracing::error!(%error, addr = %config.sandbox_listen, "cannot start the embedded sandbox");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    } else {
+        None
+    };
+    match server::start(config, shutdown).await {
+        Ok(running) => {
+            running.wait().await;
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Starts the sandbox on its loopback address, auto-accepting subscriptions so a first send
+/// just works, and configures one app against it with a fresh random secret.
+async fn start_embedded_sandbox(
+    config: &mut ServeConfig,
+) -> std::io::Result<sandbox::SandboxServer> {
+    let sandbox_config = SandboxConfig {
+        auto_accept: true,
+        ..SandboxConfig::default()
+    };
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let appid = sandbox_config.apps[0].appid.clone();
+    let sandbox_config = SandboxConfig {
+        apps: vec![SandboxApp::new(appid.clone(), secret.clone())],
+        ..sandbox_config
+    };
+    let running = Sandbox::new(sandbox_config)
+        .spawn(config.sandbox_listen)
+        .await?;
+    let mut app = config
+        .app_defaults
+        .app(SANDBOX_APP_NAME.to_owned(), appid, Secret::new(secret));
+    app.api_bases = vec![running.base_url()];
+    tracing::info!(
+        base_url = %running.base_url(),
+        inbox = %format!("{}sandbox/inbox", running.base_url()),
+        "embedded sandbox listening (a fake WeChat API for development)"
+    );
+    config.apps = vec![app];
+    Ok(running)
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
