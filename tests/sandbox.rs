@@ -1215,6 +1215,45 @@ async fn shutdown_stops_serving() {
 }
 
 #[tokio::test]
+async fn dropping_the_server_stops_it() {
+    let h = Harness::start(SandboxConfig::default()).await;
+    let url = h.url("sandbox/stats");
+    h.get("sandbox/stats").await;
+    drop(h.server);
+    let fresh = Client::new();
+    let stopped = wait_for_async(|| {
+        let request = fresh.get(&url);
+        async move { request.send().await.is_err() }
+    })
+    .await;
+    assert!(stopped, "no longer accepting");
+}
+
+#[tokio::test]
+async fn documented_sample_values_are_accepted() {
+    let h = Harness::start(SandboxConfig::default()).await;
+    let token = h.token().await;
+    let samples = [
+        (
+            "sandbox-order-shipped",
+            json!({"character_string1": {"value": "SBX2019100100001"},
+                   "thing2": {"value": "无线耳机"},
+                   "date3": {"value": "2019年10月1日 15:01"},
+                   "phrase4": {"value": "已发货"}}),
+        ),
+        (
+            "sandbox-appointment",
+            json!({"thing1": {"value": "体检"}, "time2": {"value": "15:01"},
+                   "thing3": {"value": "二号楼三层"}, "name4": {"value": "张三"}}),
+        ),
+    ];
+    for (template_id, data) in samples {
+        let body = json!({"touser": DEMO_OPENID, "template_id": template_id, "data": data});
+        assert_eq!(errcode(&h.send(&token, body).await), 0, "{template_id}");
+    }
+}
+
+#[tokio::test]
 async fn run_serves_until_the_shutdown_future_resolves() {
     use clap::Parser;
 
