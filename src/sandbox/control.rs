@@ -19,7 +19,7 @@ use super::{
     Sandbox,
     faults::{Fault, fault_json::FaultJson},
     send::is_valid_openid,
-    state::Grant,
+    state::{Grant, SubscriptionKey},
 };
 
 /// The control routes, with full paths.
@@ -162,12 +162,17 @@ async fn record_subscription(State(sandbox): State<Sandbox>, body: Bytes) -> Con
 }
 
 fn subscription_json(sandbox: &Sandbox, appid: &str, openid: &str, template_id: &str) -> Value {
-    let state = sandbox.inner.lock();
-    let subscription = state
+    let key = SubscriptionKey {
+        appid: appid.to_string(),
+        openid: openid.to_string(),
+        template_id: template_id.to_string(),
+    };
+    let subscription = sandbox
+        .inner
+        .lock()
         .subscriptions
-        .iter()
-        .find(|(k, _)| k.appid == appid && k.openid == openid && k.template_id == template_id)
-        .map(|(_, s)| *s)
+        .get(&key)
+        .copied()
         .unwrap_or_default();
     json!({
         "appid": appid,
