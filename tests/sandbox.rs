@@ -589,6 +589,19 @@ async fn each_bad_field_gets_its_errcode() {
             "data.phrase4.value",
         ),
         (invalid(&|b| b["data"] = json!("x")), "data"),
+        // The keyword type rules (phrase: at most 5 Chinese characters; date: a date).
+        (
+            invalid(&|b| b["data"]["phrase1"] = json!({"value": "Wang Xiao Er"})),
+            "data.phrase1.value",
+        ),
+        (
+            invalid(&|b| b["data"]["phrase4"] = json!({"value": "一二三四五六"})),
+            "data.phrase4.value",
+        ),
+        (
+            invalid(&|b| b["data"]["date5"] = json!({"value": "next tuesday"})),
+            "data.date5.value",
+        ),
         (
             invalid(&|b| b["miniprogram_state"] = json!("production")),
             "miniprogram_state",

@@ -5,7 +5,7 @@
 //! JSON (47001); `touser` (40003); `template_id` (40037); `data` (47003); `page` (41030);
 //! `miniprogram_state` and `lang` (47003); subscription (43101).
 
-use std::{collections::BTreeMap, sync::OnceLock, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use axum::{
     body::Bytes,
@@ -258,27 +258,7 @@ fn value_obeys_rule(template: &Template, keyword: &Keyword, value: &str) -> bool
 /// A value against its keyword type's WeChat rule, from the product's one rule table
 /// ([`crate::validation`]), so the sandbox and the service never disagree about a rule.
 fn keyword_rule(key: &str, value: &str) -> Result<(), String> {
-    if !rule_table_available() {
-        return Ok(());
-    }
     crate::validation::check_keyword_value(key, value)
-}
-
-/// TEMPORARY, remove once `crate::validation` has landed: that module is written on another
-/// branch and, until it is merged, its functions panic with `unimplemented!`. Probe it once;
-/// while it is a stub, type rules are skipped (keys, empty values and enum lists are still
-/// checked) instead of failing every send.
-fn rule_table_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let probe = std::panic::catch_unwind(|| {
-            crate::validation::check_keyword_value("thing1", "sandbox probe")
-        });
-        if probe.is_err() {
-            tracing::warn!("keyword type rules not available yet; sandbox checks keys, empty values and enum lists only");
-        }
-        probe.is_ok()
-    })
 }
 
 /// `page` is optional (absent or empty: no page); with a page list configured, its path (the

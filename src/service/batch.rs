@@ -195,12 +195,13 @@ impl Notifier {
         let result = self
             .deliver_once(&shared.app, message, key, &admission)
             .await;
-        if let Err(error) = &result {
-            if let ErrorKind::Upstream(upstream) = &error.kind {
-                if upstream.class() == Some(ErrorClass::DailyQuota) {
-                    shared.daily_quota_exhausted.store(true, Ordering::Relaxed);
-                }
-            }
+        if let Err(SendError {
+            kind: ErrorKind::Upstream(upstream),
+            ..
+        }) = &result
+            && upstream.class() == Some(ErrorClass::DailyQuota)
+        {
+            shared.daily_quota_exhausted.store(true, Ordering::Relaxed);
         }
         result
     }
