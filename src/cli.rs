@@ -33,6 +33,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run the fake WeChat API alone (a development tool; never expose it).
     Sandbox(Box<SandboxArgs>),
+    /// Load generator and fixed-answer upstream for benchmarks (see docs/benchmarks.md).
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// Parses the command line and runs the chosen command to completion.
@@ -49,6 +51,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Bench(args) => crate::bench::main(*args, &runtime),
         Command::Serve(args) => {
             let config = match args.into_config() {
                 Ok(config) => config,

@@ -7,9 +7,11 @@
 //! - [`service`]: decides (validation, idempotency, retries, batch fan-out); knows no tonic.
 //! - [`validation`], [`idempotency`], [`token`], [`wechat`]: the pieces it decides with.
 //! - [`sandbox`]: the fake WeChat API; only the composition root and tests use it.
+//! - [`bench`]: the load generator and fixed-answer upstream of `wechat-notify bench`.
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod error;
