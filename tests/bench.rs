@@ -1,0 +1,104 @@
+//! The load generator runs briefly against an in-process server and sandbox and reports.
+//! No speed is asserted: benchmarks are not timed tests (see docs/benchmarks.md).
+
+mod common;
+
+use std::time::Duration;
+
+use common::Harness;
+use wechat_notify::bench::{LoadOptions, Report, Scenario, run_load};
+
+fn options(target: String, scenario: Scenario) -> LoadOptions {
+    LoadOptions {
+        scenario,
+        target,
+        concurrency: 4,
+        connections: 2,
+        duration: Duration::from_millis(700),
+        warmup: Duration::from_millis(100),
+        rate: None,
+        max_requests: None,
+        app: String::new(),
+        watch: vec![("self".to_owned(), std::process::id())],
+        reset_peak: false,
+    }
+}
+
+fn assert_shape(report: &Report, scenario: &str) {
+    assert_eq!(report.scenario, scenario);
+    assert!(report.calls > 0, "{report}");
+    assert!(report.messages > 0, "{report}");
+    assert!(report.errors.is_empty(), "{report}");
+    assert!(report.messages_per_sec > 0.0);
+    assert!(report.elapsed_secs > 0.0);
+    let latency = report.latency_us;
+    assert!(latency.p50 <= latency.p90 && latency.p90 <= latency.p99 && latency.p99 <= latency.max);
+    assert_eq!(report.processes.len(), 1);
+    // The JSON form names every field scripts read.
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    for field in [
+        "messages",
+        "messages_per_sec",
+        "errors",
+        "latency_us",
+        "processes",
+    ] {
+        assert!(json.get(field).is_some(), "{field} missing from {json}");
+    }
+    for field in ["p50", "p90", "p99"] {
+        assert!(json["latency_us"].get(field).is_some());
+    }
+    let text = report.to_string();
+    assert!(
+        text.contains("messages/s") && text.contains("p99"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generator_drives_send_and_batch_and_reports() {
+    let harness = Harness::start().await;
+    let target = format!("http://{}", harness.server.grpc_addr);
+
+    let closed = run_load(&options(target.clone(), Scenario::Send))
+        .await
+        .unwrap();
+    assert_shape(&closed, "send");
+    assert_eq!(closed.mode, "closed");
+
+    let open = run_load(&LoadOptions {
+        rate: Some(200.0),
+        ..options(target.clone(), Scenario::Send)
+    })
+    .await
+    .unwrap();
+    assert_shape(&open, "send");
+    assert_eq!(open.mode, "open");
+    assert!(open.calls <= 141, "the schedule bounds the calls: {open}");
+
+    let batch = run_load(&LoadOptions {
+        concurrency: 1,
+        max_requests: Some(2),
+        ..options(target, Scenario::Batch { recipients: 50 })
+    })
+    .await
+    .unwrap();
+    assert_shape(&batch, "batch");
+    assert_eq!(batch.messages % 50, 0, "{batch}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fixed_answer_upstream_answers_the_http_scenario() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        axum::serve(listener, wechat_notify::bench::upstream_router())
+            .await
+            .unwrap();
+    });
+    let report = run_load(&options(format!("http://{addr}/"), Scenario::Http))
+        .await
+        .unwrap();
+    assert_shape(&report, "http");
+    upstream.abort();
+}
