@@ -11,8 +11,8 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use http::HeaderName;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
@@ -185,7 +185,9 @@ pub async fn start(
         .add_service(reflection_v1alpha)
         .add_service(NotifyGrpc::new(notifier.clone()).into_server())
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
+            // TCP_NODELAY: a small answer must not wait for the client's delayed ACK (Nagle),
+            // which showed as tens of milliseconds of p99 at moderate load.
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             drain.clone().cancelled_owned(),
         );
     let token_caches: Vec<_> = apps.iter().map(|app| app.tokens().clone()).collect();
