@@ -60,11 +60,11 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            telemetry::init_logging(config.log_format);
+            let _logs = telemetry::init_logging(config.log_format);
             runtime.block_on(serve(config, shutdown_signal()))
         }
         Command::Sandbox(args) => {
-            telemetry::init_logging(crate::config::LogFormat::Text);
+            let _logs = telemetry::init_logging(crate::config::LogFormat::Text);
             match runtime.block_on(sandbox::run(*args, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
