@@ -33,7 +33,11 @@ fn assert_shape(report: &Report, scenario: &str) {
     assert!(report.elapsed_secs > 0.0);
     let latency = report.latency_us;
     assert!(latency.p50 <= latency.p90 && latency.p90 <= latency.p99 && latency.p99 <= latency.max);
-    assert_eq!(report.processes.len(), 1);
+    assert_eq!(
+        report.processes.len(),
+        2,
+        "the watched process and the generator"
+    );
     // The JSON form names every field scripts read.
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     for field in [

@@ -226,10 +226,16 @@ pub async fn run_load(options: &LoadOptions) -> Result<Report, String> {
     if !options.warmup.is_zero() {
         drive(options, &callers, options.warmup, None).await;
     }
+    // The generator itself too: on shared cores its appetite limits what the others can get.
     let watches: Vec<ProcessWatch> = options
         .watch
         .iter()
         .map(|(label, pid)| ProcessWatch::start(label, *pid, options.reset_peak))
+        .chain(std::iter::once(ProcessWatch::start(
+            "generator",
+            std::process::id(),
+            false,
+        )))
         .collect();
     let started = Instant::now();
     let mut tally = drive(options, &callers, options.duration, options.max_requests).await;
