@@ -68,12 +68,14 @@ impl Violations {
     /// One keyword: `map_field` is the path of the map it came from (`data`,
     /// `recipients[3].data`).
     pub(crate) fn data_entry(&mut self, map_field: &str, key: &str, value: &str) {
-        let field = format!("{map_field}.{key}");
+        // The field path is built only for a violation: valid keywords, the common case, cost
+        // no allocation.
+        let field = || format!("{map_field}.{key}");
         if key.is_empty() {
             self.push(map_field, "has an empty keyword name");
         } else if key.len() > MAX_KEY_BYTES {
             self.push(
-                field,
+                field(),
                 format!(
                     "keyword name is {} bytes, at most {MAX_KEY_BYTES} allowed",
                     key.len()
@@ -81,14 +83,14 @@ impl Violations {
             );
         } else if value.len() > MAX_VALUE_BYTES {
             self.push(
-                field,
+                field(),
                 format!(
                     "is {} bytes, at most {MAX_VALUE_BYTES} allowed",
                     value.len()
                 ),
             );
         } else if let Err(rule) = validation::check_keyword_value(key, value) {
-            self.push(field, rule);
+            self.push(field(), rule);
         }
     }
 
