@@ -6,7 +6,9 @@
 //! failure is [`WechatError::OutcomeUnknown`] and stops there: trying another base could deliver a
 //! message twice.
 
-use std::{sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwapOption;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -100,6 +102,7 @@ impl WechatClient {
                 secret,
                 mode,
                 bases,
+                send_urls: ArcSwapOption::empty(),
             }),
         }
     }
@@ -146,6 +149,23 @@ struct AppInner {
     secret: Secret,
     mode: TokenMode,
     bases: Vec<Url>,
+    /// The send URLs for the current token (see [`SendUrls`]).
+    send_urls: ArcSwapOption<SendUrls>,
+}
+
+/// The send endpoint's URL on each API base (same order) with one token in the query. Built once
+/// per token instead of once per message: building and percent-encoding it showed as ~2% of the
+/// service's instructions per message.
+struct SendUrls {
+    token: Secret,
+    urls: Vec<Url>,
+}
+
+/// Redacted: the URLs carry the access token.
+impl fmt::Debug for SendUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SendUrls([redacted])")
+    }
 }
 
 impl AppApi {
@@ -176,6 +196,7 @@ impl AppApi {
                 secret: inner.secret.clone(),
                 mode: inner.mode,
                 bases: inner.bases.clone(),
+                send_urls: ArcSwapOption::empty(),
             }),
         }
     }
@@ -192,7 +213,7 @@ impl AppApi {
                     "secret": inner.secret.expose(),
                     "force_refresh": force_refresh,
                 });
-                self.exchange(Endpoint::Token, &secrets, |base| {
+                self.exchange(Endpoint::Token, &secrets, |_, base| {
                     let url = endpoint_url(base, &["cgi-bin", "stable_token"]);
                     let request = inner.http.post(url.clone()).json(&body);
                     (url, request)
@@ -200,7 +221,7 @@ impl AppApi {
                 .await
             }
             TokenMode::Classic => {
-                self.exchange(Endpoint::Token, &secrets, |base| {
+                self.exchange(Endpoint::Token, &secrets, |_, base| {
                     let mut url = endpoint_url(base, &["cgi-bin", "token"]);
                     url.query_pairs_mut()
                         .append_pair("grant_type", "client_credential")
@@ -223,11 +244,10 @@ impl AppApi {
     pub async fn send(&self, token: &Secret, message: &SubscribeMessage) -> SendAttempt {
         let inner = &*self.inner;
         let secrets = [token, &inner.secret];
+        let send_urls = self.send_urls(token);
         let exchange = self
-            .exchange(Endpoint::Send, &secrets, |base| {
-                let mut url = endpoint_url(base, &["cgi-bin", "message", "subscribe", "send"]);
-                url.query_pairs_mut()
-                    .append_pair("access_token", token.expose());
+            .exchange(Endpoint::Send, &secrets, |index, _| {
+                let url = send_urls.urls[index].clone();
                 let request = inner.http.post(url.clone()).json(message);
                 (url, request)
             })
@@ -247,13 +267,39 @@ impl AppApi {
         }
     }
 
+    /// The send URLs for `token`, from the cache unless the token changed.
+    fn send_urls(&self, token: &Secret) -> Arc<SendUrls> {
+        let inner = &*self.inner;
+        if let Some(cached) = inner.send_urls.load_full()
+            && cached.token == *token
+        {
+            return cached;
+        }
+        let urls = inner
+            .bases
+            .iter()
+            .map(|base| {
+                let mut url = endpoint_url(base, &["cgi-bin", "message", "subscribe", "send"]);
+                url.query_pairs_mut()
+                    .append_pair("access_token", token.expose());
+                url
+            })
+            .collect();
+        let built = Arc::new(SendUrls {
+            token: token.clone(),
+            urls,
+        });
+        inner.send_urls.store(Some(built.clone()));
+        built
+    }
+
     /// Makes one logical request: tries each API base in order, moving on only when no
     /// connection could be made. Returns the body of a 2xx answer.
     async fn exchange(
         &self,
         endpoint: Endpoint,
         secrets: &[&Secret],
-        build: impl Fn(&Url) -> (Url, reqwest::RequestBuilder),
+        build: impl Fn(usize, &Url) -> (Url, reqwest::RequestBuilder),
     ) -> Exchange {
         let inner = &*self.inner;
         let endpoint_label = match endpoint {
@@ -267,8 +313,8 @@ impl AppApi {
         );
         let mut requests = 0;
         let mut last_connect_error = None;
-        for base in &inner.bases {
-            let (url, request) = build(base);
+        for (index, base) in inner.bases.iter().enumerate() {
+            let (url, request) = build(index, base);
             requests += 1;
             let started = tokio::time::Instant::now();
             let response = request.send().await;
