@@ -17,7 +17,7 @@ mod process;
 mod report;
 mod upstream;
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
 
 pub use load::{LoadOptions, Scenario, run_load};
 pub use process::ProcessWatch;
@@ -168,11 +168,13 @@ pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
     };
     match runtime.block_on(run_load(&options)) {
         Ok(report) => {
-            if json {
-                println!("{}", report.to_json());
+            // A closed pipe (`| head`) is not a failure of the run.
+            let mut stdout = std::io::stdout();
+            let _ = if json {
+                writeln!(stdout, "{}", report.to_json())
             } else {
-                print!("{report}");
-            }
+                write!(stdout, "{report}")
+            };
             ExitCode::SUCCESS
         }
         Err(error) => {
