@@ -202,6 +202,7 @@ pub async fn start(
             }
         }),
     );
+    let metrics_upkeep = telemetry::spawn_metrics_upkeep(telemetry::metrics_handle());
     let metrics_task = tokio::spawn(async move {
         if let Err(error) = metrics.await {
             tracing::error!(%error, "metrics listener failed");
@@ -248,6 +249,7 @@ pub async fn start(
             refresher.abort();
         }
         metrics_task.abort();
+        metrics_upkeep.abort();
         tracing::info!("shutdown complete");
     });
 

@@ -75,6 +75,24 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// How often recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every few seconds, until aborted.
+/// The recorder keeps every raw sample until upkeep or a scrape drains it, so without this a
+/// service nobody scrapes grows without bound: 8 bytes per sample, two samples per message,
+/// ~24 MB a minute at 25,000 messages/s. (`build_recorder` leaves upkeep to the caller.)
+pub fn spawn_metrics_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            every.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}
+
 /// `GET /metrics` in the Prometheus text format; `before_render` updates live gauges.
 pub fn metrics_router(
     handle: PrometheusHandle,
