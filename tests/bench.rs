@@ -92,7 +92,7 @@ async fn the_generator_drives_send_and_batch_and_reports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fixed_answer_upstream_answers_the_http_scenario() {
+async fn the_fixed_answer_upstream_and_the_bare_forwarder_answer() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let upstream = tokio::spawn(async move {
@@ -104,5 +104,23 @@ async fn the_fixed_answer_upstream_answers_the_http_scenario() {
         .await
         .unwrap();
     assert_shape(&report, "http");
+
+    // The bare forwarder (the reference point) in front of it.
+    let forwarder =
+        wechat_notify::bench::Forwarder::new(&format!("http://{addr}/").parse().unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let forwarder_addr = listener.local_addr().unwrap();
+    let forwarding = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                wechat_notify::pb::notify_service_server::NotifyServiceServer::new(forwarder),
+            )
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let report = run_load(&options(format!("http://{forwarder_addr}"), Scenario::Send))
+        .await
+        .unwrap();
+    assert_shape(&report, "send");
+    forwarding.abort();
     upstream.abort();
 }

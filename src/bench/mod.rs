@@ -9,9 +9,12 @@
 //! - `bench http`: the same against the upstream's send endpoint directly, to learn the rate the
 //!   upstream sustains alone.
 //! - `bench upstream`: a minimal fixed-answer WeChat API (token endpoints and send).
+//! - `bench forwarder`: the reference point, a bare tonic handler forwarding each SendSubscribe
+//!   with one shared reqwest client and nothing else.
 //!
 //! Every run is bounded by `--duration` (and `--requests`) and stops by itself.
 
+mod forwarder;
 mod load;
 mod process;
 mod report;
@@ -19,6 +22,7 @@ mod upstream;
 
 use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
 
+pub use forwarder::{Forwarder, serve_forwarder};
 pub use load::{LoadOptions, Scenario, run_load};
 pub use process::ProcessWatch;
 pub use report::{Latency, ProcessUsage, Report};
@@ -41,6 +45,8 @@ enum BenchCommand {
     Http(LoadArgs),
     /// Serve a fixed-answer WeChat API: tokens and `{"errcode":0,...}` for every send.
     Upstream(UpstreamArgs),
+    /// Serve a bare SendSubscribe forwarder (the reference point; nothing but tonic + reqwest).
+    Forwarder(ForwarderArgs),
 }
 
 /// Flags shared by every load scenario.
@@ -101,6 +107,27 @@ struct UpstreamArgs {
     exit_after: u64,
 }
 
+#[derive(Debug, clap::Args)]
+struct ForwarderArgs {
+    /// Where to serve gRPC (loopback).
+    #[arg(long, default_value = "127.0.0.1:50152")]
+    listen: SocketAddr,
+    /// Base URL of the fixed-answer upstream.
+    #[arg(long, default_value = "http://127.0.0.1:18089/")]
+    upstream: reqwest::Url,
+    /// Exit by itself after this many seconds (a safety net for scripts).
+    #[arg(long, default_value_t = 3_600)]
+    exit_after: u64,
+}
+
+/// Resolves on SIGTERM/SIGINT or after `exit_after`.
+async fn stop_signal(exit_after: Duration) {
+    tokio::select! {
+        () = crate::cli::shutdown_signal() => {}
+        () = tokio::time::sleep(exit_after) => {}
+    }
+}
+
 fn parse_pid(value: &str) -> Result<(String, u32), String> {
     let (label, pid) = value.split_once('=').unwrap_or(("service", value));
     let pid = pid
@@ -131,20 +158,22 @@ impl LoadArgs {
 pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let (options, json) = match args.command {
         BenchCommand::Upstream(args) => {
-            let exit_after = Duration::from_secs(args.exit_after);
-            let served = runtime.block_on(async {
-                let stop = async move {
-                    tokio::select! {
-                        () = crate::cli::shutdown_signal() => {}
-                        () = tokio::time::sleep(exit_after) => {}
-                    }
-                };
-                serve_upstream(args.listen, stop).await
-            });
+            let stop = stop_signal(Duration::from_secs(args.exit_after));
+            let served = runtime.block_on(serve_upstream(args.listen, stop));
             return match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("wechat-notify bench upstream: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        BenchCommand::Forwarder(args) => {
+            let stop = stop_signal(Duration::from_secs(args.exit_after));
+            return match runtime.block_on(serve_forwarder(args.listen, &args.upstream, stop)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("wechat-notify bench forwarder: {error}");
                     ExitCode::FAILURE
                 }
             };
