@@ -31,19 +31,32 @@ async fn metrics_match_what_the_sandbox_counted() {
 
     // Before any message: the app's series exist at zero, so rate() and alerts work at once.
     let before = scrape(metrics_addr).await;
-    assert_eq!(before.value(MESSAGES, &[("app", APP), ("outcome", "sent")]), Some(0.0));
-    assert_eq!(before.value(MESSAGES, &[("app", APP), ("outcome", "rejected")]), Some(0.0));
+    assert_eq!(
+        before.value(MESSAGES, &[("app", APP), ("outcome", "sent")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        before.value(MESSAGES, &[("app", APP), ("outcome", "rejected")]),
+        Some(0.0)
+    );
 
     // 3 sent, then a keyed send and its replay (1 sent, 1 deduplicated).
     for index in 0..3 {
-        client.send_subscribe(course_request(&openid(index))).await.expect("sent");
+        client
+            .send_subscribe(course_request(&openid(index)))
+            .await
+            .expect("sent");
     }
     let keyed = pb::SendSubscribeRequest {
         idempotency_key: "ops-metrics-key".to_owned(),
         ..course_request(OPENID)
     };
     client.send_subscribe(keyed.clone()).await.expect("sent");
-    let replay = client.send_subscribe(keyed).await.expect("replayed").into_inner();
+    let replay = client
+        .send_subscribe(keyed)
+        .await
+        .expect("replayed")
+        .into_inner();
     assert!(replay.deduplicated);
 
     // Refused before sending: a missing touser (invalid), an unknown app (invalid, app unknown).
@@ -59,16 +72,28 @@ async fn metrics_match_what_the_sandbox_counted() {
     // WeChat answers: 40003 (rejected), -1 twice then ok (sent, two errcodes counted), a 502
     // (failed), and a revoked token (40001, refreshed, sent).
     harness.sandbox().inject(Fault::errcode(40003).times(1));
-    let status = client.send_subscribe(course_request(OPENID)).await.unwrap_err();
+    let status = client
+        .send_subscribe(course_request(OPENID))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     harness.sandbox().inject(Fault::errcode(-1).times(2));
-    let busy = client.send_subscribe(course_request(OPENID)).await.expect("sent after -1");
+    let busy = client
+        .send_subscribe(course_request(OPENID))
+        .await
+        .expect("sent after -1");
     assert_eq!(busy.into_inner().attempts, 3);
     harness.sandbox().inject(Fault::http_status(502).times(1));
-    let status = client.send_subscribe(course_request(OPENID)).await.unwrap_err();
+    let status = client
+        .send_subscribe(course_request(OPENID))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     harness.sandbox().revoke_tokens(DEFAULT_APPID);
-    client.send_subscribe(course_request(OPENID)).await.expect("sent after a refresh");
+    client
+        .send_subscribe(course_request(OPENID))
+        .await
+        .expect("sent after a refresh");
 
     // A batch of three: two sent, one invalid recipient (phrase: at most 5 Chinese characters).
     let mut bad_recipient = pb::Recipient {
@@ -117,9 +142,17 @@ async fn metrics_match_what_the_sandbox_counted() {
     // Messages, by outcome.
     let outcome = |outcome: &str| metrics.value(MESSAGES, &[("app", APP), ("outcome", outcome)]);
     assert_eq!(outcome("sent"), Some(3.0 + 1.0 + 1.0 + 1.0 + 2.0));
-    assert_eq!(outcome("sent"), Some(stats.delivered as f64), "sent = delivered");
+    assert_eq!(
+        outcome("sent"),
+        Some(stats.delivered as f64),
+        "sent = delivered"
+    );
     assert_eq!(outcome("deduplicated"), Some(1.0));
-    assert_eq!(outcome("invalid"), Some(2.0), "missing touser, bad batch recipient");
+    assert_eq!(
+        outcome("invalid"),
+        Some(2.0),
+        "missing touser, bad batch recipient"
+    );
     assert_eq!(outcome("rejected"), Some(1.0), "40003");
     assert_eq!(outcome("failed"), Some(1.0), "502");
     assert_eq!(
@@ -136,7 +169,11 @@ async fn metrics_match_what_the_sandbox_counted() {
     let errcodes: BTreeMap<i64, u64> = stats.rejected.clone();
     assert_eq!(errcodes, BTreeMap::from([(-1, 2), (40001, 1), (40003, 1)]));
     for (errcode, count) in &errcodes {
-        let labels = [("app", APP), ("endpoint", "send"), ("errcode", &errcode.to_string())];
+        let labels = [
+            ("app", APP),
+            ("endpoint", "send"),
+            ("errcode", &errcode.to_string()),
+        ];
         assert_eq!(
             metrics.value(WECHAT_ERRORS, &labels),
             Some(*count as f64),
@@ -148,10 +185,16 @@ async fn metrics_match_what_the_sandbox_counted() {
     // Tokens: one fetch, one after the revocation, as the sandbox counted.
     let fetched = stats.token_fetches[DEFAULT_APPID].stable;
     assert_eq!(fetched, 2);
-    assert_eq!(metrics.value(TOKEN_FETCHES, &[("app", APP)]), Some(fetched as f64));
+    assert_eq!(
+        metrics.value(TOKEN_FETCHES, &[("app", APP)]),
+        Some(fetched as f64)
+    );
     assert_eq!(metrics.value(TOKEN_FAILURES, &[("app", APP)]), Some(0.0));
     let expires_in = metrics.value(TOKEN_EXPIRES, &[("app", APP)]).unwrap();
-    assert!(expires_in > 7_000.0 && expires_in <= 7_200.0, "{expires_in}");
+    assert!(
+        expires_in > 7_000.0 && expires_in <= 7_200.0,
+        "{expires_in}"
+    );
 
     // The refused secret: one fetch (then answered from memory during the cooldown), failed,
     // with its errcode, and no token.
@@ -159,14 +202,20 @@ async fn metrics_match_what_the_sandbox_counted() {
     let bad_fetched = bad_stats.token_fetches[DEFAULT_APPID].stable;
     assert_eq!(bad_fetched, 1);
     assert_eq!(metrics.value(TOKEN_FETCHES, &[("app", BAD_APP)]), Some(1.0));
-    assert_eq!(metrics.value(TOKEN_FAILURES, &[("app", BAD_APP)]), Some(1.0));
+    assert_eq!(
+        metrics.value(TOKEN_FAILURES, &[("app", BAD_APP)]),
+        Some(1.0)
+    );
     assert_eq!(
         metrics.sum(WECHAT_ERRORS, &[("app", BAD_APP), ("endpoint", "token")]),
         1.0
     );
     // The bad server's gauges are sampled by its own scrape.
     let bad_metrics = scrape(bad.server.metrics_addr).await;
-    assert_eq!(bad_metrics.value(TOKEN_EXPIRES, &[("app", BAD_APP)]), Some(0.0));
+    assert_eq!(
+        bad_metrics.value(TOKEN_EXPIRES, &[("app", BAD_APP)]),
+        Some(0.0)
+    );
 
     // Upstream latency: one observation per HTTP request the sandbox received.
     let send_requests = metrics.value(
@@ -179,7 +228,10 @@ async fn metrics_match_what_the_sandbox_counted() {
         &[("app", APP), ("endpoint", "token")],
     );
     assert_eq!(token_requests, Some(fetched as f64));
-    assert_eq!(metrics.value(UPSTREAM_IN_FLIGHT, &[("app", APP)]), Some(0.0));
+    assert_eq!(
+        metrics.value(UPSTREAM_IN_FLIGHT, &[("app", APP)]),
+        Some(0.0)
+    );
     assert_eq!(
         metrics.value("wechat_notify_upstream_in_flight_limit", &[("app", APP)]),
         Some(64.0)
@@ -203,7 +255,10 @@ async fn metrics_match_what_the_sandbox_counted() {
         Some(7.0)
     );
     assert_eq!(
-        metrics.value("wechat_notify_rpc_in_flight", &[("method", "SendSubscribe")]),
+        metrics.value(
+            "wechat_notify_rpc_in_flight",
+            &[("method", "SendSubscribe")]
+        ),
         Some(0.0)
     );
 
@@ -289,9 +344,9 @@ impl Scrape {
             .iter()
             .filter(move |(sample, sample_labels, _)| {
                 sample == name
-                    && labels
-                        .iter()
-                        .all(|(key, value)| sample_labels.get(*key).map(String::as_str) == Some(value))
+                    && labels.iter().all(|(key, value)| {
+                        sample_labels.get(*key).map(String::as_str) == Some(value)
+                    })
             })
             .map(|(_, _, value)| *value)
     }
@@ -310,7 +365,10 @@ async fn scrape(addr: SocketAddr) -> Scrape {
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
     let text = response.text().await.unwrap();
     let samples = text
         .lines()

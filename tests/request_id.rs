@@ -13,12 +13,7 @@ use std::{
 use common::*;
 use serde_json::Value;
 use tonic::{Code, Request};
-use wechat_notify::{
-    config::LogFormat,
-    pb,
-    sandbox::DEFAULT_APPID,
-    telemetry,
-};
+use wechat_notify::{config::LogFormat, pb, sandbox::DEFAULT_APPID, telemetry};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -102,7 +97,10 @@ async fn a_given_request_id_is_on_every_line_of_the_call_and_comes_back() {
     assert_eq!(response.into_inner().attempts, 2);
 
     let call = lines_of(request_id);
-    let messages: Vec<&str> = call.iter().filter_map(|line| line["message"].as_str()).collect();
+    let messages: Vec<&str> = call
+        .iter()
+        .filter_map(|line| line["message"].as_str())
+        .collect();
     assert!(
         messages.contains(&"token rejected, refreshing once"),
         "the delivery task's lines carry the id: {messages:?}"
@@ -112,7 +110,10 @@ async fn a_given_request_id_is_on_every_line_of_the_call_and_comes_back() {
         .find(|line| line["message"] == "message sent")
         .expect("one line for the call");
     assert_eq!(done["method"], "SendSubscribe");
-    assert_eq!(done["app"], "demo", "the resolved app, though the caller left app empty");
+    assert_eq!(
+        done["app"], "demo",
+        "the resolved app, though the caller left app empty"
+    );
     assert_eq!(done["template_id"], COURSE_REMINDER);
     assert_eq!(done["code"], "OK");
     assert_eq!(done["attempts"], 2);
@@ -122,7 +123,10 @@ async fn a_given_request_id_is_on_every_line_of_the_call_and_comes_back() {
     for line in lines() {
         let spans = line["spans"].as_array().cloned().unwrap_or_default();
         if spans.iter().any(|span| span == "rpc") {
-            assert!(line["request_id"].is_string(), "a call's line without request_id: {line}");
+            assert!(
+                line["request_id"].is_string(),
+                "a call's line without request_id: {line}"
+            );
         }
     }
 }
