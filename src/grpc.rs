@@ -26,6 +26,14 @@ impl NotifyGrpc {
         Self { notifier }
     }
 
+    /// The `app` log field: the configured name the request resolves to (also when the caller
+    /// left `app` empty), or what the caller sent when it names no app.
+    fn app_label(&self, requested: &str) -> String {
+        self.notifier
+            .app_name(requested)
+            .unwrap_or_else(|| requested.to_owned())
+    }
+
     /// The tonic service, ready to add to a router.
     pub fn into_server(self) -> pb::notify_service_server::NotifyServiceServer<Self> {
         pb::notify_service_server::NotifyServiceServer::new(self)
@@ -47,12 +55,16 @@ impl NotifyService for NotifyGrpc {
         let request = request.into_inner();
         let span = tracing::info_span!(
             "send_subscribe",
-            app = %request.app,
+            app = %self.app_label(&request.app),
             template_id = %request.template_id,
         );
         async move {
-            let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
-                .map_err(|error| status_of(&error))?;
+            let state = miniprogram_state(request.miniprogram_state, "miniprogram_state").map_err(
+                |error| {
+                    log_failure(&error, started);
+                    status_of(&error)
+                },
+            )?;
             let result = self
                 .notifier
                 .send(
@@ -100,13 +112,17 @@ impl NotifyService for NotifyGrpc {
         let request = request.into_inner();
         let span = tracing::info_span!(
             "batch_send",
-            app = %request.app,
+            app = %self.app_label(&request.app),
             template_id = %request.template_id,
             recipients = request.recipients.len(),
         );
         async move {
-            let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
-                .map_err(|error| status_of(&error))?;
+            let state = miniprogram_state(request.miniprogram_state, "miniprogram_state").map_err(
+                |error| {
+                    log_failure(&error, started);
+                    status_of(&error)
+                },
+            )?;
             let batch = BatchRequest {
                 app: request.app,
                 template_id: request.template_id,

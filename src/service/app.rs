@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::{ErrorKind, NotStarted, SendError};
 use crate::{
     idempotency::Record,
+    telemetry,
     token::TokenCache,
     wechat::{AppApi, ErrorClass, SubscribeMessage},
 };
@@ -108,6 +109,14 @@ impl App {
         }
     }
 
+    /// Sends holding one of the app's `max_in_flight` slots now (waiting for a token or for
+    /// WeChat's answer).
+    pub fn sends_in_flight(&self) -> usize {
+        self.max_in_flight
+            .max(1)
+            .saturating_sub(self.in_flight.available_permits())
+    }
+
     /// The app's token cache.
     pub fn tokens(&self) -> &Arc<TokenCache> {
         &self.tokens
@@ -136,6 +145,9 @@ impl App {
                 .map_err(|error| SendError::new(ErrorKind::Token(error), attempts))?;
             let attempt = self.api.send(&token, message).await;
             attempts += attempt.requests;
+            if let Err(error) = &attempt.result {
+                telemetry::count_wechat_error(&self.name, error);
+            }
             let error = match attempt.result {
                 Ok(delivered) => {
                     return Ok(Record {

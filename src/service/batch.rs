@@ -12,6 +12,7 @@ use std::{
 use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     App, Notifier, Receipt, SendError,
@@ -108,7 +109,8 @@ impl Notifier {
         });
         let outcomes = self
             .tasks
-            .spawn(async move { notifier.fan_out(shared, recipients).await })
+            // `in_current_span`: the call's log lines keep its request id on that task.
+            .spawn(async move { notifier.fan_out(shared, recipients).await }.in_current_span())
             .await
             .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()));
         stop_on_drop.disarm();

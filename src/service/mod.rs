@@ -14,6 +14,7 @@ use std::{
 
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use app::{Admission, SEND_ADMISSION_WAIT};
 pub use app::{App, until_next_minute, until_quota_day_ends};
@@ -119,6 +120,11 @@ impl Notifier {
         self.tasks.wait().await;
     }
 
+    /// The configured name of the app `requested` resolves to (empty: the only app), for logs.
+    pub fn app_name(&self, requested: &str) -> Option<String> {
+        self.resolve(requested).ok().map(|app| app.name.clone())
+    }
+
     /// The app a request names.
     fn resolve(&self, app: &str) -> Result<Arc<App>, SendError> {
         if app.len() > MAX_ID_BYTES {
@@ -188,8 +194,12 @@ impl Notifier {
         let notifier = self.clone();
         let app = app.clone();
         let admission = Admission::new(deadline, SEND_ADMISSION_WAIT);
+        // `in_current_span`: the call's log lines keep its request id on that task.
         self.tasks
-            .spawn(async move { notifier.deliver_once(&app, message, key, &admission).await })
+            .spawn(
+                async move { notifier.deliver_once(&app, message, key, &admission).await }
+                    .in_current_span(),
+            )
             .await
             .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
     }
