@@ -91,10 +91,10 @@ pub async fn serve(
         None
     };
     match server::start(config, shutdown).await {
-        Ok(running) => {
-            running.wait().await;
-            ExitCode::SUCCESS
-        }
+        Ok(running) => match running.wait().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_already_logged) => ExitCode::from(EXIT_FAILURE),
+        },
         Err(error) => {
             tracing::error!(%error, "cannot start");
             ExitCode::from(EXIT_FAILURE)

@@ -11,6 +11,7 @@ use crate::{
     error::{code_of, status_of},
     pb::{self, notify_service_server::NotifyService},
     service::{BatchRequest, Notifier, Receipt, RecipientInput, SendError, SendRequest},
+    telemetry::code_name,
     wechat::MiniprogramState,
 };
 
@@ -206,7 +207,7 @@ fn recipient_result(touser: String, result: Result<Receipt, SendError>) -> pb::R
 
 fn log_failure(error: &SendError, started: std::time::Instant) {
     tracing::info!(
-        code = ?code_of(error),
+        code = code_name(code_of(error)),
         wechat_errcode = error.wechat_errcode(),
         rid = error.wechat_rid(),
         attempts = error.attempts,

@@ -67,8 +67,13 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     notifier: Arc<Notifier>,
     begin_shutdown: Option<oneshot::Sender<()>>,
-    done: JoinHandle<()>,
+    done: JoinHandle<Result<(), ServeError>>,
 }
+
+/// The gRPC server stopped by itself instead of being shut down.
+#[derive(Debug, thiserror::Error)]
+#[error("the grpc server stopped unexpectedly: {0}")]
+pub struct ServeError(String);
 
 impl Running {
     /// The service behind the gRPC face (for tests and embedding).
@@ -77,16 +82,23 @@ impl Running {
     }
 
     /// Begins shutdown and waits until it is complete.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
         if let Some(begin) = self.begin_shutdown.take() {
             let _ = begin.send(());
         }
-        let _ = (&mut self.done).await;
+        self.wait_done().await
     }
 
-    /// Waits until the server has shut down (after `shutdown_signal` resolved).
-    pub async fn wait(mut self) {
-        let _ = (&mut self.done).await;
+    /// Waits until the server has shut down (after `shutdown_signal` resolved), or failed.
+    pub async fn wait(mut self) -> Result<(), ServeError> {
+        self.wait_done().await
+    }
+
+    async fn wait_done(&mut self) -> Result<(), ServeError> {
+        match (&mut self.done).await {
+            Ok(result) => result,
+            Err(join_error) => Err(ServeError(join_error.to_string())),
+        }
     }
 }
 
@@ -190,14 +202,17 @@ pub async fn start(
     let grace = config.shutdown_grace;
     let drained = notifier.clone();
     let done = tokio::spawn(async move {
-        tokio::select! {
-            () = shutdown_signal => {}
-            _ = shutdown_requested => {}
-            served = &mut serve_task => {
-                if let Ok(Err(error)) = served {
-                    tracing::error!(%error, "grpc server failed");
-                }
-            }
+        let failure = tokio::select! {
+            () = shutdown_signal => None,
+            _ = shutdown_requested => None,
+            served = &mut serve_task => Some(ServeError(match served {
+                Ok(Ok(())) => "it stopped serving".to_owned(),
+                Ok(Err(error)) => error.to_string(),
+                Err(join_error) => join_error.to_string(),
+            })),
+        };
+        if let Some(failure) = &failure {
+            tracing::error!(%failure, "grpc server failed");
         }
         // NOT_SERVING first, so the mesh stops routing here, then stop accepting and let the
         // calls in flight finish, within one grace period in all.
@@ -208,9 +223,10 @@ pub async fn start(
         );
         drain.cancel();
         let deadline = tokio::time::Instant::now() + grace;
-        if tokio::time::timeout_at(deadline, &mut serve_task)
-            .await
-            .is_err()
+        if failure.is_none()
+            && tokio::time::timeout_at(deadline, &mut serve_task)
+                .await
+                .is_err()
         {
             tracing::warn!("grace period over with calls still in flight; closing them");
             serve_task.abort();
@@ -227,6 +243,7 @@ pub async fn start(
         }
         metrics_task.abort();
         tracing::info!("shutdown complete");
+        failure.map_or(Ok(()), Err)
     });
 
     Ok(Running {

@@ -61,6 +61,11 @@ const CODE_NAMES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
+/// The canonical name of a gRPC code (`INVALID_ARGUMENT`), as in metric labels and log lines.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    CODE_NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
+}
+
 /// The call's gRPC code: in the headers for an error (trailers-only answer), OK otherwise.
 fn code_label<B>(response: &http::Response<B>) -> &'static str {
     response
