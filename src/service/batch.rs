@@ -148,13 +148,19 @@ impl Notifier {
         }
     }
 
+    /// Runs at most `max_in_flight` recipients at a time and puts each outcome in its place.
+    /// Unordered, so one slow recipient (backing off after -1, waiting out a pause) does not
+    /// hold back the ones behind it; only the in-flight recipients and the outcomes (the
+    /// response itself) are held in memory.
     async fn fan_out(
         self: Arc<Self>,
         shared: Arc<Shared>,
         recipients: Vec<RecipientInput>,
     ) -> Vec<RecipientOutcome> {
         let concurrency = shared.app.max_in_flight.max(1);
-        futures::stream::iter(recipients.into_iter().enumerate())
+        let mut outcomes: Vec<Option<RecipientOutcome>> = Vec::new();
+        outcomes.resize_with(recipients.len(), || None);
+        let mut finished = futures::stream::iter(recipients.into_iter().enumerate())
             .map(|(index, recipient)| {
                 let notifier = self.clone();
                 let shared = shared.clone();
@@ -162,12 +168,17 @@ impl Notifier {
                     let touser = recipient.touser.clone();
                     let result = notifier.send_recipient(&shared, index, recipient).await;
                     metrics::counter!("wechat_notify_messages_total", "app" => shared.app.name.clone(), "outcome" => outcome_label(&result)).increment(1);
-                    RecipientOutcome { touser, result }
+                    (index, RecipientOutcome { touser, result })
                 }
             })
-            .buffered(concurrency)
+            .buffer_unordered(concurrency);
+        while let Some((index, outcome)) = finished.next().await {
+            outcomes[index] = Some(outcome);
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every recipient has an outcome"))
             .collect()
-            .await
     }
 
     async fn send_recipient(
