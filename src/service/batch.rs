@@ -3,10 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
 };
 
 use futures::StreamExt;
@@ -17,10 +14,9 @@ use super::{
     App, Notifier, Receipt, SendError,
     app::{Admission, BATCH_ADMISSION_WAIT},
     check::Violations,
-    error::{ErrorKind, NotStarted},
     non_empty, outcome_label,
 };
-use crate::wechat::{ErrorClass, MiniprogramState, SubscribeMessage};
+use crate::wechat::{MiniprogramState, SubscribeMessage};
 
 /// One recipient of a batch, with its overrides.
 #[derive(Clone, Debug, Default)]
@@ -74,8 +70,8 @@ struct Shared {
     idempotency_key: Option<String>,
     caller_deadline: Option<Instant>,
     cancel: CancellationToken,
-    /// Set once WeChat answers 45009: no further sends for this app in this batch.
-    daily_quota_exhausted: AtomicBool,
+    /// Set once WeChat answers 45009 to any recipient: no further sends in this batch.
+    daily_quota_exhausted: Arc<AtomicBool>,
 }
 
 impl Notifier {
@@ -104,7 +100,7 @@ impl Notifier {
             idempotency_key: non_empty(request.idempotency_key),
             caller_deadline: deadline,
             cancel,
-            daily_quota_exhausted: AtomicBool::new(false),
+            daily_quota_exhausted: Arc::default(),
         });
         let outcomes = self
             .tasks
@@ -188,14 +184,11 @@ impl Notifier {
         recipient: RecipientInput,
     ) -> Result<Receipt, SendError> {
         let message = recipient_message(shared, index, recipient)?;
-        if shared.daily_quota_exhausted.load(Ordering::Relaxed) {
-            return Err(SendError::new(
-                ErrorKind::NotStarted(NotStarted::DailyQuotaExhausted),
-                0,
-            ));
-        }
+        // The admission stops this send if the deadline passed, the caller went away or a 45009
+        // came back for an earlier recipient: checked before the send and again once admitted.
         let admission = Admission {
             cancel: shared.cancel.clone(),
+            daily_quota_exhausted: shared.daily_quota_exhausted.clone(),
             ..Admission::new(shared.caller_deadline, BATCH_ADMISSION_WAIT)
         };
         // One key per recipient: a retried batch with the same key delivers each openid once.
@@ -203,18 +196,8 @@ impl Notifier {
             .idempotency_key
             .as_ref()
             .map(|key| format!("batch\n{key}\n{}", message.touser));
-        let result = self
-            .deliver_once(&shared.app, message, key, &admission)
-            .await;
-        if let Err(SendError {
-            kind: ErrorKind::Upstream(upstream),
-            ..
-        }) = &result
-            && upstream.class() == Some(ErrorClass::DailyQuota)
-        {
-            shared.daily_quota_exhausted.store(true, Ordering::Relaxed);
-        }
-        result
+        self.deliver_once(&shared.app, message, key, &admission)
+            .await
     }
 }
 
