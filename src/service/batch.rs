@@ -3,10 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
 };
 
 use futures::StreamExt;
@@ -18,10 +15,9 @@ use super::{
     App, Notifier, Receipt, SendError,
     app::{Admission, BATCH_ADMISSION_WAIT},
     check::Violations,
-    error::{ErrorKind, NotStarted},
     non_empty, outcome_label,
 };
-use crate::wechat::{ErrorClass, MiniprogramState, SubscribeMessage};
+use crate::wechat::{MiniprogramState, SubscribeMessage};
 
 /// One recipient of a batch, with its overrides.
 #[derive(Clone, Debug, Default)]
@@ -75,8 +71,8 @@ struct Shared {
     idempotency_key: Option<String>,
     caller_deadline: Option<Instant>,
     cancel: CancellationToken,
-    /// Set once WeChat answers 45009: no further sends for this app in this batch.
-    daily_quota_exhausted: AtomicBool,
+    /// Set once WeChat answers 45009 to any recipient: no further sends in this batch.
+    daily_quota_exhausted: Arc<AtomicBool>,
 }
 
 impl Notifier {
@@ -105,7 +101,7 @@ impl Notifier {
             idempotency_key: non_empty(request.idempotency_key),
             caller_deadline: deadline,
             cancel,
-            daily_quota_exhausted: AtomicBool::new(false),
+            daily_quota_exhausted: Arc::default(),
         });
         let outcomes = self
             .tasks
@@ -150,13 +146,19 @@ impl Notifier {
         }
     }
 
+    /// Runs at most `max_in_flight` recipients at a time and puts each outcome in its place.
+    /// Unordered, so one slow recipient (backing off after -1, waiting out a pause) does not
+    /// hold back the ones behind it; only the in-flight recipients and the outcomes (the
+    /// response itself) are held in memory.
     async fn fan_out(
         self: Arc<Self>,
         shared: Arc<Shared>,
         recipients: Vec<RecipientInput>,
     ) -> Vec<RecipientOutcome> {
         let concurrency = shared.app.max_in_flight.max(1);
-        futures::stream::iter(recipients.into_iter().enumerate())
+        let mut outcomes: Vec<Option<RecipientOutcome>> = Vec::new();
+        outcomes.resize_with(recipients.len(), || None);
+        let mut finished = futures::stream::iter(recipients.into_iter().enumerate())
             .map(|(index, recipient)| {
                 let notifier = self.clone();
                 let shared = shared.clone();
@@ -164,12 +166,17 @@ impl Notifier {
                     let touser = recipient.touser.clone();
                     let result = notifier.send_recipient(&shared, index, recipient).await;
                     metrics::counter!("wechat_notify_messages_total", "app" => shared.app.name.clone(), "outcome" => outcome_label(&result)).increment(1);
-                    RecipientOutcome { touser, result }
+                    (index, RecipientOutcome { touser, result })
                 }
             })
-            .buffered(concurrency)
+            .buffer_unordered(concurrency);
+        while let Some((index, outcome)) = finished.next().await {
+            outcomes[index] = Some(outcome);
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every recipient has an outcome"))
             .collect()
-            .await
     }
 
     async fn send_recipient(
@@ -179,14 +186,11 @@ impl Notifier {
         recipient: RecipientInput,
     ) -> Result<Receipt, SendError> {
         let message = recipient_message(shared, index, recipient)?;
-        if shared.daily_quota_exhausted.load(Ordering::Relaxed) {
-            return Err(SendError::new(
-                ErrorKind::NotStarted(NotStarted::DailyQuotaExhausted),
-                0,
-            ));
-        }
+        // The admission stops this send if the deadline passed, the caller went away or a 45009
+        // came back for an earlier recipient: checked before the send and again once admitted.
         let admission = Admission {
             cancel: shared.cancel.clone(),
+            daily_quota_exhausted: shared.daily_quota_exhausted.clone(),
             ..Admission::new(shared.caller_deadline, BATCH_ADMISSION_WAIT)
         };
         // One key per recipient: a retried batch with the same key delivers each openid once.
@@ -194,18 +198,8 @@ impl Notifier {
             .idempotency_key
             .as_ref()
             .map(|key| format!("batch\n{key}\n{}", message.touser));
-        let result = self
-            .deliver_once(&shared.app, message, key, &admission)
-            .await;
-        if let Err(SendError {
-            kind: ErrorKind::Upstream(upstream),
-            ..
-        }) = &result
-            && upstream.class() == Some(ErrorClass::DailyQuota)
-        {
-            shared.daily_quota_exhausted.store(true, Ordering::Relaxed);
-        }
-        result
+        self.deliver_once(&shared.app, message, key, &admission)
+            .await
     }
 }
 

@@ -9,7 +9,10 @@ mod error;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use tokio::time::Instant;
@@ -217,16 +220,34 @@ impl Notifier {
             return Ok(receipt(&record, false));
         };
         let (touser, template_id) = (message.touser.clone(), message.template_id.clone());
-        let send_app = app.clone();
-        let send_admission = admission.clone();
-        let keyed = self
-            .idempotency
-            .once(
-                format!("{}\n{key}", app.appid),
-                Box::pin(async move { send_app.deliver(&message, &send_admission).await }),
-            )
-            .await
-            .map_err(|shared| SendError::clone(&shared))?;
+        let scoped_key = format!("{}\n{key}", app.appid);
+        let message = Arc::new(message);
+        let mut joins = 0;
+        let keyed = loop {
+            let ran_here = Arc::new(AtomicBool::new(false));
+            let send = {
+                let (app, message, admission) = (app.clone(), message.clone(), admission.clone());
+                let ran_here = ran_here.clone();
+                Box::pin(async move {
+                    ran_here.store(true, Ordering::Relaxed);
+                    app.deliver(&message, &admission).await
+                })
+            };
+            match self.idempotency.once(scoped_key.clone(), send).await {
+                Ok(keyed) => break keyed,
+                // A failure is shared with every caller waiting on the key. One that says the
+                // send never started (that caller's deadline, cancellation or wait limit) is
+                // not an outcome for us: try again under our own admission.
+                Err(shared)
+                    if !ran_here.load(Ordering::Relaxed)
+                        && never_sent(&shared)
+                        && joins < MAX_KEY_JOINS =>
+                {
+                    joins += 1;
+                }
+                Err(shared) => return Err(SendError::clone(&shared)),
+            }
+        };
         if keyed.record.touser != touser || keyed.record.template_id != template_id {
             return Err(SendError::invalid_field(
                 "idempotency_key",
@@ -235,6 +256,19 @@ impl Notifier {
         }
         Ok(keyed_receipt(&keyed))
     }
+}
+
+/// How often a keyed send may join another caller's attempt that never started before it
+/// answers that caller's failure as its own.
+const MAX_KEY_JOINS: u32 = 3;
+
+/// True when the send was never made because of its caller's own limits (deadline,
+/// cancellation, wait limit): nothing that tells another caller with the same key anything.
+fn never_sent(error: &SendError) -> bool {
+    matches!(
+        error.kind,
+        ErrorKind::NotStarted(_) | ErrorKind::Throttled { .. }
+    )
 }
 
 fn receipt(record: &Record, deduplicated: bool) -> Receipt {
