@@ -169,7 +169,7 @@ async fn errors_and_batches_carry_the_request_id_too() {
         .into_iter()
         .find(|line| line["message"] == "message not sent")
         .expect("the failed call's line");
-    assert_eq!(failed["code"], "InvalidArgument");
+    assert_eq!(failed["code"], "INVALID_ARGUMENT");
     assert_eq!(failed["attempts"], 0);
 
     let request_id = "ops-test-batch-5d08";
