@@ -2,9 +2,9 @@
 //! `/metrics`), and the recording helpers whose labels need bounding.
 //!
 //! Labels are bounded by construction: `app` is a configured app name (or `unknown`), `method`
-//! and `code` come from fixed tables, `endpoint` is `token` or `send`, and `errcode` is WeChat's
-//! number, capped at [`MAX_ERRCODE_LABELS`] distinct values per process. No openid, template id
-//! or free text is ever a label.
+//! and `code` come from fixed tables, `endpoint` is `token`, `send` or `templates`, and
+//! `errcode` is WeChat's number, capped at [`MAX_ERRCODE_LABELS`] distinct values per process.
+//! No openid, template id or free text is ever a label.
 
 use std::{
     collections::BTreeSet,
@@ -15,7 +15,7 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 use crate::{
     token::{TOKEN_EXPIRES_IN_SECONDS, TOKEN_FETCH_FAILURES_TOTAL, TOKEN_FETCHES_TOTAL},
-    wechat::{Endpoint, UPSTREAM_REQUEST_DURATION, WechatError},
+    wechat::{UPSTREAM_REQUEST_DURATION, WechatError},
 };
 
 /// Counter `{app, outcome}`: one per SendSubscribe and one per BatchSend recipient.
@@ -121,14 +121,10 @@ pub fn count_wechat_error(app: &str, error: &WechatError) {
     let Some(errcode) = error.errcode() else {
         return;
     };
-    let endpoint = match error.endpoint() {
-        Endpoint::Token => "token",
-        Endpoint::Send => "send",
-    };
     metrics::counter!(
         WECHAT_ERRORS_TOTAL,
         "app" => app.to_owned(),
-        "endpoint" => endpoint,
+        "endpoint" => error.endpoint().label(),
         "errcode" => errcode_label(errcode),
     )
     .increment(1);
