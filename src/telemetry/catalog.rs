@@ -14,6 +14,7 @@ use std::{
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 use crate::{
+    templates::TEMPLATE_FETCHES_TOTAL,
     token::{TOKEN_EXPIRES_IN_SECONDS, TOKEN_FETCH_FAILURES_TOTAL, TOKEN_FETCHES_TOTAL},
     wechat::{UPSTREAM_REQUEST_DURATION, WechatError},
 };
@@ -52,7 +53,8 @@ pub(crate) fn describe_all() {
     );
     describe_counter!(
         WECHAT_ERRORS_TOTAL,
-        "Errcode answers from WeChat by endpoint (token, send) and errcode, retried ones included."
+        "Errcode answers from WeChat by endpoint (token, send, templates) and errcode, retried \
+         ones included."
     );
     describe_counter!(
         TOKEN_FETCHES_TOTAL,
@@ -68,10 +70,16 @@ pub(crate) fn describe_all() {
         "Seconds until the app's cached access token expires (0 when none is held); renewed at \
          70% of its lifetime, so it normally stays above 30% of expires_in."
     );
+    describe_counter!(
+        TEMPLATE_FETCHES_TOTAL,
+        "Template list requests (gettemplate) made to WeChat, by result: ok, rejected (WeChat \
+         answered an errcode), failed (no usable answer). Without a list, sends go unchecked."
+    );
     describe_histogram!(
         UPSTREAM_REQUEST_DURATION,
         Unit::Seconds,
-        "Latency of HTTP requests to WeChat by endpoint (token, send), one per API base tried."
+        "Latency of HTTP requests to WeChat by endpoint (token, send, templates), one per API \
+         base tried."
     );
     describe_gauge!(
         UPSTREAM_IN_FLIGHT,
