@@ -1,6 +1,8 @@
 //! The per-app template cache: the app's template list (`gettemplate`), so a send can be
 //! checked against its template before anything goes to WeChat.
 //!
+//! - **Hot path**: a template in the current list is one lock-free `ArcSwap` load away; only
+//!   a miss takes the state lock.
 //! - **Lazy**: nothing is fetched until the app's first send asks, and that send waits for
 //!   the list for at most [`TemplateOptions::max_wait`] (or its own deadline).
 //! - **Single flight**: one load at a time per app, run on a task of its own, so a send that
@@ -20,9 +22,13 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, Weak},
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use futures::{
     FutureExt,
@@ -113,10 +119,9 @@ struct TemplateList {
 /// A load in flight; resolves to the new list, or `None` when it failed.
 type Load = Shared<BoxFuture<'static, Option<Arc<TemplateList>>>>;
 
+/// What loads and misses decide on; the list itself is outside, for a lock-free hot path.
 #[derive(Default)]
 struct State {
-    /// The last list loaded; kept through failed reloads.
-    list: Option<Arc<TemplateList>>,
     /// The one load in flight.
     loading: Option<Load>,
     /// When the last load triggered by a missing id started.
@@ -125,7 +130,6 @@ struct State {
     failures: u32,
     /// After a failure: no load starts for a send before this.
     retry_at: Option<Instant>,
-    refresher_started: bool,
 }
 
 /// One app's template cache. Shared by every RPC for that app.
@@ -135,7 +139,11 @@ pub struct TemplateCache {
     source: Arc<dyn TemplateSource>,
     tokens: Arc<TokenCache>,
     options: TemplateOptions,
+    /// The last list loaded, kept through failed reloads. The hot path reads only this; it is
+    /// replaced with the state lock held.
+    list: ArcSwapOption<TemplateList>,
     state: Mutex<State>,
+    refresher_started: AtomicBool,
     /// Wakes the refresher when the cache is dropped.
     wake_refresher: Arc<Notify>,
 }
@@ -166,7 +174,9 @@ impl TemplateCache {
             source,
             tokens,
             options,
+            list: ArcSwapOption::empty(),
             state: Mutex::new(State::default()),
+            refresher_started: AtomicBool::new(false),
             wake_refresher: Arc::new(Notify::new()),
         })
     }
@@ -175,22 +185,26 @@ impl TemplateCache {
     /// (and never longer than [`TemplateOptions::max_wait`]). The first call starts the
     /// background refresher.
     pub async fn lookup(self: &Arc<Self>, template_id: &str, wait_until: Instant) -> Lookup {
+        if let Some(template) = self.listed(template_id) {
+            return Lookup::Listed(template);
+        }
+        if !self.refresher_started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(run_refresher(
+                Arc::downgrade(self),
+                self.wake_refresher.clone(),
+            ));
+        }
         let now = Instant::now();
         let load = {
             let mut state = self.lock();
-            if !state.refresher_started {
-                state.refresher_started = true;
-                tokio::spawn(run_refresher(
-                    Arc::downgrade(self),
-                    self.wake_refresher.clone(),
-                ));
-            }
-            if let Some(template) = state.list.as_ref().and_then(|list| list.get(template_id)) {
+            // Again under the lock: a load may have installed a list since.
+            let list = self.list.load_full();
+            if let Some(template) = list.as_ref().and_then(|list| list.get(template_id)) {
                 return Lookup::Listed(template);
             }
             if let Some(loading) = &state.loading {
                 loading.clone()
-            } else if let Some(list) = state.list.clone()
+            } else if let Some(list) = list
                 && state
                     .last_miss_refresh
                     .is_some_and(|at| now.duration_since(at) < self.options.miss_refresh_interval)
@@ -205,7 +219,7 @@ impl TemplateCache {
             } else if state.retry_at.is_some_and(|at| now < at) {
                 return Lookup::Unavailable;
             } else {
-                if state.list.is_some() {
+                if self.list.load().is_some() {
                     debug!(app = %self.app, template_id, "template not in the list; reloading it");
                     state.last_miss_refresh = Some(now);
                 }
@@ -224,6 +238,11 @@ impl TemplateCache {
                 Lookup::Unavailable
             }
         }
+    }
+
+    /// The template from the current list, without locking.
+    fn listed(&self, template_id: &str) -> Option<Arc<TemplateInfo>> {
+        self.list.load().as_ref()?.get(template_id)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -276,7 +295,7 @@ impl TemplateCache {
                 state.retry_at = None;
                 debug!(app = %self.app, templates = templates.len(), "template list loaded");
                 let list = Arc::new(TemplateList::new(started, templates));
-                state.list = Some(list.clone());
+                self.list.store(Some(list.clone()));
                 Some(list)
             }
             Err(error) => {
@@ -354,7 +373,8 @@ async fn run_refresher(cache: Weak<TemplateCache>, wake: Arc<Notify>) {
                 return;
             };
             let mut state = cache.lock();
-            let next = match (&state.loading, state.retry_at, &state.list) {
+            let list = cache.list.load_full();
+            let next = match (&state.loading, state.retry_at, list) {
                 (Some(_), _, _) => None,
                 (None, Some(retry_at), _) => Some(retry_at),
                 (None, None, Some(list)) => Some(list.fetched_at + cache.options.refresh_interval),
