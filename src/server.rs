@@ -30,8 +30,10 @@ use crate::{
     pb,
     service::{App, Notifier},
     telemetry::{
-        self, CountTokenErrcodes, REQUEST_ID_HEADER, RpcTelemetryLayer, catalog::UPSTREAM_IN_FLIGHT,
+        self, CountTemplateErrcodes, CountTokenErrcodes, REQUEST_ID_HEADER, RpcTelemetryLayer,
+        catalog::UPSTREAM_IN_FLIGHT,
     },
+    templates::{TemplateCache, TemplateOptions},
     token::{TOKEN_EXPIRES_IN_SECONDS, TokenCache, TokenOptions},
     wechat::{WechatClient, WechatError},
 };
@@ -272,13 +274,25 @@ fn build_apps(config: &ServeConfig, client: &WechatClient) -> Vec<Arc<App>> {
             let source = CountTokenErrcodes::new(&app.name, Arc::new(api.clone()));
             let tokens = TokenCache::new(&app.name, Arc::new(source), TokenOptions::default());
             telemetry::catalog::register_app(&app.name, app.max_in_flight);
-            Arc::new(App::new(
+            let templates = config.template_checks.then(|| {
+                let source = CountTemplateErrcodes::new(&app.name, Arc::new(api.clone()));
+                let options = TemplateOptions {
+                    refresh_interval: config.template_refresh,
+                    ..TemplateOptions::default()
+                };
+                TemplateCache::new(&app.name, Arc::new(source), tokens.clone(), options)
+            });
+            let built = App::new(
                 app.name.clone(),
                 api,
                 tokens,
                 app.max_in_flight,
                 app.rate_per_sec,
-            ))
+            );
+            Arc::new(match templates {
+                Some(templates) => built.with_templates(templates),
+                None => built,
+            })
         })
         .collect()
 }

@@ -21,6 +21,7 @@ use super::error::{ErrorKind, NotStarted, SendError};
 use crate::{
     idempotency::Record,
     telemetry,
+    templates::TemplateCache,
     token::TokenCache,
     wechat::{AppApi, ErrorClass, SubscribeMessage},
 };
@@ -94,6 +95,8 @@ pub struct App {
     rate: DefaultDirectRateLimiter,
     /// Set on 45011 (per-minute limit): no send starts before this instant.
     paused_until: Mutex<Option<Instant>>,
+    /// The app's template list; `None` when template checks are off.
+    templates: Option<Arc<TemplateCache>>,
 }
 
 impl App {
@@ -116,7 +119,19 @@ impl App {
             // `per_second` allows bursts of one second's worth, as the interface promises.
             rate: RateLimiter::direct(Quota::per_second(rate)),
             paused_until: Mutex::new(None),
+            templates: None,
         }
+    }
+
+    /// The same app, checking messages against its template list from `templates`.
+    pub fn with_templates(mut self, templates: Arc<TemplateCache>) -> Self {
+        self.templates = Some(templates);
+        self
+    }
+
+    /// The app's template cache, when template checks are on.
+    pub fn templates(&self) -> Option<&Arc<TemplateCache>> {
+        self.templates.as_ref()
     }
 
     /// Sends holding one of the app's `max_in_flight` slots now (waiting for a token or for

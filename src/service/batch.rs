@@ -15,9 +15,9 @@ use super::{
     App, Notifier, Receipt, SendError,
     app::{Admission, BATCH_ADMISSION_WAIT},
     check::Violations,
-    non_empty, outcome_label,
+    non_empty, outcome_label, template_check,
 };
-use crate::wechat::{MiniprogramState, SubscribeMessage};
+use crate::wechat::{MiniprogramState, SubscribeMessage, TemplateInfo};
 
 /// One recipient of a batch, with its overrides.
 #[derive(Clone, Debug, Default)]
@@ -64,6 +64,8 @@ pub struct RecipientOutcome {
 struct Shared {
     app: Arc<App>,
     template_id: String,
+    /// The template as WeChat lists it; `None` when unchecked.
+    template: Option<Arc<TemplateInfo>>,
     page: String,
     data: HashMap<String, String>,
     miniprogram_state: MiniprogramState,
@@ -85,6 +87,16 @@ impl Notifier {
     ) -> Result<Vec<RecipientOutcome>, SendError> {
         let app = self.resolve(&request.app)?;
         self.check_batch(&request)?;
+        let template =
+            template_check::listed_template(&app, &request.template_id, deadline).await?;
+        if let Some(template) = &template {
+            // Shared data that does not fit the template is a malformed call, as above.
+            let mut violations = Violations::default();
+            violations.template_values("data", template, &request.data);
+            if !violations.is_empty() {
+                return Err(SendError::invalid(violations.into_vec()));
+            }
+        }
         let cancel = CancellationToken::new();
         // Dropped when the caller goes away (cancel or deadline): no new sends start, the ones
         // in flight finish and are recorded under their idempotency keys.
@@ -94,6 +106,7 @@ impl Notifier {
         let shared = Arc::new(Shared {
             app,
             template_id: request.template_id,
+            template,
             page: request.page,
             data: request.data,
             miniprogram_state: request.miniprogram_state,
@@ -216,6 +229,12 @@ fn recipient_message(
     let recipient_data_field = format!("{prefix}.data");
     for (key, value) in &recipient.data {
         violations.data_entry(&recipient_data_field, key, value);
+    }
+    if let Some(template) = &shared.template {
+        violations.template_values(&recipient_data_field, template, &recipient.data);
+        violations.template_keywords_present(&recipient_data_field, template, |key| {
+            recipient.data.contains_key(key) || shared.data.contains_key(key)
+        });
     }
     let mut data: BTreeMap<String, String> = shared
         .data

@@ -6,6 +6,7 @@ mod app;
 mod batch;
 mod check;
 mod error;
+mod template_check;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -182,6 +183,17 @@ impl Notifier {
         }
         if !violations.is_empty() {
             return Err(SendError::invalid(violations.into_vec()));
+        }
+        // Only a message that passed the checks above is worth the app's template list.
+        if let Some(template) =
+            template_check::listed_template(app, &request.template_id, deadline).await?
+        {
+            violations.template_values("data", &template, &request.data);
+            violations
+                .template_keywords_present("data", &template, |key| request.data.contains_key(key));
+            if !violations.is_empty() {
+                return Err(SendError::invalid(violations.into_vec()));
+            }
         }
         let message = SubscribeMessage {
             touser: request.touser,

@@ -2,9 +2,9 @@
 //! `/metrics`), and the recording helpers whose labels need bounding.
 //!
 //! Labels are bounded by construction: `app` is a configured app name (or `unknown`), `method`
-//! and `code` come from fixed tables, `endpoint` is `token` or `send`, and `errcode` is WeChat's
-//! number, capped at [`MAX_ERRCODE_LABELS`] distinct values per process. No openid, template id
-//! or free text is ever a label.
+//! and `code` come from fixed tables, `endpoint` is `token`, `send` or `templates`, and
+//! `errcode` is WeChat's number, capped at [`MAX_ERRCODE_LABELS`] distinct values per process.
+//! No openid, template id or free text is ever a label.
 
 use std::{
     collections::BTreeSet,
@@ -14,8 +14,9 @@ use std::{
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 use crate::{
+    templates::TEMPLATE_FETCHES_TOTAL,
     token::{TOKEN_EXPIRES_IN_SECONDS, TOKEN_FETCH_FAILURES_TOTAL, TOKEN_FETCHES_TOTAL},
-    wechat::{Endpoint, UPSTREAM_REQUEST_DURATION, WechatError},
+    wechat::{UPSTREAM_REQUEST_DURATION, WechatError},
 };
 
 /// Counter `{app, outcome}`: one per SendSubscribe and one per BatchSend recipient.
@@ -52,7 +53,8 @@ pub(crate) fn describe_all() {
     );
     describe_counter!(
         WECHAT_ERRORS_TOTAL,
-        "Errcode answers from WeChat by endpoint (token, send) and errcode, retried ones included."
+        "Errcode answers from WeChat by endpoint (token, send, templates) and errcode, retried \
+         ones included."
     );
     describe_counter!(
         TOKEN_FETCHES_TOTAL,
@@ -68,10 +70,16 @@ pub(crate) fn describe_all() {
         "Seconds until the app's cached access token expires (0 when none is held); renewed at \
          70% of its lifetime, so it normally stays above 30% of expires_in."
     );
+    describe_counter!(
+        TEMPLATE_FETCHES_TOTAL,
+        "Template list requests (gettemplate) made to WeChat, by result: ok, rejected (WeChat \
+         answered an errcode), failed (no usable answer). Without a list, sends go unchecked."
+    );
     describe_histogram!(
         UPSTREAM_REQUEST_DURATION,
         Unit::Seconds,
-        "Latency of HTTP requests to WeChat by endpoint (token, send), one per API base tried."
+        "Latency of HTTP requests to WeChat by endpoint (token, send, templates), one per API \
+         base tried."
     );
     describe_gauge!(
         UPSTREAM_IN_FLIGHT,
@@ -121,14 +129,10 @@ pub fn count_wechat_error(app: &str, error: &WechatError) {
     let Some(errcode) = error.errcode() else {
         return;
     };
-    let endpoint = match error.endpoint() {
-        Endpoint::Token => "token",
-        Endpoint::Send => "send",
-    };
     metrics::counter!(
         WECHAT_ERRORS_TOTAL,
         "app" => app.to_owned(),
-        "endpoint" => endpoint,
+        "endpoint" => error.endpoint().label(),
         "errcode" => errcode_label(errcode),
     )
     .increment(1);

@@ -25,7 +25,7 @@ mod upstream;
 pub use catalog::count_wechat_error;
 pub use json::FlatJson;
 pub use rpc::{REQUEST_ID_HEADER, RpcTelemetryLayer, code_name};
-pub use upstream::CountTokenErrcodes;
+pub use upstream::{CountTemplateErrcodes, CountTokenErrcodes};
 
 /// Installs the global tracing subscriber on stderr: `RUST_LOG` filters (default `info`),
 /// `format` picks text or JSON lines. Later calls are no-ops.

@@ -86,6 +86,8 @@ pub fn serve_config() -> ServeConfig {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_millis(1_500),
         },
+        template_checks: true,
+        template_refresh: Duration::from_secs(600),
     }
 }
 
