@@ -60,12 +60,8 @@ impl NotifyService for NotifyGrpc {
             template_id = %request.template_id,
         );
         async move {
-            let state = miniprogram_state(request.miniprogram_state, "miniprogram_state").map_err(
-                |error| {
-                    log_failure(&error, started);
-                    status_of(&error)
-                },
-            )?;
+            let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
+                .map_err(|error| failed(&error, started))?;
             let result = self
                 .notifier
                 .send(
@@ -94,10 +90,7 @@ impl NotifyService for NotifyGrpc {
                     );
                     Ok(Response::new(send_response(receipt)))
                 }
-                Err(error) => {
-                    log_failure(&error, started);
-                    Err(status_of(&error))
-                }
+                Err(error) => Err(failed(&error, started)),
             }
         }
         .instrument(span)
@@ -118,12 +111,8 @@ impl NotifyService for NotifyGrpc {
             recipients = request.recipients.len(),
         );
         async move {
-            let state = miniprogram_state(request.miniprogram_state, "miniprogram_state").map_err(
-                |error| {
-                    log_failure(&error, started);
-                    status_of(&error)
-                },
-            )?;
+            let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
+                .map_err(|error| failed(&error, started))?;
             let batch = BatchRequest {
                 app: request.app,
                 template_id: request.template_id,
@@ -146,10 +135,7 @@ impl NotifyService for NotifyGrpc {
                 .notifier
                 .batch_send(batch, deadline)
                 .await
-                .map_err(|error| {
-                    log_failure(&error, started);
-                    status_of(&error)
-                })?;
+                .map_err(|error| failed(&error, started))?;
             let results: Vec<_> = outcomes
                 .into_iter()
                 .map(|outcome| recipient_result(outcome.touser, outcome.result))
@@ -203,6 +189,12 @@ fn recipient_result(touser: String, result: Result<Receipt, SendError>) -> pb::R
             deduplicated: false,
         },
     }
+}
+
+/// Logs the call's one line for a failure and turns it into the call's status.
+fn failed(error: &SendError, started: std::time::Instant) -> Status {
+    log_failure(error, started);
+    status_of(error)
 }
 
 fn log_failure(error: &SendError, started: std::time::Instant) {

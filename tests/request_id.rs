@@ -5,35 +5,18 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-};
+use std::sync::OnceLock;
 
 use common::*;
 use serde_json::Value;
 use tonic::{Code, Request};
 use wechat_notify::{config::LogFormat, pb, sandbox::DEFAULT_APPID, telemetry};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The production JSON subscriber, writing into memory (installed once per binary).
-fn captured() -> &'static Captured {
-    static CAPTURED: OnceLock<Captured> = OnceLock::new();
+fn captured() -> &'static CapturedLogs {
+    static CAPTURED: OnceLock<CapturedLogs> = OnceLock::new();
     CAPTURED.get_or_init(|| {
-        let captured = Captured::default();
+        let captured = CapturedLogs::default();
         let writer = captured.clone();
         assert!(telemetry::init_logging_to(
             LogFormat::Json,

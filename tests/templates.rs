@@ -10,27 +10,12 @@ use std::{
 
 use common::*;
 use tonic::Code;
-use tonic_types::StatusExt;
 use wechat_notify::{
     pb,
     sandbox::{Fault, SandboxConfig, Template, TemplateKind},
 };
 
 const ORDER_STATUS: &str = "sandbox-order-status";
-
-/// Each bad field of a status with its description.
-fn violations(status: &tonic::Status) -> Vec<(String, String)> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .iter()
-                .map(|v| (v.field.clone(), v.description.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn order_status(status_value: &str) -> pb::SendSubscribeRequest {
     pb::SendSubscribeRequest {
