@@ -65,7 +65,7 @@ async fn trace_logs_hold_no_secret_and_no_token() {
         .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.lines().count() > 20, "trace logging was captured");
     let mut tokens: Vec<String> = harness
         .sandbox()
