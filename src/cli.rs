@@ -61,11 +61,11 @@ pub fn main() -> ExitCode {
                 }
             };
             let _logs = telemetry::init_logging(config.log_format);
-            runtime.block_on(serve(config, shutdown_signal()))
+            runtime.block_on(async { serve(config, shutdown_signal()).await })
         }
         Command::Sandbox(args) => {
             let _logs = telemetry::init_logging(crate::config::LogFormat::Text);
-            match runtime.block_on(sandbox::run(*args, shutdown_signal())) {
+            match runtime.block_on(async { sandbox::run(*args, shutdown_signal()).await }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(%error, "sandbox failed");
@@ -94,10 +94,10 @@ pub async fn serve(
         None
     };
     match server::start(config, shutdown).await {
-        Ok(running) => {
-            running.wait().await;
-            ExitCode::SUCCESS
-        }
+        Ok(running) => match running.wait().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_already_logged) => ExitCode::from(EXIT_FAILURE),
+        },
         Err(error) => {
             tracing::error!(%error, "cannot start");
             ExitCode::from(EXIT_FAILURE)
@@ -136,30 +136,45 @@ async fn start_embedded_sandbox(
     Ok(running)
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let interrupt = async {
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed by this call, not on
+/// first poll, so a signal that arrives while the server is still starting (during a token
+/// warm-up) is not lost to the default action; it begins the shutdown as soon as the server is
+/// up. Must be called inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &'static str| {
+            signal(kind)
+                .inspect_err(|error| tracing::error!(%error, signal = name, "cannot listen for it"))
+                .ok()
+        };
+        let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+        let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
+        async move {
+            tokio::select! {
+                _ = received(terminate.as_mut()) => tracing::info!("SIGTERM received"),
+                _ = received(interrupt.as_mut()) => tracing::info!("SIGINT received"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
+            tracing::error!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+        tracing::info!("Ctrl-C received");
+    }
+}
+
+/// The next delivery of `signal`; never, when it could not be listened for.
+#[cfg(unix)]
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
+        None => std::future::pending().await,
     }
 }

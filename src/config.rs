@@ -46,6 +46,8 @@ pub const IDEMPOTENCY_CAPACITY_RANGE: RangeInclusive<u64> = 1..=100_000_000;
 pub const CONNECT_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 1..=60_000;
 /// Allowed request timeout, in milliseconds.
 pub const REQUEST_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 1..=600_000;
+/// Allowed template list refresh interval, in seconds: from a minute to a day.
+pub const TEMPLATE_REFRESH_RANGE: RangeInclusive<u64> = 60..=86_400;
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -144,6 +146,10 @@ pub struct ServeConfig {
     pub idempotency: IdempotencyOptions,
     /// Upstream HTTP client settings.
     pub client: ClientOptions,
+    /// Check messages against each app's template list (`gettemplate`) before sending.
+    pub template_checks: bool,
+    /// How often each app's template list is reloaded in the background.
+    pub template_refresh: Duration,
 }
 
 /// A setting given by an environment variable or, equally, a flag of `serve`.
@@ -214,6 +220,10 @@ settings! {
     SANDBOX_LISTEN = "NOTIFY_SANDBOX_LISTEN", "--sandbox-listen";
     /// Fetch tokens before serving.
     WARM_TOKENS = "NOTIFY_WARM_TOKENS", "--warm-tokens";
+    /// Check messages against the apps' template lists.
+    TEMPLATE_CHECKS = "NOTIFY_TEMPLATE_CHECKS", "--template-checks";
+    /// Template list refresh interval.
+    TEMPLATE_REFRESH = "NOTIFY_TEMPLATE_REFRESH", "--template-refresh";
 }
 
 /// Why the configuration was refused. Every message names the environment variable and flag,
@@ -396,6 +406,29 @@ pub struct ServeArgs {
     /// Fetch every app's token before reporting SERVING; exit non-zero on bad credentials
     #[arg(long, env = "NOTIFY_WARM_TOKENS", value_parser = parse_bool_env)]
     pub warm_tokens: bool,
+
+    /// Check messages against each app's template list (gettemplate) before sending; false
+    /// never calls gettemplate and leaves keyword and template checks to WeChat
+    #[arg(
+        long,
+        env = "NOTIFY_TEMPLATE_CHECKS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "true",
+        default_missing_value = "true",
+        value_parser = parse_bool_default_true
+    )]
+    pub template_checks: bool,
+
+    /// Seconds between background reloads of each app's template list (60-86400)
+    #[arg(
+        long,
+        env = "NOTIFY_TEMPLATE_REFRESH",
+        value_name = "SECONDS",
+        default_value_t = 600
+    )]
+    pub template_refresh: u64,
 }
 
 fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {
@@ -415,6 +448,15 @@ fn parse_bool_env(value: &str) -> Result<bool, String> {
         "false" | "0" | "no" | "n" | "off" | "" => Ok(false),
         _ => Err("expected true or false".to_owned()),
     }
+}
+
+/// A boolean that is on unless turned off: like [`parse_bool_env`], but empty counts as unset,
+/// so as true.
+fn parse_bool_default_true(value: &str) -> Result<bool, String> {
+    if value.is_empty() {
+        return Ok(true);
+    }
+    parse_bool_env(value)
 }
 
 impl ServeArgs {
@@ -453,6 +495,8 @@ impl ServeArgs {
             .map_err(|problem| invalid(CONNECT_TIMEOUT_MS, problem))?;
         let request_timeout_ms: u64 = in_range(self.request_timeout_ms, REQUEST_TIMEOUT_MS_RANGE)
             .map_err(|problem| invalid(REQUEST_TIMEOUT_MS, problem))?;
+        let template_refresh: u64 = in_range(self.template_refresh, TEMPLATE_REFRESH_RANGE)
+            .map_err(|problem| invalid(TEMPLATE_REFRESH, problem))?;
 
         let apps = self.apps(&app_defaults, &env)?;
 
@@ -475,6 +519,8 @@ impl ServeArgs {
                 connect_timeout: Duration::from_millis(connect_timeout_ms),
                 request_timeout: Duration::from_millis(request_timeout_ms),
             },
+            template_checks: self.template_checks,
+            template_refresh: Duration::from_secs(template_refresh),
         })
     }
 

@@ -11,6 +11,7 @@ use crate::{
     error::{code_of, status_of},
     pb::{self, notify_service_server::NotifyService},
     service::{BatchRequest, Notifier, Receipt, RecipientInput, SendError, SendRequest},
+    telemetry::code_name,
     wechat::MiniprogramState,
 };
 
@@ -24,6 +25,14 @@ impl NotifyGrpc {
     /// Serves `notifier`.
     pub fn new(notifier: Arc<Notifier>) -> Self {
         Self { notifier }
+    }
+
+    /// The `app` log field: the configured name the request resolves to (also when the caller
+    /// left `app` empty), or what the caller sent when it names no app.
+    fn app_label(&self, requested: &str) -> String {
+        self.notifier
+            .app_name(requested)
+            .unwrap_or_else(|| requested.to_owned())
     }
 
     /// The tonic service, ready to add to a router.
@@ -47,12 +56,12 @@ impl NotifyService for NotifyGrpc {
         let request = request.into_inner();
         let span = tracing::info_span!(
             "send_subscribe",
-            app = %request.app,
+            app = %self.app_label(&request.app),
             template_id = %request.template_id,
         );
         async move {
             let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
-                .map_err(|error| status_of(&error))?;
+                .map_err(|error| failed(&error, started))?;
             let result = self
                 .notifier
                 .send(
@@ -81,10 +90,7 @@ impl NotifyService for NotifyGrpc {
                     );
                     Ok(Response::new(send_response(receipt)))
                 }
-                Err(error) => {
-                    log_failure(&error, started);
-                    Err(status_of(&error))
-                }
+                Err(error) => Err(failed(&error, started)),
             }
         }
         .instrument(span)
@@ -100,13 +106,13 @@ impl NotifyService for NotifyGrpc {
         let request = request.into_inner();
         let span = tracing::info_span!(
             "batch_send",
-            app = %request.app,
+            app = %self.app_label(&request.app),
             template_id = %request.template_id,
             recipients = request.recipients.len(),
         );
         async move {
             let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
-                .map_err(|error| status_of(&error))?;
+                .map_err(|error| failed(&error, started))?;
             let batch = BatchRequest {
                 app: request.app,
                 template_id: request.template_id,
@@ -129,10 +135,7 @@ impl NotifyService for NotifyGrpc {
                 .notifier
                 .batch_send(batch, deadline)
                 .await
-                .map_err(|error| {
-                    log_failure(&error, started);
-                    status_of(&error)
-                })?;
+                .map_err(|error| failed(&error, started))?;
             let results: Vec<_> = outcomes
                 .into_iter()
                 .map(|outcome| recipient_result(outcome.touser, outcome.result))
@@ -188,9 +191,15 @@ fn recipient_result(touser: String, result: Result<Receipt, SendError>) -> pb::R
     }
 }
 
+/// Logs the call's one line for a failure and turns it into the call's status.
+fn failed(error: &SendError, started: std::time::Instant) -> Status {
+    log_failure(error, started);
+    status_of(error)
+}
+
 fn log_failure(error: &SendError, started: std::time::Instant) {
     tracing::info!(
-        code = ?code_of(error),
+        code = code_name(code_of(error)),
         wechat_errcode = error.wechat_errcode(),
         rid = error.wechat_rid(),
         attempts = error.attempts,

@@ -23,6 +23,7 @@ pub mod secret;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod templates;
 pub mod token;
 pub mod validation;
 pub mod wechat;

@@ -2,10 +2,15 @@
 //! listeners, serves gRPC (NotifyService, health, reflection) and metrics, and runs the
 //! shutdown sequence.
 //!
-//! Lifecycle: health answers NOT_SERVING until the listeners are bound (and, with
-//! `warm_tokens`, every app holds a token), then SERVING. When shutdown begins, health flips to
-//! NOT_SERVING first, then the server stops accepting and in-flight calls drain for at most
-//! `shutdown_grace`.
+//! Lifecycle:
+//! 1. Config is valid (the CLI checked it), the listeners are bound and gRPC is served with
+//!    health NOT_SERVING.
+//! 2. With `warm_tokens`, every app fetches its token; a failure stops the start (the CLI
+//!    exits non-zero).
+//! 3. SERVING.
+//! 4. When shutdown begins: NOT_SERVING first, then the server stops accepting, health Watch
+//!    streams end, and in-flight calls (and sends whose caller went away) drain for at most
+//!    `shutdown_grace`.
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -14,6 +19,8 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
+
+mod health;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::{
@@ -22,7 +29,11 @@ use crate::{
     idempotency::MemoryIdempotencyStore,
     pb,
     service::{App, Notifier},
-    telemetry::{self, REQUEST_ID_HEADER, RpcTelemetryLayer},
+    telemetry::{
+        self, CountTemplateErrcodes, CountTokenErrcodes, REQUEST_ID_HEADER, RpcTelemetryLayer,
+        catalog::UPSTREAM_IN_FLIGHT,
+    },
+    templates::{TemplateCache, TemplateOptions},
     token::{TOKEN_EXPIRES_IN_SECONDS, TokenCache, TokenOptions},
     wechat::{WechatClient, WechatError},
 };
@@ -58,8 +69,13 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     notifier: Arc<Notifier>,
     begin_shutdown: Option<oneshot::Sender<()>>,
-    done: JoinHandle<()>,
+    done: JoinHandle<Result<(), ServeError>>,
 }
+
+/// The gRPC server stopped by itself instead of being shut down.
+#[derive(Debug, thiserror::Error)]
+#[error("the grpc server stopped unexpectedly: {0}")]
+pub struct ServeError(String);
 
 impl Running {
     /// The service behind the gRPC face (for tests and embedding).
@@ -68,16 +84,23 @@ impl Running {
     }
 
     /// Begins shutdown and waits until it is complete.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
         if let Some(begin) = self.begin_shutdown.take() {
             let _ = begin.send(());
         }
-        let _ = (&mut self.done).await;
+        self.wait_done().await
     }
 
-    /// Waits until the server has shut down (after `shutdown_signal` resolved).
-    pub async fn wait(mut self) {
-        let _ = (&mut self.done).await;
+    /// Waits until the server has shut down (after `shutdown_signal` resolved), or failed.
+    pub async fn wait(mut self) -> Result<(), ServeError> {
+        self.wait_done().await
+    }
+
+    async fn wait_done(&mut self) -> Result<(), ServeError> {
+        match (&mut self.done).await {
+            Ok(result) => result,
+            Err(join_error) => Err(ServeError(join_error.to_string())),
+        }
     }
 }
 
@@ -95,29 +118,10 @@ pub async fn start(
     config: ServeConfig,
     shutdown_signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
+    // First, so that every series below lands in the one recorder `/metrics` renders.
+    let metrics_handle = telemetry::metrics_handle();
     let client = WechatClient::new(&config.client).map_err(StartError::Client)?;
-    let apps: Vec<Arc<App>> = config
-        .apps
-        .iter()
-        .map(|app| {
-            let api = client
-                .app(
-                    app.appid.clone(),
-                    app.secret.clone(),
-                    app.token_mode,
-                    app.api_bases.clone(),
-                )
-                .with_metrics_label(&app.name);
-            let tokens = TokenCache::new(&app.name, Arc::new(api.clone()), TokenOptions::default());
-            Arc::new(App::new(
-                app.name.clone(),
-                api,
-                tokens,
-                app.max_in_flight,
-                app.rate_per_sec,
-            ))
-        })
-        .collect();
+    let apps = build_apps(&config, &client);
     let idempotency = Arc::new(MemoryIdempotencyStore::new(
         config.idempotency.ttl,
         config.idempotency.capacity,
@@ -133,39 +137,19 @@ pub async fn start(
     let grpc_addr = local_addr(&grpc_listener, config.listen)?;
     let metrics_addr = local_addr(&metrics_listener, config.metrics_listen)?;
 
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let health = HealthReporter::new();
     set_health(&health, ServingStatus::NotServing).await;
+    // Cancelled once health says NOT_SERVING: stop accepting, end health watches, drain.
+    let drain = CancellationToken::new();
 
-    if config.warm_tokens {
-        for app in &apps {
-            app.tokens()
-                .get()
-                .await
-                .map_err(|source| StartError::WarmUp {
-                    app: app.name.clone(),
-                    source,
-                })?;
-            tracing::info!(app = %app.name, "token warmed up");
-        }
-    }
-    let refreshers: Vec<_> = apps
-        .iter()
-        .map(|app| app.tokens().spawn_refresher())
-        .collect();
-
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1 = reflection()
         .build_v1()
         .map_err(|error| StartError::Reflection(error.to_string()))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|error| StartError::Reflection(error.to_string()))?;
 
     let (begin_shutdown, shutdown_requested) = oneshot::channel::<()>();
-    let drain = CancellationToken::new();
     let grpc = tonic::transport::Server::builder()
         .layer(
             tower::ServiceBuilder::new()
@@ -180,7 +164,7 @@ pub async fn start(
                 )))
                 .layer(RpcTelemetryLayer),
         )
-        .add_service(health_service)
+        .add_service(health::draining_health(&health, drain.clone()))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(NotifyGrpc::new(notifier.clone()).into_server())
@@ -190,17 +174,10 @@ pub async fn start(
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             drain.clone().cancelled_owned(),
         );
-    let token_caches: Vec<_> = apps.iter().map(|app| app.tokens().clone()).collect();
+    let scraped_apps = apps.clone();
     let metrics = axum::serve(
         metrics_listener,
-        telemetry::metrics_router(telemetry::metrics_handle(), move || {
-            // Time to expiry is a live value: set it at scrape time.
-            for tokens in &token_caches {
-                let seconds = tokens.time_to_expiry().unwrap_or_default().as_secs_f64();
-                metrics::gauge!(TOKEN_EXPIRES_IN_SECONDS, "app" => tokens.app().to_owned())
-                    .set(seconds);
-            }
-        }),
+        telemetry::metrics_router(metrics_handle, move || sample_live_gauges(&scraped_apps)),
     );
     let metrics_upkeep = telemetry::spawn_metrics_upkeep(telemetry::metrics_handle());
     let metrics_task = tokio::spawn(async move {
@@ -208,7 +185,21 @@ pub async fn start(
             tracing::error!(%error, "metrics listener failed");
         }
     });
+    // Serving already, so probes get a clear NOT_SERVING (not a timeout) during the warm-up.
     let mut serve_task = tokio::spawn(grpc);
+
+    if config.warm_tokens
+        && let Err(error) = warm_up(&apps).await
+    {
+        drain.cancel();
+        serve_task.abort();
+        metrics_task.abort();
+        return Err(error);
+    }
+    let refreshers: Vec<_> = apps
+        .iter()
+        .map(|app| app.tokens().spawn_refresher())
+        .collect();
 
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(%grpc_addr, %metrics_addr, apps = apps.len(), "serving");
@@ -216,24 +207,31 @@ pub async fn start(
     let grace = config.shutdown_grace;
     let drained = notifier.clone();
     let done = tokio::spawn(async move {
-        tokio::select! {
-            () = shutdown_signal => {}
-            _ = shutdown_requested => {}
-            served = &mut serve_task => {
-                if let Ok(Err(error)) = served {
-                    tracing::error!(%error, "grpc server failed");
-                }
-            }
+        let failure = tokio::select! {
+            () = shutdown_signal => None,
+            _ = shutdown_requested => None,
+            served = &mut serve_task => Some(ServeError(match served {
+                Ok(Ok(())) => "it stopped serving".to_owned(),
+                Ok(Err(error)) => error.to_string(),
+                Err(join_error) => join_error.to_string(),
+            })),
+        };
+        if let Some(failure) = &failure {
+            tracing::error!(%failure, "grpc server failed");
         }
         // NOT_SERVING first, so the mesh stops routing here, then stop accepting and let the
         // calls in flight finish, within one grace period in all.
         set_health(&health, ServingStatus::NotServing).await;
-        tracing::info!(?grace, "shutdown begun: health is NOT_SERVING, draining");
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutdown begun: health is NOT_SERVING, draining"
+        );
         drain.cancel();
         let deadline = tokio::time::Instant::now() + grace;
-        if tokio::time::timeout_at(deadline, &mut serve_task)
-            .await
-            .is_err()
+        if failure.is_none()
+            && tokio::time::timeout_at(deadline, &mut serve_task)
+                .await
+                .is_err()
         {
             tracing::warn!("grace period over with calls still in flight; closing them");
             serve_task.abort();
@@ -251,6 +249,7 @@ pub async fn start(
         metrics_task.abort();
         metrics_upkeep.abort();
         tracing::info!("shutdown complete");
+        failure.map_or(Ok(()), Err)
     });
 
     Ok(Running {
@@ -260,6 +259,84 @@ pub async fn start(
         begin_shutdown: Some(begin_shutdown),
         done,
     })
+}
+
+/// One [`App`] per configured app, its series registered at zero.
+fn build_apps(config: &ServeConfig, client: &WechatClient) -> Vec<Arc<App>> {
+    config
+        .apps
+        .iter()
+        .map(|app| {
+            let api = client
+                .app(
+                    app.appid.clone(),
+                    app.secret.clone(),
+                    app.token_mode,
+                    app.api_bases.clone(),
+                )
+                .with_metrics_label(&app.name);
+            let source = CountTokenErrcodes::new(&app.name, Arc::new(api.clone()));
+            let tokens = TokenCache::new(&app.name, Arc::new(source), TokenOptions::default());
+            telemetry::catalog::register_app(&app.name, app.max_in_flight);
+            let templates = config.template_checks.then(|| {
+                let source = CountTemplateErrcodes::new(&app.name, Arc::new(api.clone()));
+                let options = TemplateOptions {
+                    refresh_interval: config.template_refresh,
+                    ..TemplateOptions::default()
+                };
+                TemplateCache::new(&app.name, Arc::new(source), tokens.clone(), options)
+            });
+            let built = App::new(
+                app.name.clone(),
+                api,
+                tokens,
+                app.max_in_flight,
+                app.rate_per_sec,
+            );
+            Arc::new(match templates {
+                Some(templates) => built.with_templates(templates),
+                None => built,
+            })
+        })
+        .collect()
+}
+
+/// Fetches every app's token; the first app that cannot get one stops the start.
+async fn warm_up(apps: &[Arc<App>]) -> Result<(), StartError> {
+    for app in apps {
+        app.tokens()
+            .get()
+            .await
+            .map_err(|source| StartError::WarmUp {
+                app: app.name.clone(),
+                source,
+            })?;
+        tracing::info!(app = %app.name, "token warmed up");
+    }
+    Ok(())
+}
+
+/// Reflection over notify.v1, grpc.health.v1 and the google.rpc error details the statuses
+/// carry (so grpcurl decodes BadRequest, ErrorInfo and RetryInfo instead of printing base64).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Gauges whose value is only known now: set at scrape time.
+fn sample_live_gauges(apps: &[Arc<App>]) {
+    for app in apps {
+        let seconds = app
+            .tokens()
+            .time_to_expiry()
+            .unwrap_or_default()
+            .as_secs_f64();
+        metrics::gauge!(TOKEN_EXPIRES_IN_SECONDS, "app" => app.name.clone()).set(seconds);
+        metrics::gauge!(UPSTREAM_IN_FLIGHT, "app" => app.name.clone())
+            .set(app.sends_in_flight() as f64);
+    }
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

@@ -88,7 +88,8 @@ struct KeywordRule {
 }
 
 /// The WeChat rules, one per keyword type (wechat.md section 2). `enum` values come from the
-/// template's own list, which only WeChat knows, so `enum`/`enum_string` are not here.
+/// template's own list (checked by `service` when the app's template list is to be had), so
+/// `enum`/`enum_string` are not here.
 const RULES: &[KeywordRule] = &[
     KeywordRule {
         keyword_type: "thing",

@@ -1071,6 +1071,54 @@ async fn gettemplate_lists_templates_in_wechat_shape() {
 }
 
 #[tokio::test]
+async fn templates_can_be_added_and_gettemplate_faulted_and_counted() {
+    let h = Harness::start(SandboxConfig::default()).await;
+    let token = h.token().await;
+    let list = format!("wxaapi/newtmpl/gettemplate?access_token={token}");
+    // Added while running: listed, and usable by a send.
+    let arrival = Template::new(
+        "added-later",
+        "到货提醒",
+        "商品:{{thing1.DATA}}\n",
+        TemplateKind::OneTime,
+    );
+    h.sandbox().add_template(arrival.clone()).unwrap();
+    assert!(
+        h.sandbox().add_template(arrival).is_err(),
+        "an id is defined once per app"
+    );
+    let answer = h.get(&list).await;
+    assert!(
+        answer["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["priTmplId"] == "added-later")
+    );
+    h.sandbox().set_auto_accept(true);
+    let message = json!({"touser": DEMO_OPENID, "template_id": "added-later",
+                         "data": {"thing1": {"value": "牛奶"}}});
+    assert_eq!(errcode(&h.send(&token, message).await), 0);
+
+    // A fault on the template list, through the control API; the token is still checked first.
+    h.post(
+        "sandbox/faults",
+        json!({"endpoint": "templates", "errcode": 48001, "times": 1}),
+    )
+    .await;
+    let no_token = h.get("wxaapi/newtmpl/gettemplate").await;
+    assert_eq!(errcode(&no_token), 41001);
+    assert_eq!(errcode(&h.get(&list).await), 48001);
+    assert_eq!(errcode(&h.get(&list).await), 0);
+    h.sandbox()
+        .inject(Fault::http_status(502).on_templates_endpoint().times(1));
+    let response = h.http.get(h.url(&list)).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(h.sandbox().stats().template_requests, 5);
+    assert_eq!(h.sandbox().stats().send_requests, 1);
+}
+
+#[tokio::test]
 async fn control_api_routes() {
     let h = Harness::start(no_auto_accept()).await;
     let overview = h.get("sandbox/").await;

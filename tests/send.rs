@@ -218,8 +218,16 @@ async fn wechat_errcodes_map_to_the_interface_table() {
 
 #[tokio::test]
 async fn real_rule_violations_come_back_from_the_sandbox_as_47003() {
-    let mut harness = Harness::start().await;
-    // A key the template does not have: only WeChat knows the template's keywords.
+    // With template checks off, a key the template does not have is left to WeChat (with them
+    // on it is caught locally: tests/templates.rs).
+    let sandbox_config = SandboxConfig {
+        auto_accept: true,
+        ..SandboxConfig::default()
+    };
+    let mut harness = Harness::start_with(sandbox_config, |config| {
+        config.template_checks = false;
+    })
+    .await;
     let mut data = course_data();
     data.insert("thing7".into(), "extra".into());
     let status = harness
@@ -233,6 +241,7 @@ async fn real_rule_violations_come_back_from_the_sandbox_as_47003() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(errcode(&status), Some(47003));
     assert!(status.message().contains("47003"));
+    assert_eq!(harness.sandbox().stats().send_requests, 1);
 }
 
 #[tokio::test]

@@ -113,6 +113,8 @@ fn defaults() {
     assert_eq!(config.idempotency.capacity, 1_000_000);
     assert_eq!(config.client.connect_timeout, Duration::from_millis(3_000));
     assert_eq!(config.client.request_timeout, Duration::from_millis(10_000));
+    assert!(config.template_checks, "template checks are on by default");
+    assert_eq!(config.template_refresh, Duration::from_secs(600));
     let expected_defaults = AppDefaults {
         api_bases: vec![Url::parse("https://api.weixin.qq.com/").unwrap()],
         token_mode: TokenMode::Stable,
@@ -166,8 +168,13 @@ fn every_flag_is_taken() {
         "--request-timeout-ms",
         "5000",
         "--warm-tokens",
+        "--template-checks=false",
+        "--template-refresh",
+        "120",
     ]))
     .expect("valid");
+    assert!(!config.template_checks);
+    assert_eq!(config.template_refresh, Duration::from_secs(120));
     assert_eq!(config.listen, "127.0.0.1:1".parse().unwrap());
     assert_eq!(config.metrics_listen, "[::1]:2".parse().unwrap());
     assert_eq!(config.log_format, LogFormat::Json);
@@ -198,6 +205,21 @@ fn boolean_flags_take_no_value_on_the_command_line() {
     assert!(!parse(&[]).unwrap().sandbox);
     assert!(parse(&["--warm-tokens"]).unwrap().warm_tokens);
     assert!(parse(&["--sandbox=true"]).is_err());
+}
+
+#[test]
+fn template_checks_are_on_unless_turned_off() {
+    assert!(parse(&[]).unwrap().template_checks);
+    assert!(parse(&["--template-checks"]).unwrap().template_checks);
+    assert!(parse(&["--template-checks=true"]).unwrap().template_checks);
+    for off in ["false", "0", "no", "off"] {
+        let flag = format!("--template-checks={off}");
+        assert!(!parse(&[flag.as_str()]).unwrap().template_checks, "{off}");
+    }
+    assert!(parse(&["--template-checks=maybe"]).is_err());
+    // An empty NOTIFY_TEMPLATE_CHECKS counts as unset: on.
+    assert_eq!(parse_bool_default_true(""), Ok(true));
+    assert_eq!(parse_bool_default_true("FALSE"), Ok(false));
 }
 
 #[test]
@@ -279,6 +301,14 @@ fn out_of_range_values_name_their_setting() {
         (
             &["--connect-timeout-ms", "0"],
             "WECHAT_CONNECT_TIMEOUT_MS (--connect-timeout-ms): must be from 1 to 60000, got 0",
+        ),
+        (
+            &["--template-refresh", "59"],
+            "NOTIFY_TEMPLATE_REFRESH (--template-refresh): must be from 60 to 86400, got 59",
+        ),
+        (
+            &["--template-refresh", "86401"],
+            "NOTIFY_TEMPLATE_REFRESH (--template-refresh): must be from 60 to 86400, got 86401",
         ),
         (
             &["--request-timeout-ms", "600001"],

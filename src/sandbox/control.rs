@@ -93,7 +93,7 @@ async fn overview(State(sandbox): State<Sandbox>) -> Json<Value> {
     Json(json!({
         "sandbox": "fake WeChat API for development; not WeChat",
         "apps": config.apps.iter().map(|a| &a.appid).collect::<Vec<_>>(),
-        "templates": config.templates.iter().map(|t| &t.id).collect::<Vec<_>>(),
+        "templates": sandbox.inner.templates().iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
         "auto_accept": sandbox.auto_accept(),
         "routes": [
             "POST /sandbox/subscriptions", "GET /sandbox/subscriptions",
@@ -306,8 +306,8 @@ async fn templates(
         None => None,
     };
     let templates: Vec<Value> = sandbox
-        .config()
-        .templates
+        .inner
+        .templates()
         .iter()
         .filter(|t| appid.as_deref().is_none_or(|a| t.belongs_to(a)))
         .map(|t| {

@@ -165,16 +165,40 @@ pub(crate) async fn get_template(
 ) -> Reply {
     let inner = &sandbox.inner;
     let token = query_param(query.as_deref(), "access_token");
-    let check = inner.lock().tokens.check(token.as_deref(), Instant::now());
-    let appid = match check {
-        TokenCheck::Valid { appid } => appid,
-        rejected => return Reply::errcode(rejected.errcode().unwrap_or(40014)),
+    let (reply, latency) = {
+        let mut state = inner.lock();
+        state.stats.template_requests += 1;
+        let appid = match state.tokens.check(token.as_deref(), Instant::now()) {
+            TokenCheck::Valid { appid } => appid,
+            rejected => return Reply::errcode(rejected.errcode().unwrap_or(40014)),
+        };
+        // Checked after the token, as for send: a fault never hides a token problem.
+        match state
+            .faults
+            .take(FaultEndpoint::Templates, Some(&appid), None)
+        {
+            Some(action) => match action.answer {
+                Some(answer) => {
+                    tracing::info!(appid, "template list answered by an injected fault");
+                    (answer.into(), action.latency)
+                }
+                None => (template_list(inner, &appid), action.latency),
+            },
+            None => (template_list(inner, &appid), None),
+        }
     };
+    if let Some(latency) = latency {
+        tokio::time::sleep(latency).await;
+    }
+    reply
+}
+
+/// The `gettemplate` answer for `appid`: its templates only.
+fn template_list(inner: &Inner, appid: &str) -> Reply {
     let data: Vec<Value> = inner
-        .config
-        .templates
+        .templates()
         .iter()
-        .filter(|t| t.belongs_to(&appid))
+        .filter(|t| t.belongs_to(appid))
         .map(|t| t.to_wire())
         .collect();
     Reply::Json(json!({"errcode": 0, "errmsg": "ok", "data": data}))

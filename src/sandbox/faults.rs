@@ -1,5 +1,5 @@
-//! Injected faults: an errcode, an HTTP status with a non-JSON body, or latency, on the send or
-//! the token endpoints, for the next N calls or until cleared, optionally for one openid or app.
+//! Injected faults: an errcode, an HTTP status with a non-JSON body, or latency, on the send,
+//! the token or the template list endpoint, for the next N calls or until cleared, optionally for one openid or app.
 
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ pub enum FaultEndpoint {
     Send,
     /// `GET /cgi-bin/token` and `POST /cgi-bin/stable_token`.
     Token,
+    /// `GET /wxaapi/newtmpl/gettemplate`.
+    Templates,
 }
 
 /// A fault to inject. Build one with [`Fault::errcode`], [`Fault::http_status`] or
@@ -112,6 +114,12 @@ impl Fault {
         self
     }
 
+    /// Apply to the template list (`gettemplate`) instead of the send endpoint.
+    pub fn on_templates_endpoint(mut self) -> Self {
+        self.endpoint = FaultEndpoint::Templates;
+        self
+    }
+
     /// Checks the fault can ever do something.
     pub fn validate(&self) -> Result<(), String> {
         if self.errcode.is_none() && self.http_status.is_none() && self.latency.is_none() {
@@ -126,7 +134,7 @@ impl Fault {
         if self.times == Some(0) {
             return Err("times must be at least 1".to_string());
         }
-        if self.openid.is_some() && self.endpoint == FaultEndpoint::Token {
+        if self.openid.is_some() && self.endpoint != FaultEndpoint::Send {
             return Err("openid only applies to the send endpoint".to_string());
         }
         Ok(())

@@ -195,6 +195,16 @@ impl Sandbox {
         self.inner.auto_accept.load(Ordering::SeqCst)
     }
 
+    /// Adds a template while running, as if created in WeChat's console: the next
+    /// `gettemplate` lists it and sends may use it. Refused (with the reason) when the template
+    /// is malformed, names an unknown app or reuses an id of one of its apps.
+    pub fn add_template(&self, template: Template) -> Result<(), String> {
+        let id = template.id.clone();
+        self.inner.add_template(template)?;
+        tracing::info!(template_id = id, "sandbox template added");
+        Ok(())
+    }
+
     /// Every send request as received (the last 10,000), oldest first.
     pub fn send_requests(&self) -> Vec<RecordedSend> {
         self.inner.lock().sends.iter().cloned().collect()

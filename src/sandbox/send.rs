@@ -163,20 +163,16 @@ fn check_and_deliver(
 }
 
 /// A send body that passed every check but the subscription.
-struct Message<'a> {
+struct Message {
     touser: String,
-    template: &'a Template,
+    template: Template,
     data: BTreeMap<String, String>,
     page: Option<String>,
     miniprogram_state: String,
     lang: String,
 }
 
-fn check_message<'a>(
-    inner: &'a Inner,
-    appid: &str,
-    body: Option<&Value>,
-) -> Result<Message<'a>, Reply> {
+fn check_message(inner: &Inner, appid: &str, body: Option<&Value>) -> Result<Message, Reply> {
     let Some(Value::Object(body)) = body else {
         return Err(Reply::errcode(47001));
     };
@@ -189,7 +185,7 @@ fn check_message<'a>(
         .and_then(Value::as_str)
         .and_then(|id| inner.template(appid, id))
         .ok_or_else(|| Reply::errcode(40037))?;
-    let data = check_data(template, body.get("data"))?;
+    let data = check_data(&template, body.get("data"))?;
     let page = check_page(inner.config.pages.as_deref(), body.get("page"))?;
     let miniprogram_state = check_choice(
         body.get("miniprogram_state"),
@@ -294,7 +290,7 @@ fn check_choice(
     }
 }
 
-fn deliver(inner: &Inner, state: &mut Mutable, appid: String, message: Message<'_>) -> Reply {
+fn deliver(inner: &Inner, state: &mut Mutable, appid: String, message: Message) -> Reply {
     let key = SubscriptionKey {
         appid,
         openid: message.touser,

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
-        Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -101,6 +101,8 @@ pub struct SandboxStats {
     pub rejected: BTreeMap<i64, u64>,
     /// Send requests answered with an injected HTTP status.
     pub http_errors: u64,
+    /// Template list (`gettemplate`) requests received, whatever became of them.
+    pub template_requests: u64,
     /// Most send requests ever in flight at once.
     pub max_concurrent_sends: u64,
     /// Send requests in flight now.
@@ -271,6 +273,8 @@ pub(crate) struct Inner {
     pub auto_accept: AtomicBool,
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
+    /// The templates: the configured ones, plus any added while running.
+    templates: RwLock<Arc<Vec<Template>>>,
     state: Mutex<Mutable>,
 }
 
@@ -288,6 +292,7 @@ impl Inner {
             started: Instant::now(),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            templates: RwLock::new(Arc::new(config.templates.clone())),
             state: Mutex::new(Mutable {
                 tokens,
                 faults: FaultSet::default(),
@@ -308,12 +313,33 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every template, in definition order.
+    pub fn templates(&self) -> Arc<Vec<Template>> {
+        self.templates
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The template `id` of `appid`, if the app has it.
-    pub fn template(&self, appid: &str, id: &str) -> Option<&Template> {
-        self.config
-            .templates
+    pub fn template(&self, appid: &str, id: &str) -> Option<Template> {
+        self.templates()
             .iter()
             .find(|t| t.id == id && t.belongs_to(appid))
+            .cloned()
+    }
+
+    /// Adds a template, checked as a configured one would be (see [`SandboxConfig::validate`]).
+    pub fn add_template(&self, template: Template) -> Result<(), String> {
+        let mut templates = self.templates.write().unwrap_or_else(|e| e.into_inner());
+        let mut candidate = SandboxConfig {
+            templates: templates.to_vec(),
+            ..self.config.clone()
+        };
+        candidate.templates.push(template);
+        candidate.validate()?;
+        *templates = Arc::new(candidate.templates);
+        Ok(())
     }
 
     pub fn app_secret(&self, appid: &str) -> Option<&str> {

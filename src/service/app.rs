@@ -3,7 +3,10 @@
 
 use std::{
     num::NonZeroU32,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -17,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::error::{ErrorKind, NotStarted, SendError};
 use crate::{
     idempotency::Record,
+    telemetry,
+    templates::TemplateCache,
     token::TokenCache,
     wechat::{AppApi, ErrorClass, SubscribeMessage},
 };
@@ -41,6 +46,10 @@ pub(crate) struct Admission {
     pub wait_limit: Instant,
     /// Cancelled when the caller goes away.
     pub cancel: CancellationToken,
+    /// Set when WeChat answers 45009 (daily quota) to any send sharing this flag: the sends of
+    /// one batch share it, so none starts after the first 45009, not even one that was already
+    /// waiting for the limits or backing off.
+    pub daily_quota_exhausted: Arc<AtomicBool>,
 }
 
 impl Admission {
@@ -51,6 +60,7 @@ impl Admission {
             caller_deadline,
             wait_limit: caller_deadline.map_or(bounded, |deadline| deadline.min(bounded)),
             cancel: CancellationToken::new(),
+            daily_quota_exhausted: Arc::default(),
         }
     }
 
@@ -63,6 +73,8 @@ impl Admission {
             .is_some_and(|deadline| Instant::now() >= deadline)
         {
             Some(NotStarted::DeadlineExceeded)
+        } else if self.daily_quota_exhausted.load(Ordering::Relaxed) {
+            Some(NotStarted::DailyQuotaExhausted)
         } else {
             None
         }
@@ -83,6 +95,8 @@ pub struct App {
     rate: DefaultDirectRateLimiter,
     /// Set on 45011 (per-minute limit): no send starts before this instant.
     paused_until: Mutex<Option<Instant>>,
+    /// The app's template list; `None` when template checks are off.
+    templates: Option<Arc<TemplateCache>>,
 }
 
 impl App {
@@ -105,7 +119,27 @@ impl App {
             // `per_second` allows bursts of one second's worth, as the interface promises.
             rate: RateLimiter::direct(Quota::per_second(rate)),
             paused_until: Mutex::new(None),
+            templates: None,
         }
+    }
+
+    /// The same app, checking messages against its template list from `templates`.
+    pub fn with_templates(mut self, templates: Arc<TemplateCache>) -> Self {
+        self.templates = Some(templates);
+        self
+    }
+
+    /// The app's template cache, when template checks are on.
+    pub fn templates(&self) -> Option<&Arc<TemplateCache>> {
+        self.templates.as_ref()
+    }
+
+    /// Sends holding one of the app's `max_in_flight` slots now (waiting for a token or for
+    /// WeChat's answer).
+    pub fn sends_in_flight(&self) -> usize {
+        self.max_in_flight
+            .max(1)
+            .saturating_sub(self.in_flight.available_permits())
     }
 
     /// The app's token cache.
@@ -134,8 +168,15 @@ impl App {
                 .get()
                 .await
                 .map_err(|error| SendError::new(ErrorKind::Token(error), attempts))?;
+            // Fetching the token can take a while: the caller may have gone in the meantime.
+            if let Some(stopped) = admission.stopped() {
+                return Err(SendError::new(ErrorKind::NotStarted(stopped), attempts));
+            }
             let attempt = self.api.send(&token, message).await;
             attempts += attempt.requests;
+            if let Err(error) = &attempt.result {
+                telemetry::count_wechat_error(&self.name, error);
+            }
             let error = match attempt.result {
                 Ok(delivered) => {
                     return Ok(Record {
@@ -167,36 +208,56 @@ impl App {
                     self.pause_until(Instant::now() + until_next_minute());
                     return Err(SendError::new(ErrorKind::Upstream(error), attempts));
                 }
+                Some(ErrorClass::DailyQuota) => {
+                    admission
+                        .daily_quota_exhausted
+                        .store(true, Ordering::Relaxed);
+                    return Err(SendError::new(ErrorKind::Upstream(error), attempts));
+                }
                 _ => return Err(SendError::new(ErrorKind::Upstream(error), attempts)),
             }
         }
     }
 
-    /// Waits for the app's limits (a 45011 pause, the rate, the in-flight bound), but not past
+    /// Waits for the app's limits (a 45011 pause, the in-flight bound, the rate), but not past
     /// the admission's wait limit, and not once the caller is gone.
+    ///
+    /// The in-flight permit is taken before the rate token, so a send starts as soon as its
+    /// token is granted: callers queued behind a slow WeChat cannot bank tokens and then all go
+    /// at once when it recovers. The pause is checked again once admitted, because a 45011 may
+    /// have arrived while this send waited.
     async fn admit(&self, admission: &Admission) -> Result<OwnedSemaphorePermit, ErrorKind> {
         if let Some(stopped) = admission.stopped() {
             return Err(ErrorKind::NotStarted(stopped));
         }
         let limits = async {
-            if let Some(until) = self.paused() {
-                if until > admission.wait_limit {
-                    return Err(ErrorKind::Throttled {
-                        reason: "wechat's per-minute limit (45011) was hit; sends resume next minute",
-                        retry_after: Some(until - Instant::now()),
-                    });
+            loop {
+                if let Some(until) = self.paused() {
+                    if until > admission.wait_limit {
+                        return Err(ErrorKind::Throttled {
+                            reason: "wechat's per-minute limit (45011) was hit; sends resume next minute",
+                            retry_after: Some(until - Instant::now()),
+                        });
+                    }
+                    tokio::time::sleep_until(until).await;
                 }
-                tokio::time::sleep_until(until).await;
+                let permit = self.in_flight.clone().acquire_owned().await;
+                self.rate.until_ready().await;
+                if self.paused().is_none() {
+                    return Ok(permit);
+                }
             }
-            self.rate.until_ready().await;
-            Ok(self.in_flight.clone().acquire_owned().await)
         };
         let admitted = tokio::select! {
             admitted = tokio::time::timeout_at(admission.wait_limit, limits) => admitted,
             () = admission.cancel.cancelled() => return Err(ErrorKind::NotStarted(NotStarted::Cancelled)),
         };
         match admitted {
-            Ok(Ok(Ok(permit))) => Ok(permit),
+            Ok(Ok(Ok(permit))) => match admission.stopped() {
+                // Stopped while waiting (a 45009 elsewhere in the batch, the deadline).
+                Some(stopped) => Err(ErrorKind::NotStarted(stopped)),
+                None => Ok(permit),
+            },
             Ok(Err(paused)) => Err(paused),
             // The semaphore is never closed; a timeout means the limits did not admit in time.
             Ok(Ok(Err(_))) | Err(_) => Err(admission

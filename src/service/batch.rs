@@ -3,24 +3,21 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
 };
 
 use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     App, Notifier, Receipt, SendError,
     app::{Admission, BATCH_ADMISSION_WAIT},
     check::Violations,
-    error::{ErrorKind, NotStarted},
-    non_empty, outcome_label,
+    non_empty, outcome_label, template_check,
 };
-use crate::wechat::{ErrorClass, MiniprogramState, SubscribeMessage};
+use crate::wechat::{MiniprogramState, SubscribeMessage, TemplateInfo};
 
 /// One recipient of a batch, with its overrides.
 #[derive(Clone, Debug, Default)]
@@ -67,6 +64,8 @@ pub struct RecipientOutcome {
 struct Shared {
     app: Arc<App>,
     template_id: String,
+    /// The template as WeChat lists it; `None` when unchecked.
+    template: Option<Arc<TemplateInfo>>,
     page: String,
     data: HashMap<String, String>,
     miniprogram_state: MiniprogramState,
@@ -74,8 +73,8 @@ struct Shared {
     idempotency_key: Option<String>,
     caller_deadline: Option<Instant>,
     cancel: CancellationToken,
-    /// Set once WeChat answers 45009: no further sends for this app in this batch.
-    daily_quota_exhausted: AtomicBool,
+    /// Set once WeChat answers 45009 to any recipient: no further sends in this batch.
+    daily_quota_exhausted: Arc<AtomicBool>,
 }
 
 impl Notifier {
@@ -88,6 +87,16 @@ impl Notifier {
     ) -> Result<Vec<RecipientOutcome>, SendError> {
         let app = self.resolve(&request.app)?;
         self.check_batch(&request)?;
+        let template =
+            template_check::listed_template(&app, &request.template_id, deadline).await?;
+        if let Some(template) = &template {
+            // Shared data that does not fit the template is a malformed call, as above.
+            let mut violations = Violations::default();
+            violations.template_values("data", template, &request.data);
+            if !violations.is_empty() {
+                return Err(SendError::invalid(violations.into_vec()));
+            }
+        }
         let cancel = CancellationToken::new();
         // Dropped when the caller goes away (cancel or deadline): no new sends start, the ones
         // in flight finish and are recorded under their idempotency keys.
@@ -97,6 +106,7 @@ impl Notifier {
         let shared = Arc::new(Shared {
             app,
             template_id: request.template_id,
+            template,
             page: request.page,
             data: request.data,
             miniprogram_state: request.miniprogram_state,
@@ -104,11 +114,12 @@ impl Notifier {
             idempotency_key: non_empty(request.idempotency_key),
             caller_deadline: deadline,
             cancel,
-            daily_quota_exhausted: AtomicBool::new(false),
+            daily_quota_exhausted: Arc::default(),
         });
         let outcomes = self
             .tasks
-            .spawn(async move { notifier.fan_out(shared, recipients).await })
+            // `in_current_span`: the call's log lines keep its request id on that task.
+            .spawn(async move { notifier.fan_out(shared, recipients).await }.in_current_span())
             .await
             .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()));
         stop_on_drop.disarm();
@@ -148,13 +159,19 @@ impl Notifier {
         }
     }
 
+    /// Runs at most `max_in_flight` recipients at a time and puts each outcome in its place.
+    /// Unordered, so one slow recipient (backing off after -1, waiting out a pause) does not
+    /// hold back the ones behind it; only the in-flight recipients and the outcomes (the
+    /// response itself) are held in memory.
     async fn fan_out(
         self: Arc<Self>,
         shared: Arc<Shared>,
         recipients: Vec<RecipientInput>,
     ) -> Vec<RecipientOutcome> {
         let concurrency = shared.app.max_in_flight.max(1);
-        futures::stream::iter(recipients.into_iter().enumerate())
+        let mut outcomes: Vec<Option<RecipientOutcome>> = Vec::new();
+        outcomes.resize_with(recipients.len(), || None);
+        let mut finished = futures::stream::iter(recipients.into_iter().enumerate())
             .map(|(index, recipient)| {
                 let notifier = self.clone();
                 let shared = shared.clone();
@@ -162,12 +179,17 @@ impl Notifier {
                     let touser = recipient.touser.clone();
                     let result = notifier.send_recipient(&shared, index, recipient).await;
                     metrics::counter!("wechat_notify_messages_total", "app" => shared.app.name.clone(), "outcome" => outcome_label(&result)).increment(1);
-                    RecipientOutcome { touser, result }
+                    (index, RecipientOutcome { touser, result })
                 }
             })
-            .buffered(concurrency)
+            .buffer_unordered(concurrency);
+        while let Some((index, outcome)) = finished.next().await {
+            outcomes[index] = Some(outcome);
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every recipient has an outcome"))
             .collect()
-            .await
     }
 
     async fn send_recipient(
@@ -177,14 +199,11 @@ impl Notifier {
         recipient: RecipientInput,
     ) -> Result<Receipt, SendError> {
         let message = recipient_message(shared, index, recipient)?;
-        if shared.daily_quota_exhausted.load(Ordering::Relaxed) {
-            return Err(SendError::new(
-                ErrorKind::NotStarted(NotStarted::DailyQuotaExhausted),
-                0,
-            ));
-        }
+        // The admission stops this send if the deadline passed, the caller went away or a 45009
+        // came back for an earlier recipient: checked before the send and again once admitted.
         let admission = Admission {
             cancel: shared.cancel.clone(),
+            daily_quota_exhausted: shared.daily_quota_exhausted.clone(),
             ..Admission::new(shared.caller_deadline, BATCH_ADMISSION_WAIT)
         };
         // One key per recipient: a retried batch with the same key delivers each openid once.
@@ -192,18 +211,8 @@ impl Notifier {
             .idempotency_key
             .as_ref()
             .map(|key| format!("batch\n{key}\n{}", message.touser));
-        let result = self
-            .deliver_once(&shared.app, message, key, &admission)
-            .await;
-        if let Err(SendError {
-            kind: ErrorKind::Upstream(upstream),
-            ..
-        }) = &result
-            && upstream.class() == Some(ErrorClass::DailyQuota)
-        {
-            shared.daily_quota_exhausted.store(true, Ordering::Relaxed);
-        }
-        result
+        self.deliver_once(&shared.app, message, key, &admission)
+            .await
     }
 }
 
@@ -220,6 +229,12 @@ fn recipient_message(
     let recipient_data_field = format!("{prefix}.data");
     for (key, value) in &recipient.data {
         violations.data_entry(&recipient_data_field, key, value);
+    }
+    if let Some(template) = &shared.template {
+        violations.template_values(&recipient_data_field, template, &recipient.data);
+        violations.template_keywords_present(&recipient_data_field, template, |key| {
+            recipient.data.contains_key(key) || shared.data.contains_key(key)
+        });
     }
     let mut data: BTreeMap<String, String> = shared
         .data

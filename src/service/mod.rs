@@ -6,14 +6,19 @@ mod app;
 mod batch;
 mod check;
 mod error;
+mod template_check;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use app::{Admission, SEND_ADMISSION_WAIT};
 pub use app::{App, until_next_minute, until_quota_day_ends};
@@ -119,6 +124,11 @@ impl Notifier {
         self.tasks.wait().await;
     }
 
+    /// The configured name of the app `requested` resolves to (empty: the only app), for logs.
+    pub fn app_name(&self, requested: &str) -> Option<String> {
+        self.resolve(requested).ok().map(|app| app.name.clone())
+    }
+
     /// The app a request names.
     fn resolve(&self, app: &str) -> Result<Arc<App>, SendError> {
         if app.len() > MAX_ID_BYTES {
@@ -174,6 +184,17 @@ impl Notifier {
         if !violations.is_empty() {
             return Err(SendError::invalid(violations.into_vec()));
         }
+        // Only a message that passed the checks above is worth the app's template list.
+        if let Some(template) =
+            template_check::listed_template(app, &request.template_id, deadline).await?
+        {
+            violations.template_values("data", &template, &request.data);
+            violations
+                .template_keywords_present("data", &template, |key| request.data.contains_key(key));
+            if !violations.is_empty() {
+                return Err(SendError::invalid(violations.into_vec()));
+            }
+        }
         let message = SubscribeMessage {
             touser: request.touser,
             template_id: request.template_id,
@@ -188,8 +209,12 @@ impl Notifier {
         let notifier = self.clone();
         let app = app.clone();
         let admission = Admission::new(deadline, SEND_ADMISSION_WAIT);
+        // `in_current_span`: the call's log lines keep its request id on that task.
         self.tasks
-            .spawn(async move { notifier.deliver_once(&app, message, key, &admission).await })
+            .spawn(
+                async move { notifier.deliver_once(&app, message, key, &admission).await }
+                    .in_current_span(),
+            )
             .await
             .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
     }
@@ -207,16 +232,34 @@ impl Notifier {
             return Ok(receipt(&record, false));
         };
         let (touser, template_id) = (message.touser.clone(), message.template_id.clone());
-        let send_app = app.clone();
-        let send_admission = admission.clone();
-        let keyed = self
-            .idempotency
-            .once(
-                format!("{}\n{key}", app.appid),
-                Box::pin(async move { send_app.deliver(&message, &send_admission).await }),
-            )
-            .await
-            .map_err(|shared| SendError::clone(&shared))?;
+        let scoped_key = format!("{}\n{key}", app.appid);
+        let message = Arc::new(message);
+        let mut joins = 0;
+        let keyed = loop {
+            let ran_here = Arc::new(AtomicBool::new(false));
+            let send = {
+                let (app, message, admission) = (app.clone(), message.clone(), admission.clone());
+                let ran_here = ran_here.clone();
+                Box::pin(async move {
+                    ran_here.store(true, Ordering::Relaxed);
+                    app.deliver(&message, &admission).await
+                })
+            };
+            match self.idempotency.once(scoped_key.clone(), send).await {
+                Ok(keyed) => break keyed,
+                // A failure is shared with every caller waiting on the key. One that says the
+                // send never started (that caller's deadline, cancellation or wait limit) is
+                // not an outcome for us: try again under our own admission.
+                Err(shared)
+                    if !ran_here.load(Ordering::Relaxed)
+                        && never_sent(&shared)
+                        && joins < MAX_KEY_JOINS =>
+                {
+                    joins += 1;
+                }
+                Err(shared) => return Err(SendError::clone(&shared)),
+            }
+        };
         if keyed.record.touser != touser || keyed.record.template_id != template_id {
             return Err(SendError::invalid_field(
                 "idempotency_key",
@@ -225,6 +268,19 @@ impl Notifier {
         }
         Ok(keyed_receipt(&keyed))
     }
+}
+
+/// How often a keyed send may join another caller's attempt that never started before it
+/// answers that caller's failure as its own.
+const MAX_KEY_JOINS: u32 = 3;
+
+/// True when the send was never made because of its caller's own limits (deadline,
+/// cancellation, wait limit): nothing that tells another caller with the same key anything.
+fn never_sent(error: &SendError) -> bool {
+    matches!(
+        error.kind,
+        ErrorKind::NotStarted(_) | ErrorKind::Throttled { .. }
+    )
 }
 
 fn receipt(record: &Record, deduplicated: bool) -> Receipt {

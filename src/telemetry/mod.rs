@@ -1,11 +1,31 @@
-//! Logs (tracing, text or JSON) and metrics (Prometheus text format on `GET /metrics`).
+//! Logs (tracing, text or JSON lines) and metrics (Prometheus text format on `GET /metrics`).
+//!
+//! - [`init_logging`]: the global subscriber; JSON lines carry every enclosing span's fields
+//!   (`request_id`, `method`, `app`, ...) at the top level ([`FlatJson`]).
+//! - [`metrics_handle`]: the global Prometheus recorder, with every metric described
+//!   ([`catalog`] lists them all) so `/metrics` is self-explanatory.
+//! - [`RpcTelemetryLayer`]: the per-call span, RPC count, latency and in-flight gauge.
 
 use std::{io::IsTerminal, sync::OnceLock};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::{
+    EnvFilter,
+    fmt::{self, MakeWriter, format::JsonFields},
+    prelude::*,
+};
 
-use crate::config::LogFormat;
+use crate::{config::LogFormat, wechat::UPSTREAM_REQUEST_DURATION};
+
+pub mod catalog;
+mod json;
+mod rpc;
+mod upstream;
+
+pub use catalog::count_wechat_error;
+pub use json::FlatJson;
+pub use rpc::{REQUEST_ID_HEADER, RpcTelemetryLayer, code_name};
+pub use upstream::{CountTemplateErrcodes, CountTokenErrcodes};
 
 /// Keeps the log writer thread running; dropping it flushes the lines still queued. Hold it
 /// until the process is done logging.
@@ -14,20 +34,33 @@ pub struct LogGuard {
     _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
-/// Installs the global tracing subscriber: `RUST_LOG` filters (default `info`), `format` picks
-/// text or JSON lines on stderr. Later calls are no-ops.
+/// Installs the global tracing subscriber on stderr: `RUST_LOG` filters (default `info`),
+/// `format` picks text or JSON lines. Later calls are no-ops.
 ///
 /// Lines are formatted on the calling thread and written by one writer thread, in batches
 /// (buffered, flushed whenever its queue runs empty), so the one-line-per-RPC log costs no
 /// write syscall per call on the request path. Nothing is dropped: when stderr cannot keep up,
 /// callers wait, as they would on a direct write.
 pub fn init_logging(format: LogFormat) -> LogGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("log-writer")
         .finish(std::io::BufWriter::new(std::io::stderr()));
+    // Already installed (a test harness or an earlier call): keep that one, stop this writer.
+    let installed = init_logging_to(format, writer, ansi);
+    LogGuard {
+        _writer: installed.then_some(guard),
+    }
+}
+
+/// Like [`init_logging`], writing to `writer` (tests capture the lines this way); `ansi` colours
+/// text lines. Returns false when a subscriber was already installed (that one is kept).
+pub fn init_logging_to<W>(format: LogFormat, writer: W, ansi: bool) -> bool
+where
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
         LogFormat::Text => registry
@@ -36,32 +69,46 @@ pub fn init_logging(format: LogFormat) -> LogGuard {
         LogFormat::Json => registry
             .with(
                 fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(true)
+                    .fmt_fields(JsonFields::new())
+                    .event_format(FlatJson)
                     .with_writer(writer),
             )
             .try_init(),
     };
-    // Already installed (a test harness or an earlier call): keep that one, stop this writer.
-    LogGuard {
-        _writer: installed.ok().map(|()| guard),
-    }
+    installed.is_ok()
 }
 
-/// Upstream latency buckets, in seconds: WeChat usually answers within tens of milliseconds.
-const LATENCY_BUCKETS: &[f64] = &[
+/// Upstream latency buckets, in seconds: WeChat usually answers within tens of milliseconds,
+/// and the client gives up after its request timeout (10 s by default).
+const UPSTREAM_LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The process-wide Prometheus recorder (installed on first use) and its renderer.
+/// RPC latency buckets, in seconds: a SendSubscribe takes one upstream round trip (or waits up
+/// to 30 s for the app's limits); a BatchSend of thousands takes seconds to minutes.
+const RPC_LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// The process-wide Prometheus recorder (installed and described on first use) and its
+/// renderer.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets(LATENCY_BUCKETS)
+                .set_buckets_for_metric(
+                    Matcher::Full(UPSTREAM_REQUEST_DURATION.to_owned()),
+                    UPSTREAM_LATENCY_BUCKETS,
+                )
+                // Any other histogram is a histogram too (not a summary).
+                .and_then(|builder| builder.set_buckets(UPSTREAM_LATENCY_BUCKETS))
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(catalog::RPC_DURATION.to_owned()),
+                        RPC_LATENCY_BUCKETS,
+                    )
+                })
                 .expect("latency buckets are not empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -70,6 +117,8 @@ pub fn metrics_handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed");
             }
+            catalog::describe_all();
+            catalog::record_build_info();
             handle
         })
         .clone()
@@ -116,7 +165,3 @@ pub fn metrics_router(
         }),
     )
 }
-
-mod rpc;
-
-pub use rpc::{REQUEST_ID_HEADER, RpcTelemetryLayer};

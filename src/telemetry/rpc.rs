@@ -11,6 +11,8 @@ use futures::future::BoxFuture;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use super::catalog::{RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS_TOTAL};
+
 /// The request id header: taken from the caller, generated when absent, echoed back.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -59,6 +61,11 @@ const CODE_NAMES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
+/// The canonical name of a gRPC code (`INVALID_ARGUMENT`), as in metric labels and log lines.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    CODE_NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
+}
+
 /// The call's gRPC code: in the headers for an error (trailers-only answer), OK otherwise.
 fn code_label<B>(response: &http::Response<B>) -> &'static str {
     response
@@ -68,6 +75,23 @@ fn code_label<B>(response: &http::Response<B>) -> &'static str {
         .and_then(|value| value.parse::<usize>().ok())
         .and_then(|code| CODE_NAMES.get(code).copied())
         .unwrap_or("OK")
+}
+
+/// One call counted in the in-flight gauge for as long as it lives.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter(method: &'static str) -> Self {
+        let gauge = metrics::gauge!(RPC_IN_FLIGHT, "method" => method);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// Adds [`RpcTelemetry`] around a service.
@@ -119,19 +143,17 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(
             async move {
-                let in_flight = metrics::gauge!("wechat_notify_rpc_in_flight", "method" => method);
-                in_flight.increment(1.0);
+                // Decremented on drop too: a call the client cancels is dropped mid-flight.
+                let _in_flight = InFlight::enter(method);
                 let started = Instant::now();
                 let result = inner.call(request).await;
-                in_flight.decrement(1.0);
                 let code = match &result {
                     Ok(response) => code_label(response),
                     Err(_) => "INTERNAL",
                 };
                 let labels = [("method", method), ("code", code)];
-                metrics::counter!("wechat_notify_rpc_requests_total", &labels).increment(1);
-                metrics::histogram!("wechat_notify_rpc_duration_seconds", &labels)
-                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!(RPC_REQUESTS_TOTAL, &labels).increment(1);
+                metrics::histogram!(RPC_DURATION, &labels).record(started.elapsed().as_secs_f64());
                 result
             }
             .instrument(span),

@@ -18,10 +18,12 @@ use url::Url;
 use super::{
     Endpoint, SubscribeMessage, WechatError,
     redact::{describe_reqwest_error, redact_url, scrub},
+    templates::{TemplateInfo, parse_templates},
 };
 use crate::secret::Secret;
 
-/// Histogram of upstream HTTP request latency, labelled `app` and `endpoint` (`send`/`token`).
+/// Histogram of upstream HTTP request latency, labelled `app` and `endpoint` (`send`, `token`,
+/// `templates`).
 pub const UPSTREAM_REQUEST_DURATION: &str = "wechat_notify_upstream_request_duration_seconds";
 
 /// The longest `expires_in` accepted from a token endpoint. WeChat documents "within 7200
@@ -293,6 +295,32 @@ impl AppApi {
         built
     }
 
+    /// Lists the app's templates ("my templates", `GET /wxaapi/newtmpl/gettemplate`) with the
+    /// given token. Reading is safe to repeat, but the client still fails over only when no
+    /// connection could be made, like every call.
+    pub async fn templates(&self, token: &Secret) -> Result<Vec<TemplateInfo>, WechatError> {
+        let inner = &*self.inner;
+        let secrets = [token, &inner.secret];
+        let exchange = self
+            .exchange(Endpoint::Templates, &secrets, |_, base| {
+                let mut url = endpoint_url(base, &["wxaapi", "newtmpl", "gettemplate"]);
+                url.query_pairs_mut()
+                    .append_pair("access_token", token.expose());
+                let request = inner.http.get(url.clone());
+                (url, request)
+            })
+            .await;
+        let result = exchange.result.and_then(|body| {
+            parse_templates(&body, |value| {
+                api_error(Endpoint::Templates, value, &secrets)
+            })
+        });
+        if let Err(error) = &result {
+            debug!(app = %inner.metrics_app, %error, "wechat template list failed");
+        }
+        result
+    }
+
     /// Makes one logical request: tries each API base in order, moving on only when no
     /// connection could be made. Returns the body of a 2xx answer.
     async fn exchange(
@@ -302,14 +330,10 @@ impl AppApi {
         build: impl Fn(usize, &Url) -> (Url, reqwest::RequestBuilder),
     ) -> Exchange {
         let inner = &*self.inner;
-        let endpoint_label = match endpoint {
-            Endpoint::Token => "token",
-            Endpoint::Send => "send",
-        };
         let histogram = metrics::histogram!(
             UPSTREAM_REQUEST_DURATION,
             "app" => inner.metrics_app.clone(),
-            "endpoint" => endpoint_label,
+            "endpoint" => endpoint.label(),
         );
         let mut requests = 0;
         let mut last_connect_error = None;
@@ -1144,6 +1168,96 @@ mod tests {
                 status: 500
             }
         );
+    }
+
+    #[tokio::test]
+    async fn templates_are_listed_with_the_token_in_the_query() {
+        let fake = Fake::json(json!({
+            "errcode": 0,
+            "errmsg": "ok",
+            "data": [{
+                "priTmplId": "T1",
+                "title": "会议提醒",
+                "content": "会议时间:{{date2.DATA}}\n会议地点:{{thing1.DATA}}\n",
+                "example": "会议时间:2019年10月1日\n会议地点:A\n",
+                "type": 2
+            }]
+        }))
+        .await;
+        let base = fake.base.join("/prefix/").unwrap();
+        let templates = app(TokenMode::Stable, vec![closed_base().await, base])
+            .templates(&Secret::new(TOKEN))
+            .await
+            .unwrap();
+        assert_eq!(templates.len(), 1);
+        assert_eq!(templates[0].id, "T1");
+        assert_eq!(templates[0].keywords, ["date2", "thing1"]);
+        assert_eq!(templates[0].kind, crate::wechat::TemplateKind::OneTime);
+        let seen = fake.requests();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].method, Method::GET);
+        assert_eq!(seen[0].path, "/prefix/wxaapi/newtmpl/gettemplate");
+        assert_eq!(
+            seen[0].query_pairs(),
+            BTreeMap::from([("access_token".to_string(), TOKEN.to_string())])
+        );
+    }
+
+    #[tokio::test]
+    async fn template_list_errors_carry_the_templates_endpoint_and_no_secrets() {
+        let fake = Fake::json(json!({
+            "errcode": 42001,
+            "errmsg": format!("access_token expired {TOKEN} rid: 6405a1b2-0b8f1a2c")
+        }))
+        .await;
+        let error = app(TokenMode::Stable, vec![fake.base.clone()])
+            .templates(&Secret::new(TOKEN))
+            .await
+            .unwrap_err();
+        assert_eq!(error.endpoint(), Endpoint::Templates);
+        assert_eq!(error.errcode(), Some(42001));
+        assert_eq!(error.class(), Some(ErrorClass::TokenRejected));
+        assert_no_secrets(&error);
+
+        let fake = Fake::json(json!({"errcode": 48001, "errmsg": "api unauthorized"})).await;
+        let error = app(TokenMode::Stable, vec![fake.base.clone()])
+            .templates(&Secret::new(TOKEN))
+            .await
+            .unwrap_err();
+        assert_eq!(error.class(), Some(ErrorClass::Other));
+
+        let failing =
+            Fake::start(Duration::ZERO, |_| (StatusCode::BAD_GATEWAY, TOKEN.into())).await;
+        let error = app(TokenMode::Stable, vec![failing.base.clone()])
+            .templates(&Secret::new(TOKEN))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error,
+            WechatError::HttpStatus {
+                endpoint: Endpoint::Templates,
+                status: 502
+            }
+        );
+        let garbled = Fake::start(Duration::ZERO, |_| {
+            (StatusCode::OK, format!("{{\"data\": \"{TOKEN}\"}}"))
+        })
+        .await;
+        let error = app(TokenMode::Stable, vec![garbled.base.clone()])
+            .templates(&Secret::new(TOKEN))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                WechatError::InvalidResponse {
+                    endpoint: Endpoint::Templates,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_no_secrets(&error);
     }
 
     #[tokio::test]

@@ -10,14 +10,24 @@ pub enum Endpoint {
     Token,
     /// `POST /cgi-bin/message/subscribe/send`.
     Send,
+    /// `GET /wxaapi/newtmpl/gettemplate` (the app's template list).
+    Templates,
+}
+
+impl Endpoint {
+    /// The `endpoint` label of metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Token => "token",
+            Endpoint::Send => "send",
+            Endpoint::Templates => "templates",
+        }
+    }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Endpoint::Token => "token",
-            Endpoint::Send => "send",
-        })
+        f.write_str(self.label())
     }
 }
 
@@ -54,7 +64,8 @@ pub enum WechatError {
 pub enum ErrorClass {
     /// `-1` system busy: WeChat did not take the request; retry with backoff.
     Busy,
-    /// `40001`, `42001`, `40014` on the send endpoint: drop the token, refresh, retry once.
+    /// `40001`, `42001`, `40014` on an endpoint called with a token (send, templates): drop the
+    /// token, refresh, retry once.
     TokenRejected,
     /// `45009`: the daily quota is used up.
     DailyQuota,
@@ -81,10 +92,13 @@ impl ErrorClass {
             // On the token endpoint every other errcode is about the credentials, the caller's
             // IP or the account: 40001 there is a wrong AppSecret, not a stale token.
             (Endpoint::Token, _) => ErrorClass::Credential,
-            (Endpoint::Send, 40001 | 42001 | 40014) => ErrorClass::TokenRejected,
+            // A token is rejected the same way wherever it is used.
+            (Endpoint::Send | Endpoint::Templates, 40001 | 42001 | 40014) => {
+                ErrorClass::TokenRejected
+            }
             (Endpoint::Send, 40003 | 40037 | 47003 | 41030) => ErrorClass::InvalidRequest,
             (Endpoint::Send, 43101) => ErrorClass::NotSubscribed,
-            (Endpoint::Send, _) => ErrorClass::Other,
+            (Endpoint::Send | Endpoint::Templates, _) => ErrorClass::Other,
         }
     }
 }
@@ -148,5 +162,18 @@ mod tests {
             ErrorClass::MinuteQuota
         );
         assert_eq!(ErrorClass::of(Endpoint::Send, 48001), ErrorClass::Other);
+        assert_eq!(
+            ErrorClass::of(Endpoint::Templates, 42001),
+            ErrorClass::TokenRejected
+        );
+        assert_eq!(
+            ErrorClass::of(Endpoint::Templates, 48001),
+            ErrorClass::Other
+        );
+        assert_eq!(
+            ErrorClass::of(Endpoint::Templates, 47003),
+            ErrorClass::Other,
+            "only a send's own data can be invalid"
+        );
     }
 }

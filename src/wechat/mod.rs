@@ -8,6 +8,7 @@
 mod client;
 mod errors;
 mod redact;
+mod templates;
 mod wire;
 
 pub use client::{
@@ -16,4 +17,5 @@ pub use client::{
 };
 pub use errors::{Endpoint, ErrorClass, WechatError};
 pub use redact::{REDACTED, redact_url, scrub};
+pub use templates::{TemplateInfo, TemplateKind, content_keywords};
 pub use wire::{MiniprogramState, SubscribeMessage};

@@ -86,6 +86,8 @@ pub fn serve_config() -> ServeConfig {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_millis(1_500),
         },
+        template_checks: true,
+        template_refresh: Duration::from_secs(600),
     }
 }
 
@@ -167,8 +169,8 @@ pub fn errcode(status: &tonic::Status) -> Option<i32> {
         .map(|value| value.to_str().unwrap().parse().unwrap())
 }
 
-/// The fields a status's BadRequest detail names.
-pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+/// Each bad field a status's BadRequest detail names, with its description.
+pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
     use tonic_types::StatusExt;
     status
         .get_error_details()
@@ -176,8 +178,38 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .map(|bad| {
             bad.field_violations
                 .iter()
-                .map(|violation| violation.field.clone())
+                .map(|violation| (violation.field.clone(), violation.description.clone()))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The fields a status's BadRequest detail names.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    violations(status)
+        .into_iter()
+        .map(|(field, _)| field)
+        .collect()
+}
+
+/// An in-memory log sink for tests that read what the service logged.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

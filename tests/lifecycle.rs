@@ -1,0 +1,306 @@
+//! The process lifecycle, through the real binary: SIGTERM in the middle of a BatchSend turns
+//! health NOT_SERVING at once, lets the batch finish and exits 0; `--warm-tokens` with a secret
+//! WeChat refuses exits non-zero without printing the secret.
+
+mod common;
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use tonic::{Request, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use wechat_notify::{
+    pb,
+    sandbox::{DEFAULT_APPID, Sandbox, SandboxConfig},
+};
+
+const SERVICE: &str = "notify.v1.NotifyService";
+const BINARY: &str = env!("CARGO_BIN_EXE_wechat-notify");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() {
+    let [grpc_addr, metrics_addr, sandbox_addr] = free_addrs();
+    let logs = tempfile::NamedTempFile::new().unwrap();
+    let mut command = command(logs.path());
+    command.args([
+        "serve",
+        "--sandbox",
+        "--listen",
+        &grpc_addr.to_string(),
+        "--metrics-listen",
+        &metrics_addr.to_string(),
+        "--sandbox-listen",
+        &sandbox_addr.to_string(),
+        "--shutdown-grace",
+        "20",
+    ]);
+    let mut process = Process::spawn(command);
+    let health_channel = wait_until_serving(grpc_addr, &mut process).await;
+
+    // Watch health on a connection of its own, opened before shutdown (a draining server
+    // refuses new streams).
+    let mut health = HealthClient::new(health_channel);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: SERVICE.to_owned(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    // Every send's answer held back for 3 s: the batch (sent concurrently) takes that long.
+    let sandbox = format!("http://{sandbox_addr}/sandbox");
+    let http = reqwest::Client::new();
+    let injected = http
+        .post(format!("{sandbox}/faults"))
+        .json(&serde_json::json!({"latency_ms": 3000}))
+        .send()
+        .await
+        .unwrap();
+    assert!(injected.status().is_success());
+
+    let recipients = 5;
+    let mut client = connect(grpc_addr).await;
+    let batch = tokio::spawn(async move {
+        let mut request = Request::new(pb::BatchSendRequest {
+            template_id: COURSE_REMINDER.to_owned(),
+            data: course_data(),
+            recipients: (0..recipients)
+                .map(|index| pb::Recipient {
+                    touser: openid(index),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("x-request-id", "ops-shutdown-batch".parse().unwrap());
+        client.batch_send(request).await
+    });
+
+    // Once WeChat (the sandbox) holds the sends, the batch is mid-flight.
+    wait_for(|| async {
+        let stats: serde_json::Value = http
+            .get(format!("{sandbox}/stats"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (stats["in_flight_sends"].as_u64()? == recipients as u64).then_some(())
+    })
+    .await;
+
+    let terminated = Instant::now();
+    process.signal("-TERM");
+
+    let update = watch
+        .message()
+        .await
+        .expect("watch answers")
+        .expect("an update");
+    assert_eq!(update.status, ServingStatus::NotServing as i32);
+    assert!(
+        !batch.is_finished(),
+        "NOT_SERVING is announced while the batch is still running"
+    );
+    // The server lets go of the Watch stream rather than hold the shutdown for it.
+    assert!(watch.message().await.expect("ends cleanly").is_none());
+
+    let response = batch
+        .await
+        .unwrap()
+        .expect("the batch completes")
+        .into_inner();
+    assert_eq!(response.results.len(), recipients);
+    assert_eq!(
+        (response.succeeded, response.failed),
+        (recipients as u32, 0)
+    );
+    assert!(response.results.iter().all(|result| result.code == 0));
+
+    let status = process.wait_for_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        terminated.elapsed() < Duration::from_secs(15),
+        "exited when the batch was done, not at the end of the 20 s grace period"
+    );
+
+    let logs = std::fs::read_to_string(logs.path()).unwrap();
+    for expected in [
+        "SIGTERM received",
+        "shutdown begun: health is NOT_SERVING, draining",
+        "shutdown complete",
+    ] {
+        assert!(logs.contains(expected), "no {expected:?} in:\n{logs}");
+    }
+    assert!(!logs.contains("grace period over"), "{logs}");
+    let batch_line = logs
+        .lines()
+        .find(|line| line.contains("batch sent"))
+        .expect("the batch's line");
+    assert!(batch_line.contains("ops-shutdown-batch"), "{batch_line}");
+    assert!(batch_line.contains("method=\"BatchSend\"") || batch_line.contains("method=BatchSend"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_tokens_with_a_refused_secret_exits_non_zero_without_the_secret() {
+    let sandbox = Sandbox::new(SandboxConfig::default())
+        .spawn(loopback())
+        .await
+        .unwrap();
+    let secret = "f00dfeedf00dfeedf00dfeedf00dfeed";
+    let [grpc_addr, metrics_addr] = free_addrs();
+    let logs = tempfile::NamedTempFile::new().unwrap();
+    let mut command = command(logs.path());
+    command
+        .args([
+            "serve",
+            "--warm-tokens",
+            "--listen",
+            &grpc_addr.to_string(),
+            "--metrics-listen",
+            &metrics_addr.to_string(),
+        ])
+        .env("WECHAT_APPID", DEFAULT_APPID)
+        .env("WECHAT_SECRET", secret)
+        .env("WECHAT_API_BASE", sandbox.base_url().as_str());
+    let mut process = Process::spawn(command);
+    // The sandbox answers from this runtime: wait without blocking it.
+    let status = tokio::task::spawn_blocking(move || {
+        let status = process.wait_for_exit(Duration::from_secs(30));
+        drop(process);
+        status
+    })
+    .await
+    .unwrap();
+    assert!(!status.success(), "a refused secret must not start");
+    assert_eq!(status.code(), Some(1));
+
+    let logs = std::fs::read_to_string(logs.path()).unwrap();
+    assert!(
+        logs.contains("cannot fetch a token for app"),
+        "the error says what failed:\n{logs}"
+    );
+    assert!(logs.contains("40125") || logs.contains("40001"), "{logs}");
+    assert!(!logs.contains(secret), "the secret was printed:\n{logs}");
+    assert!(!logs.contains(" serving"), "never served:\n{logs}");
+    assert_eq!(sandbox.sandbox().stats().send_requests, 0);
+}
+
+/// The binary with a clean environment (nothing of the caller's configuration leaks in), text
+/// logs at info to `logs`.
+fn command(logs: &Path) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .env("NOTIFY_LOG_FORMAT", "text")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(logs).unwrap());
+    command
+}
+
+/// Free loopback addresses: bound, read and released (`--listen 127.0.0.1:0` would not tell
+/// the test its port).
+fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|index| listeners[index].local_addr().unwrap())
+}
+
+/// The child process, killed if the test fails before it exits.
+struct Process(Child);
+
+impl Process {
+    fn spawn(mut command: Command) -> Self {
+        Self(command.spawn().expect("the binary starts"))
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+    }
+
+    /// Polls for the exit (a blocking wait could not be bounded).
+    fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_some()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if !self.exited() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Connects and checks health until the service is SERVING; the connection stays open.
+async fn wait_until_serving(addr: SocketAddr, process: &mut Process) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(!process.exited(), "the server exited while starting");
+        assert!(Instant::now() < deadline, "not SERVING within 30 s");
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            let checked = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest {
+                    service: SERVICE.to_owned(),
+                })
+                .await;
+            if checked.is_ok_and(|answer| answer.get_ref().status == ServingStatus::Serving as i32)
+            {
+                return channel;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `probe` until it answers `Some`, for at most 20 s.
+async fn wait_for<F, Fut>(mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while probe().await.is_none() {
+        assert!(Instant::now() < deadline, "condition not reached in 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
