@@ -4,7 +4,7 @@
 use std::{
     num::NonZeroU32,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::{ErrorKind, NotStarted, SendError};
 use crate::{
     idempotency::Record,
-    telemetry,
+    telemetry::{self, catalog::MessageCounters},
     templates::TemplateCache,
     token::TokenCache,
     wechat::{AppApi, ErrorClass, SubscribeMessage},
@@ -97,6 +97,9 @@ pub struct App {
     paused_until: Mutex<Option<Instant>>,
     /// The app's template list; `None` when template checks are off.
     templates: Option<Arc<TemplateCache>>,
+    /// `wechat_notify_messages_total{app, outcome}` handles, made on first use (after the
+    /// recorder is installed) so a message costs no registry lookup or label allocation.
+    messages: OnceLock<MessageCounters>,
 }
 
 impl App {
@@ -120,7 +123,15 @@ impl App {
             rate: RateLimiter::direct(Quota::per_second(rate)),
             paused_until: Mutex::new(None),
             templates: None,
+            messages: OnceLock::new(),
         }
+    }
+
+    /// Counts one message of this app with `outcome` (one of `MESSAGE_OUTCOMES`).
+    pub(crate) fn count_message(&self, outcome: &'static str) {
+        self.messages
+            .get_or_init(|| MessageCounters::new(&self.name))
+            .count(outcome);
     }
 
     /// The same app, checking messages against its template list from `templates`.

@@ -178,7 +178,7 @@ impl Notifier {
                 async move {
                     let touser = recipient.touser.clone();
                     let result = notifier.send_recipient(&shared, index, recipient).await;
-                    metrics::counter!("wechat_notify_messages_total", "app" => shared.app.name.clone(), "outcome" => outcome_label(&result)).increment(1);
+                    shared.app.count_message(outcome_label(&result));
                     (index, RecipientOutcome { touser, result })
                 }
             })

@@ -28,6 +28,7 @@ pub use error::{ErrorKind, NotStarted, SendError};
 use self::check::Violations;
 use crate::{
     idempotency::{IdempotencyStore, Keyed, Record},
+    telemetry::catalog::MessageCounters,
     validation::MAX_ID_BYTES,
     wechat::{MiniprogramState, SubscribeMessage},
 };
@@ -154,15 +155,18 @@ impl Notifier {
         request: SendRequest,
         deadline: Option<Instant>,
     ) -> Result<Receipt, SendError> {
-        let (app_label, result) = match self.resolve(&request.app) {
+        match self.resolve(&request.app) {
             Ok(app) => {
                 let result = self.send_checked(&app, request, deadline).await;
-                (app.name.clone(), result)
+                app.count_message(outcome_label(&result));
+                result
             }
-            Err(error) => ("unknown".to_owned(), Err(error)),
-        };
-        metrics::counter!("wechat_notify_messages_total", "app" => app_label, "outcome" => outcome_label(&result)).increment(1);
-        result
+            Err(error) => {
+                let result = Err(error);
+                MessageCounters::unknown_app().count(outcome_label(&result));
+                result
+            }
+        }
     }
 
     async fn send_checked(
