@@ -3,6 +3,7 @@
 //! gRPC code, and an in-flight gauge.
 
 use std::{
+    sync::OnceLock,
     task::{Context, Poll},
     time::Instant,
 };
@@ -33,11 +34,65 @@ const KNOWN_METHODS: &[(&str, &str)] = &[
     ),
 ];
 
+#[cfg(test)]
 fn method_label(path: &str) -> &'static str {
-    KNOWN_METHODS
+    METHOD_LABELS[method_index(path)]
+}
+
+/// Every method label, `other` last: the rows of the metric handle tables.
+const METHOD_LABELS: [&str; 6] = [
+    "SendSubscribe",
+    "BatchSend",
+    "HealthCheck",
+    "HealthWatch",
+    "Reflection",
+    "other",
+];
+
+/// The row of `path`'s label in [`METHOD_LABELS`].
+fn method_index(path: &str) -> usize {
+    let label = KNOWN_METHODS
         .iter()
         .find(|(known, _)| *known == path)
-        .map_or("other", |(_, label)| label)
+        .map_or("other", |(_, label)| label);
+    METHOD_LABELS
+        .iter()
+        .position(|known| *known == label)
+        .unwrap_or(METHOD_LABELS.len() - 1)
+}
+
+/// The RPC count and latency handles of one method and code.
+struct Finished {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// Metric handles by method and code (and the in-flight gauge by method), made on first use
+/// and kept: a call then costs atomic updates instead of three registry lookups.
+struct Handles {
+    finished: [[OnceLock<Finished>; CODE_NAMES.len()]; METHOD_LABELS.len()],
+    in_flight: [OnceLock<metrics::Gauge>; METHOD_LABELS.len()],
+}
+
+fn handles() -> &'static Handles {
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    HANDLES.get_or_init(|| Handles {
+        finished: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+        in_flight: std::array::from_fn(|_| OnceLock::new()),
+    })
+}
+
+fn finished(method: usize, code: usize) -> &'static Finished {
+    handles().finished[method][code].get_or_init(|| {
+        let labels = [
+            ("method", METHOD_LABELS[method]),
+            ("code", CODE_NAMES[code]),
+        ];
+        Finished {
+            requests: metrics::counter!(RPC_REQUESTS_TOTAL, &labels),
+            duration: metrics::histogram!(RPC_DURATION, &labels),
+        }
+    })
 }
 
 /// gRPC code names, indexed by code number.
@@ -67,22 +122,33 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 }
 
 /// The call's gRPC code: in the headers for an error (trailers-only answer), OK otherwise.
+#[cfg(test)]
 fn code_label<B>(response: &http::Response<B>) -> &'static str {
+    CODE_NAMES[code_index(response)]
+}
+
+/// [`code_label`]'s index in [`CODE_NAMES`].
+fn code_index<B>(response: &http::Response<B>) -> usize {
     response
         .headers()
         .get("grpc-status")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok())
-        .and_then(|code| CODE_NAMES.get(code).copied())
-        .unwrap_or("OK")
+        .filter(|code| *code < CODE_NAMES.len())
+        .unwrap_or(0)
 }
+
+/// `INTERNAL` in [`CODE_NAMES`].
+const INTERNAL: usize = 13;
 
 /// One call counted in the in-flight gauge for as long as it lives.
 struct InFlight(metrics::Gauge);
 
 impl InFlight {
-    fn enter(method: &'static str) -> Self {
-        let gauge = metrics::gauge!(RPC_IN_FLIGHT, "method" => method);
+    fn enter(method: usize) -> Self {
+        let gauge = handles().in_flight[method]
+            .get_or_init(|| metrics::gauge!(RPC_IN_FLIGHT, "method" => METHOD_LABELS[method]))
+            .clone();
         gauge.increment(1.0);
         Self(gauge)
     }
@@ -130,7 +196,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
-        let method = method_label(request.uri().path());
+        let method_row = method_index(request.uri().path());
+        let method = METHOD_LABELS[method_row];
         let request_id = request
             .headers()
             .get(REQUEST_ID_HEADER)
@@ -144,16 +211,16 @@ where
         Box::pin(
             async move {
                 // Decremented on drop too: a call the client cancels is dropped mid-flight.
-                let _in_flight = InFlight::enter(method);
+                let _in_flight = InFlight::enter(method_row);
                 let started = Instant::now();
                 let result = inner.call(request).await;
                 let code = match &result {
-                    Ok(response) => code_label(response),
-                    Err(_) => "INTERNAL",
+                    Ok(response) => code_index(response),
+                    Err(_) => INTERNAL,
                 };
-                let labels = [("method", method), ("code", code)];
-                metrics::counter!(RPC_REQUESTS_TOTAL, &labels).increment(1);
-                metrics::histogram!(RPC_DURATION, &labels).record(started.elapsed().as_secs_f64());
+                let finished = finished(method_row, code);
+                finished.requests.increment(1);
+                finished.duration.record(started.elapsed().as_secs_f64());
                 result
             }
             .instrument(span),
@@ -178,5 +245,9 @@ mod tests {
             .unwrap();
         assert_eq!(code_label(&error), "FAILED_PRECONDITION");
         assert_eq!(code_label(&http::Response::new(())), "OK");
+        assert_eq!(CODE_NAMES[INTERNAL], "INTERNAL");
+        for (_, label) in KNOWN_METHODS {
+            assert!(METHOD_LABELS.contains(label));
+        }
     }
 }
