@@ -6,7 +6,11 @@
 //! failure is [`WechatError::OutcomeUnknown`] and stops there: trying another base could deliver a
 //! message twice.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use arc_swap::ArcSwapOption;
 
@@ -105,6 +109,7 @@ impl WechatClient {
                 mode,
                 bases,
                 send_urls: ArcSwapOption::empty(),
+                durations: Default::default(),
             }),
         }
     }
@@ -153,6 +158,26 @@ struct AppInner {
     bases: Vec<Url>,
     /// The send URLs for the current token (see [`SendUrls`]).
     send_urls: ArcSwapOption<SendUrls>,
+    /// The upstream latency histogram of each endpoint (token, send, templates), made on first
+    /// use: a request then costs no registry lookup or `app` label allocation.
+    durations: [OnceLock<metrics::Histogram>; 3],
+}
+
+impl AppInner {
+    fn duration_histogram(&self, endpoint: Endpoint) -> &metrics::Histogram {
+        let index = match endpoint {
+            Endpoint::Token => 0,
+            Endpoint::Send => 1,
+            Endpoint::Templates => 2,
+        };
+        self.durations[index].get_or_init(|| {
+            metrics::histogram!(
+                UPSTREAM_REQUEST_DURATION,
+                "app" => self.metrics_app.clone(),
+                "endpoint" => endpoint.label(),
+            )
+        })
+    }
 }
 
 /// The send endpoint's URL on each API base (same order) with one token in the query. Built once
@@ -199,6 +224,7 @@ impl AppApi {
                 mode: inner.mode,
                 bases: inner.bases.clone(),
                 send_urls: ArcSwapOption::empty(),
+                durations: Default::default(),
             }),
         }
     }
@@ -330,11 +356,7 @@ impl AppApi {
         build: impl Fn(usize, &Url) -> (Url, reqwest::RequestBuilder),
     ) -> Exchange {
         let inner = &*self.inner;
-        let histogram = metrics::histogram!(
-            UPSTREAM_REQUEST_DURATION,
-            "app" => inner.metrics_app.clone(),
-            "endpoint" => endpoint.label(),
-        );
+        let histogram = inner.duration_histogram(endpoint);
         let mut requests = 0;
         let mut last_connect_error = None;
         for (index, base) in inner.bases.iter().enumerate() {
