@@ -29,10 +29,8 @@ impl NotifyGrpc {
 
     /// The `app` log field: the configured name the request resolves to (also when the caller
     /// left `app` empty), or what the caller sent when it names no app.
-    fn app_label(&self, requested: &str) -> String {
-        self.notifier
-            .app_name(requested)
-            .unwrap_or_else(|| requested.to_owned())
+    fn app_label<'a>(&'a self, requested: &'a str) -> &'a str {
+        self.notifier.app_name(requested).unwrap_or(requested)
     }
 
     /// The tonic service, ready to add to a router.

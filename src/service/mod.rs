@@ -126,8 +126,17 @@ impl Notifier {
     }
 
     /// The configured name of the app `requested` resolves to (empty: the only app), for logs.
-    pub fn app_name(&self, requested: &str) -> Option<String> {
-        self.resolve(requested).ok().map(|app| app.name.clone())
+    /// Borrowed: it is recorded on every call's span, and resolving it must not allocate.
+    pub fn app_name(&self, requested: &str) -> Option<&str> {
+        if requested.len() > MAX_ID_BYTES {
+            return None;
+        }
+        let app = if requested.is_empty() {
+            self.only_app.as_ref()
+        } else {
+            self.apps.get(requested)
+        };
+        app.map(|app| app.name.as_str())
     }
 
     /// The app a request names.
