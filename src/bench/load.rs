@@ -76,32 +76,9 @@ const DATA: [(&str, &str); 3] = [
     ("phrase4", "李老师"),
 ];
 
-/// gRPC code names, indexed by code number.
-const CODE_NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
+/// The canonical name of a gRPC code number (as the service's metrics and logs spell it).
 fn code_name(code: i32) -> &'static str {
-    usize::try_from(code)
-        .ok()
-        .and_then(|code| CODE_NAMES.get(code).copied())
-        .unwrap_or("UNKNOWN_CODE")
+    crate::telemetry::code_name(tonic::Code::from(code))
 }
 
 /// A 28-character openid, distinct per index (the sandbox's openid rule).
