@@ -146,11 +146,7 @@ async fn unknown_and_missing_apps() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    let status = harness
-        .client
-        .send_subscribe(course_request(OPENID))
-        .await
-        .unwrap_err();
+    let status = harness.send_course(OPENID).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&status), ["app"]);
     assert_eq!(harness.sandbox().stats().send_requests, 0);
@@ -178,11 +174,7 @@ async fn unknown_and_missing_apps() {
 async fn status_under(fault: Fault) -> (tonic::Status, Harness) {
     let mut harness = Harness::start().await;
     harness.sandbox().inject(fault);
-    let status = harness
-        .client
-        .send_subscribe(course_request(OPENID))
-        .await
-        .unwrap_err();
+    let status = harness.send_course(OPENID).await.unwrap_err();
     (status, harness)
 }
 
@@ -220,10 +212,7 @@ async fn wechat_errcodes_map_to_the_interface_table() {
 async fn real_rule_violations_come_back_from_the_sandbox_as_47003() {
     // With template checks off, a key the template does not have is left to WeChat (with them
     // on it is caught locally: tests/templates.rs).
-    let sandbox_config = SandboxConfig {
-        auto_accept: true,
-        ..SandboxConfig::default()
-    };
+    let sandbox_config = SandboxConfig::default();
     let mut harness = Harness::start_with(sandbox_config, |config| {
         config.template_checks = false;
     })
@@ -251,11 +240,7 @@ async fn a_user_without_subscription_is_a_failed_precondition() {
         ..SandboxConfig::default()
     };
     let mut harness = Harness::start_with(no_auto_accept, |_| {}).await;
-    let status = harness
-        .client
-        .send_subscribe(course_request(OPENID))
-        .await
-        .unwrap_err();
+    let status = harness.send_course(OPENID).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert_eq!(errcode(&status), Some(43101));
 
@@ -271,11 +256,7 @@ async fn a_user_without_subscription_is_a_failed_precondition() {
         .send_subscribe(course_request(OPENID))
         .await
         .expect("subscribed once");
-    let status = harness
-        .client
-        .send_subscribe(course_request(OPENID))
-        .await
-        .unwrap_err();
+    let status = harness.send_course(OPENID).await.unwrap_err();
     assert_eq!(errcode(&status), Some(43101));
 }
 
@@ -284,11 +265,9 @@ async fn system_busy_is_retried_with_backoff_then_succeeds() {
     let mut harness = Harness::start().await;
     harness.sandbox().inject(Fault::errcode(-1).times(2));
     let response = harness
-        .client
-        .send_subscribe(course_request(OPENID))
+        .send_course(OPENID)
         .await
-        .expect("third attempt goes through")
-        .into_inner();
+        .expect("third attempt goes through");
     assert_eq!(response.attempts, 3);
     assert_eq!(harness.sandbox().inbox(Some(OPENID)).len(), 1);
 }
@@ -331,20 +310,13 @@ async fn a_token_rejected_twice_is_unavailable_after_one_refresh() {
 
 #[tokio::test]
 async fn rejected_credentials_are_a_failed_precondition_without_a_send() {
-    let sandbox_config = SandboxConfig {
-        auto_accept: true,
-        ..SandboxConfig::default()
-    };
+    let sandbox_config = SandboxConfig::default();
     let mut harness = Harness::start_with(sandbox_config, |config| {
         config.apps[0].secret = wechat_notify::secret::Secret::new("wrong-secret");
     })
     .await;
     for _ in 0..3 {
-        let status = harness
-            .client
-            .send_subscribe(course_request(OPENID))
-            .await
-            .unwrap_err();
+        let status = harness.send_course(OPENID).await.unwrap_err();
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert_eq!(errcode(&status), Some(40125));
         assert!(!status.message().contains("wrong-secret"));
@@ -360,10 +332,7 @@ async fn rejected_credentials_are_a_failed_precondition_without_a_send() {
 
 #[tokio::test]
 async fn a_refused_api_base_fails_over_to_the_next() {
-    let sandbox_config = SandboxConfig {
-        auto_accept: true,
-        ..SandboxConfig::default()
-    };
+    let sandbox_config = SandboxConfig::default();
     let closed = closed_base().await;
     let mut harness = Harness::start_with(sandbox_config, move |config| {
         let sandbox_base = config.apps[0].api_bases[0].clone();
@@ -371,11 +340,9 @@ async fn a_refused_api_base_fails_over_to_the_next() {
     })
     .await;
     let response = harness
-        .client
-        .send_subscribe(course_request(OPENID))
+        .send_course(OPENID)
         .await
-        .expect("sent through the second base")
-        .into_inner();
+        .expect("sent through the second base");
     assert_eq!(response.attempts, 2);
     assert_eq!(harness.sandbox().inbox(Some(OPENID)).len(), 1);
 }
@@ -387,10 +354,6 @@ async fn no_reachable_base_is_unavailable() {
         config.apps[0].api_bases = vec![closed];
     })
     .await;
-    let status = harness
-        .client
-        .send_subscribe(course_request(OPENID))
-        .await
-        .unwrap_err();
+    let status = harness.send_course(OPENID).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
 }

@@ -302,10 +302,7 @@ async fn a_slow_template_list_holds_a_send_back_for_two_seconds_at_most() {
 
 #[tokio::test]
 async fn with_template_checks_off_no_template_list_is_asked_for() {
-    let sandbox_config = SandboxConfig {
-        auto_accept: true,
-        ..SandboxConfig::default()
-    };
+    let sandbox_config = SandboxConfig::default();
     let mut harness = Harness::start_with(sandbox_config, |config| {
         config.template_checks = false;
     })

@@ -8,16 +8,9 @@ use common::*;
 use futures::future::join_all;
 use wechat_notify::{pb, sandbox::SandboxConfig, wechat::TokenMode};
 
-fn auto_accept() -> SandboxConfig {
-    SandboxConfig {
-        auto_accept: true,
-        ..SandboxConfig::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_concurrent_cold_calls_fetch_one_token() {
-    let harness = Harness::start_with(auto_accept(), |_| {}).await;
+    let harness = Harness::start_with(SandboxConfig::default(), |_| {}).await;
     let calls = (0..300).map(|index| {
         let mut client = harness.client.clone();
         async move { client.send_subscribe(course_request(&openid(index))).await }
@@ -31,7 +24,7 @@ async fn three_hundred_concurrent_cold_calls_fetch_one_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_mid_traffic_is_refreshed_once_and_every_message_goes_once() {
-    let harness = Harness::start_with(auto_accept(), |_| {}).await;
+    let harness = Harness::start_with(SandboxConfig::default(), |_| {}).await;
     let send_wave = |start: usize| {
         let client = harness.client.clone();
         async move {
@@ -69,7 +62,7 @@ async fn a_short_lifetime_never_sends_an_expired_token() {
     let sandbox_config = SandboxConfig {
         token_lifetime: Duration::from_secs(2),
         stable_rollover: Duration::from_millis(500),
-        ..auto_accept()
+        ..SandboxConfig::default()
     };
     let mut harness = Harness::start_with(sandbox_config, |_| {}).await;
     // Traffic across several lifetimes: each send must use a live token.
@@ -101,7 +94,7 @@ async fn a_short_lifetime_never_sends_an_expired_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_mode_uses_the_classic_endpoint() {
-    let mut harness = Harness::start_with(auto_accept(), |config| {
+    let mut harness = Harness::start_with(SandboxConfig::default(), |config| {
         config.apps[0].token_mode = TokenMode::Classic;
     })
     .await;
@@ -116,7 +109,7 @@ async fn classic_mode_uses_the_classic_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_tokens_fetch_before_serving() {
-    let harness = Harness::start_with(auto_accept(), |config| {
+    let harness = Harness::start_with(SandboxConfig::default(), |config| {
         config.warm_tokens = true;
     })
     .await;

@@ -98,16 +98,9 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// The default sandbox (one app, auto-accept on) behind one server app named `demo`.
+    /// The default sandbox (one app; auto-accept is its default) behind one server app named `demo`.
     pub async fn start() -> Harness {
-        Self::start_with(
-            SandboxConfig {
-                auto_accept: true,
-                ..SandboxConfig::default()
-            },
-            |_| {},
-        )
-        .await
+        Self::start_with(SandboxConfig::default(), |_| {}).await
     }
 
     /// A sandbox with `sandbox_config`; `tweak` adjusts the server config after one app per
@@ -141,6 +134,17 @@ impl Harness {
 
     pub fn sandbox(&self) -> &Sandbox {
         self.sandbox.sandbox()
+    }
+
+    /// Sends the course reminder to `touser` through gRPC.
+    pub async fn send_course(
+        &mut self,
+        touser: &str,
+    ) -> Result<pb::SendSubscribeResponse, tonic::Status> {
+        self.client
+            .send_subscribe(course_request(touser))
+            .await
+            .map(tonic::Response::into_inner)
     }
 }
 
