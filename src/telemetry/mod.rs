@@ -21,6 +21,7 @@ pub mod catalog;
 mod json;
 mod rpc;
 mod upstream;
+mod writer;
 
 pub use catalog::count_wechat_error;
 pub use json::FlatJson;
@@ -31,22 +32,19 @@ pub use upstream::{CountTemplateErrcodes, CountTokenErrcodes};
 /// until the process is done logging.
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
-    _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+    _writer: Option<writer::WriterGuard>,
 }
 
 /// Installs the global tracing subscriber on stderr: `RUST_LOG` filters (default `info`),
 /// `format` picks text or JSON lines. Later calls are no-ops.
 ///
-/// Lines are formatted on the calling thread and written by one writer thread, in batches
-/// (buffered, flushed whenever its queue runs empty), so the one-line-per-RPC log costs no
-/// write syscall per call on the request path. Nothing is dropped: when stderr cannot keep up,
-/// callers wait, as they would on a direct write.
+/// Lines are formatted on the calling thread and written by one writer thread in chunks (a
+/// lone line at once, lines under load every few milliseconds; see [`writer`]), so the
+/// one-line-per-RPC log costs neither a write syscall nor a thread wake-up per call. Nothing is
+/// dropped: when stderr cannot keep up, callers wait, as they would on a direct write.
 pub fn init_logging(format: LogFormat) -> LogGuard {
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = writer::ChunkedWriter::new(std::io::stderr(), "log-writer");
     // Already installed (a test harness or an earlier call): keep that one, stop this writer.
     let installed = init_logging_to(format, writer, ansi);
     LogGuard {
