@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
-use tracing::Instrument;
+use tracing::field::display;
 
 use crate::{
     error::{code_of, status_of},
@@ -52,47 +52,41 @@ impl NotifyService for NotifyGrpc {
         let started = std::time::Instant::now();
         let deadline = deadline_of(request.metadata());
         let request = request.into_inner();
-        let span = tracing::info_span!(
-            "send_subscribe",
-            app = %self.app_label(&request.app),
-            template_id = %request.template_id,
-        );
-        async move {
-            let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
-                .map_err(|error| failed(&error, started))?;
-            let result = self
-                .notifier
-                .send(
-                    SendRequest {
-                        app: request.app,
-                        touser: request.touser,
-                        template_id: request.template_id,
-                        page: request.page,
-                        data: request.data,
-                        miniprogram_state: state,
-                        lang: request.lang,
-                        idempotency_key: request.idempotency_key,
-                    },
-                    deadline,
-                )
-                .await;
-            match result {
-                Ok(receipt) => {
-                    tracing::info!(
-                        code = "OK",
-                        msgid = receipt.msgid,
-                        attempts = receipt.attempts,
-                        deduplicated = receipt.deduplicated,
-                        latency_ms = started.elapsed().as_millis() as u64,
-                        "message sent"
-                    );
-                    Ok(Response::new(send_response(receipt)))
-                }
-                Err(error) => Err(failed(&error, started)),
+        let span = tracing::Span::current();
+        span.record("app", display(self.app_label(&request.app)));
+        span.record("template_id", display(&request.template_id));
+        let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
+            .map_err(|error| failed(&error, started))?;
+        let result = self
+            .notifier
+            .send(
+                SendRequest {
+                    app: request.app,
+                    touser: request.touser,
+                    template_id: request.template_id,
+                    page: request.page,
+                    data: request.data,
+                    miniprogram_state: state,
+                    lang: request.lang,
+                    idempotency_key: request.idempotency_key,
+                },
+                deadline,
+            )
+            .await;
+        match result {
+            Ok(receipt) => {
+                tracing::info!(
+                    code = "OK",
+                    msgid = receipt.msgid,
+                    attempts = receipt.attempts,
+                    deduplicated = receipt.deduplicated,
+                    latency_ms = started.elapsed().as_millis() as u64,
+                    "message sent"
+                );
+                Ok(Response::new(send_response(receipt)))
             }
+            Err(error) => Err(failed(&error, started)),
         }
-        .instrument(span)
-        .await
     }
 
     async fn batch_send(
@@ -102,59 +96,53 @@ impl NotifyService for NotifyGrpc {
         let started = std::time::Instant::now();
         let deadline = deadline_of(request.metadata());
         let request = request.into_inner();
-        let span = tracing::info_span!(
-            "batch_send",
-            app = %self.app_label(&request.app),
-            template_id = %request.template_id,
-            recipients = request.recipients.len(),
-        );
-        async move {
-            let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
-                .map_err(|error| failed(&error, started))?;
-            let batch = BatchRequest {
-                app: request.app,
-                template_id: request.template_id,
-                page: request.page,
-                data: request.data,
-                recipients: request
-                    .recipients
-                    .into_iter()
-                    .map(|recipient| RecipientInput {
-                        touser: recipient.touser,
-                        data: recipient.data,
-                        page: recipient.page,
-                    })
-                    .collect(),
-                miniprogram_state: state,
-                lang: request.lang,
-                idempotency_key: request.idempotency_key,
-            };
-            let outcomes = self
-                .notifier
-                .batch_send(batch, deadline)
-                .await
-                .map_err(|error| failed(&error, started))?;
-            let results: Vec<_> = outcomes
+        let span = tracing::Span::current();
+        span.record("app", display(self.app_label(&request.app)));
+        span.record("template_id", display(&request.template_id));
+        span.record("recipients", request.recipients.len());
+        let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
+            .map_err(|error| failed(&error, started))?;
+        let batch = BatchRequest {
+            app: request.app,
+            template_id: request.template_id,
+            page: request.page,
+            data: request.data,
+            recipients: request
+                .recipients
                 .into_iter()
-                .map(|outcome| recipient_result(outcome.touser, outcome.result))
-                .collect();
-            let succeeded = results.iter().filter(|result| result.code == 0).count() as u32;
-            let failed = results.len() as u32 - succeeded;
-            tracing::info!(
-                code = "OK",
-                succeeded,
-                failed,
-                latency_ms = started.elapsed().as_millis() as u64,
-                "batch sent"
-            );
-            Ok(Response::new(pb::BatchSendResponse {
-                results,
-                succeeded,
-                failed,
-            }))
-        }
-        .instrument(span)
-        .await
+                .map(|recipient| RecipientInput {
+                    touser: recipient.touser,
+                    data: recipient.data,
+                    page: recipient.page,
+                })
+                .collect(),
+            miniprogram_state: state,
+            lang: request.lang,
+            idempotency_key: request.idempotency_key,
+        };
+        let outcomes = self
+            .notifier
+            .batch_send(batch, deadline)
+            .await
+            .map_err(|error| failed(&error, started))?;
+        let results: Vec<_> = outcomes
+            .into_iter()
+            .map(|outcome| recipient_result(outcome.touser, outcome.result))
+            .collect();
+        let succeeded = results.iter().filter(|result| result.code == 0).count() as u32;
+        let failed = results.len() as u32 - succeeded;
+        tracing::info!(
+            code = "OK",
+            succeeded,
+            failed,
+            latency_ms = started.elapsed().as_millis() as u64,
+            "batch sent"
+        );
+        Ok(Response::new(pb::BatchSendResponse {
+            results,
+            succeeded,
+            failed,
+        }))
     }
 }
 

@@ -1,6 +1,6 @@
-//! A tower layer around every gRPC call: a span carrying the method and the caller's
-//! `x-request-id` (so every log line of the call has it), RPC count and latency by method and
-//! gRPC code, and an in-flight gauge.
+//! A tower layer around every gRPC call: the call's span, carrying the method and the caller's
+//! `x-request-id` (so every log line of the call has it) and, once the handler read the body,
+//! the app and template; RPC count and latency by method and gRPC code, and an in-flight gauge.
 
 use std::{
     sync::OnceLock,
@@ -202,9 +202,17 @@ where
             .headers()
             .get(REQUEST_ID_HEADER)
             .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let span = tracing::info_span!("rpc", method, request_id = %request_id);
+            .unwrap_or_default();
+        // The call's one span: the handler records what it learns from the body into the
+        // empty fields (see `record_call`), rather than opening a span of its own.
+        let span = tracing::info_span!(
+            "rpc",
+            method,
+            request_id = %request_id,
+            app = tracing::field::Empty,
+            template_id = tracing::field::Empty,
+            recipients = tracing::field::Empty,
+        );
         // The service that was polled ready handles this call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
