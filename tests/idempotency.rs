@@ -4,6 +4,8 @@ mod common;
 
 use common::*;
 use futures::future::join_all;
+use std::time::Duration;
+
 use tonic::Code;
 use wechat_notify::{pb, sandbox::Fault};
 
@@ -90,4 +92,38 @@ async fn a_key_reused_for_another_recipient_is_rejected() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&status), ["idempotency_key"]);
     assert_eq!(harness.sandbox().inbox(None).len(), 1);
+}
+
+#[tokio::test]
+async fn a_send_whose_caller_hangs_up_still_completes_and_is_recorded() {
+    let mut harness = Harness::start().await;
+    // WeChat answers after 400 ms; the caller gives up after 100 ms, mid-request.
+    harness
+        .sandbox()
+        .inject(Fault::latency(Duration::from_millis(400)).times(1));
+    // No grpc-timeout: the server learns of it only when the client resets the stream.
+    let mut client = harness.client.clone();
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(100),
+        client.send_subscribe(keyed(OPENID, "abandoned")),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the call was still running");
+    drop(client);
+    // The request to WeChat was not cut in half: it completes and lands in the inbox.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while harness.sandbox().inbox(None).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its outcome was recorded under the key: the caller's retry does not send again.
+    let retried = harness
+        .client
+        .send_subscribe(keyed(OPENID, "abandoned"))
+        .await
+        .expect("answered from the record")
+        .into_inner();
+    assert!(retried.deduplicated);
+    assert_eq!(retried.msgid, harness.sandbox().inbox(None)[0].msgid);
+    assert_eq!(harness.sandbox().stats().send_requests, 1);
 }

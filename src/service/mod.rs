@@ -10,10 +10,13 @@ mod template_check;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    future::Future,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Poll, ready},
 };
 
 use tokio::time::Instant;
@@ -84,8 +87,9 @@ pub struct Notifier {
     only_app: Option<Arc<App>>,
     idempotency: Arc<dyn IdempotencyStore<SendError>>,
     max_batch_recipients: usize,
-    /// Sends run as tasks of their own, so a caller that goes away does not cut a request to
-    /// WeChat in half (its outcome would become unknown and unrecorded). Shutdown waits for them.
+    /// Sends whose caller went away finish as tasks of their own, so a request to WeChat is
+    /// never cut in half (its outcome would become unknown and unrecorded); so do batches.
+    /// Shutdown waits for them.
     tasks: TaskTracker,
 }
 
@@ -217,19 +221,16 @@ impl Notifier {
             lang: non_empty(request.lang),
         };
         let key = non_empty(request.idempotency_key).map(|key| format!("send\n{key}"));
-        // Run on a task of its own: if the caller goes away mid-send, the request to WeChat
-        // still completes and its outcome is recorded under the idempotency key.
         let notifier = self.clone();
         let app = app.clone();
         let admission = Admission::new(deadline, SEND_ADMISSION_WAIT);
-        // `in_current_span`: the call's log lines keep its request id on that task.
-        self.tasks
-            .spawn(
-                async move { notifier.deliver_once(&app, message, key, &admission).await }
-                    .in_current_span(),
-            )
-            .await
-            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+        // If the caller goes away mid-send, the request to WeChat still completes (on a task
+        // of its own) and its outcome is recorded under the idempotency key.
+        FinishOnDrop::new(
+            async move { notifier.deliver_once(&app, message, key, &admission).await },
+            &self.tasks,
+        )
+        .await
     }
 
     /// Delivers `message`, at most once per idempotency key (scoped to the app).
@@ -280,6 +281,63 @@ impl Notifier {
             ));
         }
         Ok(keyed_receipt(&keyed))
+    }
+}
+
+/// A future run in place by whoever awaits it, finished on a tracked task of its own if that
+/// awaiter is dropped first (the gRPC caller hung up or its deadline passed): a request to
+/// WeChat is never cut in half, so its outcome is known and recorded. Cheaper than spawning
+/// every send: the common case, a caller that waits, costs no task and no cross-task wake-up.
+struct FinishOnDrop<T: Send + 'static> {
+    future: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+    tasks: TaskTracker,
+    /// The caller's span (its request id), kept for the lines logged once on a task of its
+    /// own; in place, the future runs inside it anyway.
+    span: tracing::Span,
+}
+
+impl<T: Send + 'static> FinishOnDrop<T> {
+    fn new(future: impl Future<Output = T> + Send + 'static, tasks: &TaskTracker) -> Self {
+        Self {
+            future: Some(Box::pin(future)),
+            tasks: tasks.clone(),
+            span: tracing::Span::current(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for FinishOnDrop<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let future = self
+            .future
+            .as_mut()
+            .expect("FinishOnDrop polled after it finished");
+        let output = ready!(future.as_mut().poll(cx));
+        self.future = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<T: Send + 'static> Drop for FinishOnDrop<T> {
+    fn drop(&mut self) {
+        let Some(future) = self.future.take() else {
+            return;
+        };
+        // Dropped on a runtime thread (the server drops the call's future); without a runtime
+        // (the process is going down) there is nothing left to finish it on.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let span = std::mem::replace(&mut self.span, tracing::Span::none());
+            runtime.spawn(
+                self.tasks.track_future(
+                    async move {
+                        future.await;
+                    }
+                    .instrument(span),
+                ),
+            );
+        }
     }
 }
 
