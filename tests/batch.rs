@@ -226,7 +226,7 @@ async fn five_thousand_recipients_with_rejections_and_busy_answers() {
 #[tokio::test]
 async fn invalid_recipients_get_their_own_results_and_the_rest_are_delivered() {
     let mut harness = harness_with(SandboxConfig::default(), 64, 100_000, |_| {}).await;
-    let too_many_keys: HashMap<_, _> = (10..40)
+    let too_many_keys: BTreeMap<_, _> = (10..40)
         .map(|n| (format!("thing{n}"), "课程".to_owned()))
         .collect();
     let request = pb::BatchSendRequest {
@@ -238,7 +238,7 @@ async fn invalid_recipients_get_their_own_results_and_the_rest_are_delivered() {
             pb::Recipient {
                 touser: openid(1),
                 page: "pages/course/detail?id=1".into(),
-                data: HashMap::from([("phrase1".to_owned(), "李小三".to_owned())]),
+                data: BTreeMap::from([("phrase1".to_owned(), "李小三".to_owned())]),
             },
             pb::Recipient {
                 touser: openid(2),
@@ -248,7 +248,7 @@ async fn invalid_recipients_get_their_own_results_and_the_rest_are_delivered() {
             recipient(""),
             pb::Recipient {
                 touser: openid(4),
-                data: HashMap::from([("phrase1".to_owned(), "a phrase far too long".to_owned())]),
+                data: BTreeMap::from([("phrase1".to_owned(), "a phrase far too long".to_owned())]),
                 ..Default::default()
             },
             recipient(openid(5)),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use common::*;
 use tonic::Code;
@@ -100,7 +100,7 @@ async fn invalid_requests_name_every_bad_field_and_send_nothing() {
     let status = harness
         .client
         .send_subscribe(pb::SendSubscribeRequest {
-            data: HashMap::new(),
+            data: BTreeMap::new(),
             ..course_request(OPENID)
         })
         .await

@@ -4,7 +4,7 @@
 mod common;
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     time::{Duration, Instant},
 };
 
@@ -21,7 +21,7 @@ fn order_status(status_value: &str) -> pb::SendSubscribeRequest {
     pb::SendSubscribeRequest {
         touser: OPENID.to_owned(),
         template_id: ORDER_STATUS.to_owned(),
-        data: HashMap::from([
+        data: BTreeMap::from([
             (
                 "character_string1".to_owned(),
                 "SBX2019100100001".to_owned(),
@@ -120,7 +120,7 @@ async fn data_that_cannot_match_its_template_is_refused_without_a_send() {
 #[tokio::test]
 async fn batch_recipients_are_checked_against_the_template() {
     let mut harness = Harness::start().await;
-    let shared = HashMap::from([
+    let shared = BTreeMap::from([
         ("date5".to_owned(), "2019年10月1日 15:01".to_owned()),
         ("phrase4".to_owned(), "李老师".to_owned()),
     ]);

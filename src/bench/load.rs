@@ -5,7 +5,7 @@
 //! Both stop by themselves at the deadline or after `max_requests` calls.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -86,7 +86,7 @@ fn openid(index: usize) -> String {
     format!("oBenchUser{index:018}")
 }
 
-fn data() -> HashMap<String, String> {
+fn data() -> BTreeMap<String, String> {
     DATA.iter()
         .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
         .collect()

@@ -36,19 +36,27 @@ pub(crate) const SEND_ADMISSION_WAIT: Duration = Duration::from_secs(30);
 /// deadline: long enough to sit out a 45011 pause until the next minute.
 pub(crate) const BATCH_ADMISSION_WAIT: Duration = Duration::from_secs(120);
 
-/// When a send may start: not after the caller's deadline or cancellation, and not after
-/// waiting `wait_limit` for the app's limits.
+/// When a send may start: not after the caller's deadline (or, in a batch, its cancellation or
+/// a 45009), and not after waiting `wait_limit` for the app's limits.
 #[derive(Clone, Debug)]
 pub(crate) struct Admission {
     /// The caller's deadline, if it set one.
     pub caller_deadline: Option<Instant>,
     /// The latest instant a send may start.
     pub wait_limit: Instant,
+    /// What the sends of one batch share; `None` for a SendSubscribe, whose one send runs to
+    /// completion once started and has nobody to share a 45009 with.
+    pub batch: Option<BatchStop>,
+}
+
+/// Stops every send of one batch that has not started yet.
+#[derive(Clone, Debug)]
+pub(crate) struct BatchStop {
     /// Cancelled when the caller goes away.
     pub cancel: CancellationToken,
-    /// Set when WeChat answers 45009 (daily quota) to any send sharing this flag: the sends of
-    /// one batch share it, so none starts after the first 45009, not even one that was already
-    /// waiting for the limits or backing off.
+    /// Set when WeChat answers 45009 (daily quota) to any send of the batch, so none starts
+    /// after the first 45009, not even one that was already waiting for the limits or backing
+    /// off.
     pub daily_quota_exhausted: Arc<AtomicBool>,
 }
 
@@ -59,21 +67,36 @@ impl Admission {
         Self {
             caller_deadline,
             wait_limit: caller_deadline.map_or(bounded, |deadline| deadline.min(bounded)),
-            cancel: CancellationToken::new(),
-            daily_quota_exhausted: Arc::default(),
+            batch: None,
+        }
+    }
+
+    /// The same admission for one send of a batch.
+    pub(crate) fn in_batch(self, batch: BatchStop) -> Self {
+        Self {
+            batch: Some(batch),
+            ..self
         }
     }
 
     /// Why no new send may start now, if one may not.
     pub(crate) fn stopped(&self) -> Option<NotStarted> {
-        if self.cancel.is_cancelled() {
+        if self
+            .batch
+            .as_ref()
+            .is_some_and(|batch| batch.cancel.is_cancelled())
+        {
             Some(NotStarted::Cancelled)
         } else if self
             .caller_deadline
             .is_some_and(|deadline| Instant::now() >= deadline)
         {
             Some(NotStarted::DeadlineExceeded)
-        } else if self.daily_quota_exhausted.load(Ordering::Relaxed) {
+        } else if self
+            .batch
+            .as_ref()
+            .is_some_and(|batch| batch.daily_quota_exhausted.load(Ordering::Relaxed))
+        {
             Some(NotStarted::DailyQuotaExhausted)
         } else {
             None
@@ -220,9 +243,9 @@ impl App {
                     return Err(SendError::new(ErrorKind::Upstream(error), attempts));
                 }
                 Some(ErrorClass::DailyQuota) => {
-                    admission
-                        .daily_quota_exhausted
-                        .store(true, Ordering::Relaxed);
+                    if let Some(batch) = &admission.batch {
+                        batch.daily_quota_exhausted.store(true, Ordering::Relaxed);
+                    }
                     return Err(SendError::new(ErrorKind::Upstream(error), attempts));
                 }
                 _ => return Err(SendError::new(ErrorKind::Upstream(error), attempts)),
@@ -259,9 +282,15 @@ impl App {
                 }
             }
         };
-        let admitted = tokio::select! {
-            admitted = tokio::time::timeout_at(admission.wait_limit, limits) => admitted,
-            () = admission.cancel.cancelled() => return Err(ErrorKind::NotStarted(NotStarted::Cancelled)),
+        let limits = tokio::time::timeout_at(admission.wait_limit, limits);
+        let admitted = match &admission.batch {
+            // Limits first: when they admit at once, nothing registers with the token.
+            Some(batch) => tokio::select! {
+                biased;
+                admitted = limits => admitted,
+                () = batch.cancel.cancelled() => return Err(ErrorKind::NotStarted(NotStarted::Cancelled)),
+            },
+            None => limits.await,
         };
         match admitted {
             Ok(Ok(Ok(permit))) => match admission.stopped() {

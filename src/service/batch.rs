@@ -1,10 +1,7 @@
 //! BatchSend: one template to many recipients, with bounded concurrency per app, one result per
 //! recipient in request order, and memory that grows with the concurrency rather than the batch.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, atomic::AtomicBool},
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -13,7 +10,7 @@ use tracing::Instrument;
 
 use super::{
     App, Notifier, Receipt, SendError,
-    app::{Admission, BATCH_ADMISSION_WAIT},
+    app::{Admission, BATCH_ADMISSION_WAIT, BatchStop},
     check::Violations,
     non_empty, outcome_label, template_check,
 };
@@ -25,7 +22,7 @@ pub struct RecipientInput {
     /// Recipient openid.
     pub touser: String,
     /// Overrides the shared data key by key.
-    pub data: HashMap<String, String>,
+    pub data: BTreeMap<String, String>,
     /// Overrides the shared page when non-empty.
     pub page: String,
 }
@@ -40,7 +37,7 @@ pub struct BatchRequest {
     /// Page shared by all recipients unless overridden.
     pub page: String,
     /// Data shared by all recipients, overridden key by key.
-    pub data: HashMap<String, String>,
+    pub data: BTreeMap<String, String>,
     /// The recipients.
     pub recipients: Vec<RecipientInput>,
     /// Which build the cards open.
@@ -67,14 +64,13 @@ struct Shared {
     /// The template as WeChat lists it; `None` when unchecked.
     template: Option<Arc<TemplateInfo>>,
     page: String,
-    data: HashMap<String, String>,
+    data: BTreeMap<String, String>,
     miniprogram_state: MiniprogramState,
     lang: Option<String>,
     idempotency_key: Option<String>,
     caller_deadline: Option<Instant>,
-    cancel: CancellationToken,
-    /// Set once WeChat answers 45009 to any recipient: no further sends in this batch.
-    daily_quota_exhausted: Arc<AtomicBool>,
+    /// Cancelled when the caller goes away; set on the first 45009: no further sends then.
+    stop: BatchStop,
 }
 
 impl Notifier {
@@ -113,8 +109,10 @@ impl Notifier {
             lang: non_empty(request.lang),
             idempotency_key: non_empty(request.idempotency_key),
             caller_deadline: deadline,
-            cancel,
-            daily_quota_exhausted: Arc::default(),
+            stop: BatchStop {
+                cancel,
+                daily_quota_exhausted: Arc::default(),
+            },
         });
         let outcomes = self
             .tasks
@@ -201,11 +199,8 @@ impl Notifier {
         let message = recipient_message(shared, index, recipient)?;
         // The admission stops this send if the deadline passed, the caller went away or a 45009
         // came back for an earlier recipient: checked before the send and again once admitted.
-        let admission = Admission {
-            cancel: shared.cancel.clone(),
-            daily_quota_exhausted: shared.daily_quota_exhausted.clone(),
-            ..Admission::new(shared.caller_deadline, BATCH_ADMISSION_WAIT)
-        };
+        let admission = Admission::new(shared.caller_deadline, BATCH_ADMISSION_WAIT)
+            .in_batch(shared.stop.clone());
         // One key per recipient: a retried batch with the same key delivers each openid once.
         let key = shared
             .idempotency_key
@@ -222,27 +217,23 @@ fn recipient_message(
     index: usize,
     recipient: RecipientInput,
 ) -> Result<SubscribeMessage, SendError> {
-    let prefix = format!("recipients[{index}]");
+    // Field paths are rendered only for a violation (see `check`).
+    let data_field = RecipientField(index, "data");
     let mut violations = Violations::default();
-    violations.required_id(&format!("{prefix}.touser"), &recipient.touser);
-    violations.page(&format!("{prefix}.page"), &recipient.page);
-    let recipient_data_field = format!("{prefix}.data");
+    violations.required_id(RecipientField(index, "touser"), &recipient.touser);
+    violations.page(RecipientField(index, "page"), &recipient.page);
     for (key, value) in &recipient.data {
-        violations.data_entry(&recipient_data_field, key, value);
+        violations.data_entry(data_field, key, value);
     }
     if let Some(template) = &shared.template {
-        violations.template_values(&recipient_data_field, template, &recipient.data);
-        violations.template_keywords_present(&recipient_data_field, template, |key| {
+        violations.template_values(data_field, template, &recipient.data);
+        violations.template_keywords_present(data_field, template, |key| {
             recipient.data.contains_key(key) || shared.data.contains_key(key)
         });
     }
-    let mut data: BTreeMap<String, String> = shared
-        .data
-        .iter()
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
+    let mut data = shared.data.clone();
     data.extend(recipient.data);
-    violations.data_count(&recipient_data_field, data.len());
+    violations.data_count(data_field, data.len());
     if !violations.is_empty() {
         return Err(SendError::invalid(violations.into_vec()));
     }
@@ -259,4 +250,14 @@ fn recipient_message(
         miniprogram_state: shared.miniprogram_state,
         lang: shared.lang.clone(),
     })
+}
+
+/// The path of a recipient's field, `recipients[3].data`, rendered only when reported.
+#[derive(Clone, Copy)]
+struct RecipientField(usize, &'static str);
+
+impl std::fmt::Display for RecipientField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "recipients[{}].{}", self.0, self.1)
+    }
 }

@@ -1,5 +1,10 @@
 //! Request checks that need field paths (`recipients[3].data.thing1`); the rules themselves
 //! live in `crate::validation`.
+//!
+//! A field path is anything `Display` (`"data"`, `format_args!("recipients[{i}].data")`) and is
+//! rendered only for a violation: checking a valid request, the common case, allocates nothing.
+
+use std::fmt::Display;
 
 use crate::validation::{
     self, FieldViolation, LANGS, MAX_DATA_KEYS, MAX_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES,
@@ -19,24 +24,24 @@ impl Violations {
     }
 
     /// A required identifier (`touser`, `template_id`).
-    pub(crate) fn required_id(&mut self, field: &str, value: &str) {
+    pub(crate) fn required_id(&mut self, field: impl Display, value: &str) {
         if value.is_empty() {
-            self.push(field, "is required");
+            self.push(field.to_string(), "is required");
         } else {
             self.max_bytes(field, value, MAX_ID_BYTES);
         }
     }
 
-    pub(crate) fn max_bytes(&mut self, field: &str, value: &str, max: usize) {
+    pub(crate) fn max_bytes(&mut self, field: impl Display, value: &str, max: usize) {
         if value.len() > max {
             self.push(
-                field,
+                field.to_string(),
                 format!("is {} bytes, at most {max} allowed", value.len()),
             );
         }
     }
 
-    pub(crate) fn page(&mut self, field: &str, page: &str) {
+    pub(crate) fn page(&mut self, field: impl Display, page: &str) {
         self.max_bytes(field, page, MAX_PAGE_BYTES);
     }
 
@@ -54,12 +59,12 @@ impl Violations {
     }
 
     /// The size of a (merged) data map.
-    pub(crate) fn data_count(&mut self, field: &str, count: usize) {
+    pub(crate) fn data_count(&mut self, field: impl Display, count: usize) {
         if count == 0 {
-            self.push(field, "is required: at least one keyword");
+            self.push(field.to_string(), "is required: at least one keyword");
         } else if count > MAX_DATA_KEYS {
             self.push(
-                field,
+                field.to_string(),
                 format!("has {count} keywords, at most {MAX_DATA_KEYS} allowed"),
             );
         }
@@ -67,12 +72,12 @@ impl Violations {
 
     /// One keyword: `map_field` is the path of the map it came from (`data`,
     /// `recipients[3].data`).
-    pub(crate) fn data_entry(&mut self, map_field: &str, key: &str, value: &str) {
+    pub(crate) fn data_entry(&mut self, map_field: impl Display, key: &str, value: &str) {
         // The field path is built only for a violation: valid keywords, the common case, cost
         // no allocation.
         let field = || format!("{map_field}.{key}");
         if key.is_empty() {
-            self.push(map_field, "has an empty keyword name");
+            self.push(map_field.to_string(), "has an empty keyword name");
         } else if key.len() > MAX_KEY_BYTES {
             self.push(
                 field(),

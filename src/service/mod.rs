@@ -48,7 +48,7 @@ pub struct SendRequest {
     /// Page opened from the card; empty for none.
     pub page: String,
     /// Keyword -> value.
-    pub data: HashMap<String, String>,
+    pub data: BTreeMap<String, String>,
     /// Which build the card opens.
     pub miniprogram_state: MiniprogramState,
     /// Card language; empty for WeChat's default.
@@ -216,7 +216,7 @@ impl Notifier {
             touser: request.touser,
             template_id: request.template_id,
             page: non_empty(request.page),
-            data: request.data.into_iter().collect::<BTreeMap<_, _>>(),
+            data: request.data,
             miniprogram_state: request.miniprogram_state,
             lang: non_empty(request.lang),
         };

@@ -2,7 +2,7 @@
 //! template lacks, enum keywords holding a listed value, and the template itself listed. When
 //! the list cannot be had the message goes unchecked (WeChat still checks it).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt::Display, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
@@ -40,17 +40,16 @@ impl Violations {
     /// not have, and enum keywords whose value it does not list.
     pub(crate) fn template_values(
         &mut self,
-        map_field: &str,
+        map_field: impl Display,
         template: &TemplateInfo,
-        data: &HashMap<String, String>,
+        data: &BTreeMap<String, String>,
     ) {
-        let mut keys: Vec<&String> = data.keys().collect();
-        keys.sort();
-        for key in keys {
-            let field = format!("{map_field}.{key}");
+        // In key order (a BTreeMap); field paths are built only for a violation.
+        let field = |key: &str| format!("{map_field}.{key}");
+        for (key, value) in data {
             if template.keywords_known() && !template.keywords.contains(key) {
                 self.push(
-                    field,
+                    field(key),
                     format!(
                         "is not a keyword of template {} (its keywords: {})",
                         template.id,
@@ -58,9 +57,9 @@ impl Violations {
                     ),
                 );
             } else if let Some(allowed) = template.enum_values.get(key.as_str())
-                && !allowed.contains(&data[key])
+                && !allowed.contains(value)
             {
-                self.push(field, enum_description(template, allowed));
+                self.push(field(key), enum_description(template, allowed));
             }
         }
     }
@@ -68,7 +67,7 @@ impl Violations {
     /// Keywords of the template that `has_key` says are missing, reported at `map_field`.
     pub(crate) fn template_keywords_present(
         &mut self,
-        map_field: &str,
+        map_field: impl Display,
         template: &TemplateInfo,
         has_key: impl Fn(&str) -> bool,
     ) {
@@ -123,14 +122,14 @@ mod tests {
         }
     }
 
-    fn data(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect()
     }
 
-    fn check(template: &TemplateInfo, data: &HashMap<String, String>) -> Vec<FieldViolation> {
+    fn check(template: &TemplateInfo, data: &BTreeMap<String, String>) -> Vec<FieldViolation> {
         let mut violations = Violations::default();
         violations.template_values("data", template, data);
         violations.template_keywords_present("data", template, |key| data.contains_key(key));

@@ -2,7 +2,7 @@
 //! and a real gRPC client.
 #![allow(dead_code)]
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use tonic::transport::Channel;
 use url::Url;
@@ -30,8 +30,8 @@ pub fn openid(index: usize) -> String {
 }
 
 /// Data valid for the course reminder.
-pub fn course_data() -> HashMap<String, String> {
-    HashMap::from([
+pub fn course_data() -> BTreeMap<String, String> {
+    BTreeMap::from([
         ("phrase1".to_owned(), "王小二".to_owned()),
         ("date5".to_owned(), "2019年10月1日 15:01".to_owned()),
         ("phrase4".to_owned(), "李老师".to_owned()),
