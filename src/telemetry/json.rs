@@ -10,7 +10,7 @@ use tracing_subscriber::{
     fmt::{
         FmtContext, FormatEvent, FormattedFields,
         format::{JsonFields, Writer},
-        time::{FormatTime, SystemTime},
+        time::FormatTime,
     },
     registry::LookupSpan,
 };
@@ -33,7 +33,7 @@ where
         let metadata = event.metadata();
         let mut line = Map::new();
         let mut timestamp = String::new();
-        if SystemTime
+        if super::Rfc3339Micros
             .format_time(&mut Writer::new(&mut timestamp))
             .is_ok()
         {

@@ -20,12 +20,14 @@ use crate::{config::LogFormat, wechat::UPSTREAM_REQUEST_DURATION};
 pub mod catalog;
 mod json;
 mod rpc;
+mod time;
 mod upstream;
 mod writer;
 
 pub use catalog::count_wechat_error;
 pub use json::FlatJson;
 pub use rpc::{REQUEST_ID_HEADER, RpcTelemetryLayer, code_name};
+use time::Rfc3339Micros;
 pub use upstream::{CountTemplateErrcodes, CountTokenErrcodes};
 
 /// Keeps the log writer thread running; dropping it flushes the lines still queued. Hold it
@@ -62,7 +64,12 @@ where
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_ansi(ansi).with_writer(writer))
+            .with(
+                fmt::layer()
+                    .with_ansi(ansi)
+                    .with_timer(Rfc3339Micros)
+                    .with_writer(writer),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
