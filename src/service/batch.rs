@@ -114,12 +114,35 @@ impl Notifier {
                 daily_quota_exhausted: Arc::default(),
             },
         });
-        let outcomes = self
-            .tasks
-            // `in_current_span`: the call's log lines keep its request id on that task.
-            .spawn(async move { notifier.fan_out(shared, recipients).await }.in_current_span())
-            .await
-            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()));
+        // Contiguous stripes of recipients, one task each, so a large batch uses every runtime
+        // worker (one task would run all its recipients' work on one core at a time). Each
+        // stripe answers its recipients in order; the app's `max_in_flight` still bounds them
+        // all together.
+        let total = recipients.len();
+        let concurrency = shared.app.max_in_flight.max(1);
+        let stripes = stripe_count(total, concurrency);
+        let width = concurrency.div_ceil(stripes);
+        let mut recipients = recipients.into_iter();
+        let mut running = Vec::with_capacity(stripes);
+        let mut first = 0;
+        for stripe in 0..stripes {
+            let len = (total - first) / (stripes - stripe);
+            let part: Vec<_> = recipients.by_ref().take(len).collect();
+            let (notifier, shared) = (notifier.clone(), shared.clone());
+            // `in_current_span`: the call's log lines keep its request id on those tasks.
+            running.push(self.tasks.spawn(
+                async move { notifier.fan_out(shared, first, part, width).await }.in_current_span(),
+            ));
+            first += len;
+        }
+        let mut outcomes = Vec::with_capacity(total);
+        for stripe in running {
+            outcomes.extend(
+                stripe.await.unwrap_or_else(|join_error| {
+                    std::panic::resume_unwind(join_error.into_panic())
+                }),
+            );
+        }
         stop_on_drop.disarm();
         Ok(outcomes)
     }
@@ -157,32 +180,36 @@ impl Notifier {
         }
     }
 
-    /// Runs at most `max_in_flight` recipients at a time and puts each outcome in its place.
+    /// Runs at most `concurrency` of `recipients` (the batch's from `first_index` on) at a time
+    /// and puts each outcome in its place.
     /// Unordered, so one slow recipient (backing off after -1, waiting out a pause) does not
     /// hold back the ones behind it; only the in-flight recipients and the outcomes (the
     /// response itself) are held in memory.
     async fn fan_out(
         self: Arc<Self>,
         shared: Arc<Shared>,
+        first_index: usize,
         recipients: Vec<RecipientInput>,
+        concurrency: usize,
     ) -> Vec<RecipientOutcome> {
-        let concurrency = shared.app.max_in_flight.max(1);
         let mut outcomes: Vec<Option<RecipientOutcome>> = Vec::new();
         outcomes.resize_with(recipients.len(), || None);
         let mut finished = futures::stream::iter(recipients.into_iter().enumerate())
-            .map(|(index, recipient)| {
+            .map(|(offset, recipient)| {
                 let notifier = self.clone();
                 let shared = shared.clone();
                 async move {
                     let touser = recipient.touser.clone();
-                    let result = notifier.send_recipient(&shared, index, recipient).await;
+                    let result = notifier
+                        .send_recipient(&shared, first_index + offset, recipient)
+                        .await;
                     shared.app.count_message(outcome_label(&result));
-                    (index, RecipientOutcome { touser, result })
+                    (offset, RecipientOutcome { touser, result })
                 }
             })
             .buffer_unordered(concurrency);
-        while let Some((index, outcome)) = finished.next().await {
-            outcomes[index] = Some(outcome);
+        while let Some((offset, outcome)) = finished.next().await {
+            outcomes[offset] = Some(outcome);
         }
         outcomes
             .into_iter()
@@ -209,6 +236,17 @@ impl Notifier {
         self.deliver_once(&shared.app, message, key, &admission)
             .await
     }
+}
+
+/// Recipients per stripe at least: smaller batches are not worth a second task.
+const MIN_STRIPE: usize = 64;
+
+/// How many stripes a batch of `total` runs in: one per runtime worker, within reason.
+fn stripe_count(total: usize, concurrency: usize) -> usize {
+    let workers = tokio::runtime::Handle::try_current()
+        .map(|runtime| runtime.metrics().num_workers())
+        .unwrap_or(1);
+    workers.min(total / MIN_STRIPE).min(concurrency).max(1)
 }
 
 /// The message for one recipient: shared fields with its overrides, checked on its own.
