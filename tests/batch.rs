@@ -337,6 +337,47 @@ async fn invalid_recipients_get_their_own_results_and_the_rest_are_delivered() {
     );
 }
 
+/// A large batch runs in stripes, one per runtime worker: results stay in request order and a
+/// bad recipient in a later stripe is named by its index in the whole request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_striped_batch_answers_in_order_and_names_recipients_by_their_request_index() {
+    const RECIPIENTS: usize = 300;
+    const INVALID: [usize; 2] = [40, 260];
+    let mut harness = harness_with(SandboxConfig::default(), 16, 100_000, |_| {}).await;
+    let recipients = (0..RECIPIENTS).map(|index| pb::Recipient {
+        page: if INVALID.contains(&index) {
+            "p".repeat(2_000)
+        } else {
+            String::new()
+        },
+        ..recipient(openid(index))
+    });
+    let response = harness
+        .client
+        .batch_send(batch(recipients))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(response.results.len(), RECIPIENTS);
+    for (index, result) in response.results.iter().enumerate() {
+        assert_eq!(result.touser, openid(index), "results are in request order");
+        if INVALID.contains(&index) {
+            assert_eq!(code(result), Code::InvalidArgument);
+            let path = format!("recipients[{index}].page");
+            assert!(result.message.contains(&path), "{}", result.message);
+        } else {
+            assert_eq!(
+                code(result),
+                Code::Ok,
+                "recipient {index}: {}",
+                result.message
+            );
+        }
+    }
+    assert_eq!(inbox_by_openid(&harness).len(), RECIPIENTS - INVALID.len());
+    assert!(harness.sandbox().stats().max_concurrent_sends <= 16);
+}
+
 #[tokio::test]
 async fn without_a_shared_page_only_recipients_with_their_own_page_send_one() {
     let mut harness = harness_with(SandboxConfig::default(), 64, 100_000, |_| {}).await;
@@ -686,7 +727,7 @@ async fn a_caller_that_hangs_up_stops_new_sends() {
     retry_delivers_each_recipient_once(&mut harness, request, sent).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_daily_quota_answer_the_rest_of_the_batch_is_not_sent() {
     const QUOTA: u64 = 30;
     const MAX_IN_FLIGHT: usize = 8;
