@@ -40,10 +40,17 @@ enum Command {
 /// Parses the command line and runs the chosen command to completion.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match worker_threads(std::env::var_os(WORKER_THREADS_ENV)) {
+        Ok(workers) => {
+            builder.worker_threads(workers);
+        }
+        Err(error) => {
+            eprintln!("wechat-notify: configuration error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("wechat-notify: cannot start the runtime: {error}");
@@ -74,6 +81,29 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The runtime's worker threads, as tokio reads them (docs/configuration.md).
+const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
+/// Worker threads at most.
+const MAX_WORKER_THREADS: usize = 1024;
+
+/// The runtime's worker threads from `TOKIO_WORKER_THREADS`, checked here and always passed
+/// to the builder, since tokio itself panics on a bad (or empty) value. Unset or empty: one per
+/// CPU the process may use (its affinity and container CPU limit included).
+fn worker_threads(value: Option<std::ffi::OsString>) -> Result<usize, String> {
+    let Some(value) = value.filter(|value| !value.is_empty()) else {
+        return Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+    };
+    value
+        .to_str()
+        .and_then(|text| text.trim().parse::<usize>().ok())
+        .filter(|workers| (1..=MAX_WORKER_THREADS).contains(workers))
+        .ok_or_else(|| {
+            format!(
+                "{WORKER_THREADS_ENV}={value:?}: must be a whole number from 1 to {MAX_WORKER_THREADS}"
+            )
+        })
 }
 
 /// Runs the service until `shutdown` resolves, with the embedded sandbox when configured.
@@ -176,5 +206,24 @@ async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
             signal.recv().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_threads_are_checked_before_tokio_sees_them() {
+        let parse = |value: &str| worker_threads(Some(value.into()));
+        assert_eq!(parse("1"), Ok(1));
+        assert_eq!(parse(" 4 "), Ok(4));
+        assert!(worker_threads(None).unwrap() >= 1);
+        assert_eq!(parse(""), worker_threads(None));
+        for bad in ["0", "-1", "two", "1.5", "1025"] {
+            let error = parse(bad).unwrap_err();
+            assert!(error.contains("TOKIO_WORKER_THREADS"), "{error}");
+            assert!(error.contains(bad), "{error}");
+        }
     }
 }
