@@ -797,6 +797,11 @@ mod tests {
             // Delivered even when the msgid is unusable: never an error after errcode 0.
             (json!({"errcode": 0, "msgid": {"weird": true}}), None),
             (json!({"errcode": 0, "msgid": -5}), None),
+            (json!({"errcode": 0, "msgid": 1.5}), None),
+            (json!({"errcode": 0, "msgid": [1, 2]}), None),
+            (json!({"errcode": 0, "msgid": true}), None),
+            (json!({"errcode": 0, "msgid": null}), None),
+            (json!({"errcode": 0, "msgid": " 42 "}), Some(42)),
         ];
         for (body, expected) in cases {
             let fake = Fake::json(body.clone()).await;
@@ -830,6 +835,26 @@ mod tests {
         );
         assert_eq!(error.class(), Some(ErrorClass::InvalidRequest));
         assert_no_secrets(&error);
+    }
+
+    #[tokio::test]
+    async fn an_errmsg_with_escapes_is_read_whole() {
+        // Escapes cannot be borrowed from the body: the errmsg is unescaped into its own text.
+        let fake = Fake::json(json!({
+            "errcode": 43101,
+            "errmsg": "user refuse to accept the msg \"订阅\"\n rid: 6405a1b2-0b8f1a2c-3d4e5f60"
+        }))
+        .await;
+        let attempt = app(TokenMode::Stable, vec![fake.base.clone()])
+            .send(&Secret::new(TOKEN), &message())
+            .await;
+        match attempt.result.unwrap_err() {
+            WechatError::Api { errmsg, rid, .. } => {
+                assert!(errmsg.contains("\"订阅\"\n"), "{errmsg}");
+                assert_eq!(rid.as_deref(), Some("6405a1b2-0b8f1a2c-3d4e5f60"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
