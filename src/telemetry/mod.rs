@@ -18,6 +18,7 @@ use tracing_subscriber::{
 use crate::{config::LogFormat, wechat::UPSTREAM_REQUEST_DURATION};
 
 pub mod catalog;
+mod fields;
 mod json;
 mod rpc;
 mod time;
@@ -66,6 +67,7 @@ where
         LogFormat::Text => registry
             .with(
                 fmt::layer()
+                    .fmt_fields(fields::PlainFields)
                     .with_ansi(ansi)
                     .with_timer(Rfc3339Micros)
                     .with_writer(writer),
