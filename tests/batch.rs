@@ -42,6 +42,16 @@ fn batch_of(count: usize) -> pb::BatchSendRequest {
     batch((0..count).map(|index| recipient(openid(index))))
 }
 
+/// Recipient `index` was answered OK (its message shown otherwise).
+fn assert_delivered(index: usize, result: &pb::RecipientResult) {
+    assert_eq!(
+        code(result),
+        Code::Ok,
+        "recipient {index}: {}",
+        result.message
+    );
+}
+
 /// Auto-accepting sandbox, one app with these limits.
 async fn harness_with(
     sandbox_config: SandboxConfig,
@@ -156,12 +166,7 @@ async fn five_thousand_recipients_with_rejections_and_busy_answers() {
             } else {
                 1
             };
-            assert_eq!(
-                code(result),
-                Code::Ok,
-                "recipient {index}: {}",
-                result.message
-            );
+            assert_delivered(index, result);
             assert_eq!((result.wechat_errcode, result.attempts), (0, attempts));
             assert_eq!(
                 delivered,
@@ -366,12 +371,7 @@ async fn a_striped_batch_answers_in_order_and_names_recipients_by_their_request_
             let path = format!("recipients[{index}].page");
             assert!(result.message.contains(&path), "{}", result.message);
         } else {
-            assert_eq!(
-                code(result),
-                Code::Ok,
-                "recipient {index}: {}",
-                result.message
-            );
+            assert_delivered(index, result);
         }
     }
     assert_eq!(inbox_by_openid(&harness).len(), RECIPIENTS - INVALID.len());
