@@ -33,6 +33,15 @@ impl NotifyGrpc {
         self.notifier.app_name(requested).unwrap_or(requested)
     }
 
+    /// Records what the body says into the call's span (`telemetry::RpcTelemetryLayer` opened
+    /// it with these fields empty), so every line of the call carries them; returns the span.
+    fn record_call(&self, app: &str, template_id: &str) -> tracing::Span {
+        let span = tracing::Span::current();
+        span.record("app", display(self.app_label(app)));
+        span.record("template_id", display(template_id));
+        span
+    }
+
     /// The tonic service, ready to add to a router.
     pub fn into_server(self) -> pb::notify_service_server::NotifyServiceServer<Self> {
         pb::notify_service_server::NotifyServiceServer::new(self)
@@ -52,9 +61,7 @@ impl NotifyService for NotifyGrpc {
         let started = std::time::Instant::now();
         let deadline = deadline_of(request.metadata());
         let request = request.into_inner();
-        let span = tracing::Span::current();
-        span.record("app", display(self.app_label(&request.app)));
-        span.record("template_id", display(&request.template_id));
+        self.record_call(&request.app, &request.template_id);
         let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
             .map_err(|error| failed(&error, started))?;
         let result = self
@@ -96,10 +103,8 @@ impl NotifyService for NotifyGrpc {
         let started = std::time::Instant::now();
         let deadline = deadline_of(request.metadata());
         let request = request.into_inner();
-        let span = tracing::Span::current();
-        span.record("app", display(self.app_label(&request.app)));
-        span.record("template_id", display(&request.template_id));
-        span.record("recipients", request.recipients.len());
+        self.record_call(&request.app, &request.template_id)
+            .record("recipients", request.recipients.len());
         let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
             .map_err(|error| failed(&error, started))?;
         let batch = BatchRequest {

@@ -204,7 +204,7 @@ where
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
         // The call's one span: the handler records what it learns from the body into the
-        // empty fields (see `record_call`), rather than opening a span of its own.
+        // empty fields (`NotifyGrpc::record_call`), rather than opening a span of its own.
         let span = tracing::info_span!(
             "rpc",
             method,
