@@ -3,11 +3,12 @@
 //!
 //! `DefaultFields` writes every `name=value` through `core::fmt` with `nu_ansi_term` wrappers
 //! around the name and the `=`, even with colours off: about 1,000 instructions per field, and
-//! the service's line per call has ten (docs/benchmarks.md). Here integers, booleans and strings
-//! of plain printable ASCII are written as they are; everything else (the `message`, `Display`
-//! and `Debug` values, errors, strings that need escaping, raw `r#` names) and every field of a
-//! line with colours on goes through tracing-subscriber's own `DefaultVisitor`, so the text is
-//! the same byte for byte (the tests below compare the two).
+//! the service's line per call has ten (docs/benchmarks.md). Here the name and `=` are written
+//! as they are, then integers, booleans and strings of plain printable ASCII as they are, and
+//! `Display` and `Debug` values through their own formatting; the `message`, errors, strings
+//! that need escaping, raw `r#` names and every field of a line with colours on go through
+//! tracing-subscriber's own `DefaultVisitor`, so the text is the same byte for byte (the tests
+//! below compare the two).
 
 use std::fmt;
 
@@ -140,7 +141,15 @@ impl Visit for PlainVisitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.delegate(field, |inner| inner.record_debug(field, value));
+        if self.plain(field) {
+            // `name=` here, the value's own `Debug` (a `Display` for `%` fields) as it is.
+            self.write_plain(field, "", false);
+            if self.result.is_ok() {
+                self.result = write!(self.writer, "{value:?}");
+            }
+        } else {
+            self.delegate(field, |inner| inner.record_debug(field, value));
+        }
     }
 }
 
@@ -231,6 +240,8 @@ mod tests {
             empty = "",
             debug = ?vec![1, 2],
             display = %"plain text",
+            display_escapes = %"two\nlines \"quoted\"",
+            failure = %Failure,
             r#type = "raw",
             error = &Failure as &(dyn std::error::Error + 'static),
             "odd {} message",
