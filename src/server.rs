@@ -317,8 +317,6 @@ async fn warm_up(apps: &[Arc<App>]) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Reflection over notify.v1, grpc.health.v1 and the google.rpc error details the statuses
-/// carry (so grpcurl decodes BadRequest, ErrorInfo and RetryInfo instead of printing base64).
 /// Marks the call's `x-request-id` never-indexed for HPACK, so its echo in the answer is sent
 /// as a literal. The id differs on every call: indexed, each answer would insert it into the
 /// connection's header table (evicting entries that do repeat) after walking every earlier id
@@ -330,6 +328,8 @@ fn never_index_request_id<B>(mut request: http::Request<B>) -> http::Request<B> 
     request
 }
 
+/// Reflection over notify.v1, grpc.health.v1 and the google.rpc error details the statuses
+/// carry (so grpcurl decodes BadRequest, ErrorInfo and RetryInfo instead of printing base64).
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

@@ -42,7 +42,7 @@ pub struct LogGuard {
 /// `format` picks text or JSON lines. Later calls are no-ops.
 ///
 /// Lines are formatted on the calling thread and written by one writer thread in chunks (a
-/// lone line at once, lines under load every few milliseconds; see [`writer`]), so the
+/// lone line at once, lines under load every 20 ms; see [`writer`]), so the
 /// one-line-per-RPC log costs neither a write syscall nor a thread wake-up per call. Nothing is
 /// dropped: when stderr cannot keep up, callers wait, as they would on a direct write.
 pub fn init_logging(format: LogFormat) -> LogGuard {
