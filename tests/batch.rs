@@ -667,12 +667,14 @@ async fn only_part_was_sent(harness: &Harness, recipients: usize) -> u64 {
     sent
 }
 
-#[tokio::test]
-async fn after_the_deadline_no_send_starts_and_a_retry_delivers_each_recipient_once() {
-    const RECIPIENTS: usize = 20;
-    // A warm token, so the first sends start at once; two at a time, 300 ms each: sends
-    // start at about 0, 300 and 600 ms, and the call ends half-way between two rounds.
-    let mut harness = harness_with(SandboxConfig::default(), 2, 100_000, |config| {
+/// A keyed batch of `recipients` for an app sending two at a time, each answered after 300 ms,
+/// with a warm token: sends start at about 0, 300 and 600 ms, so a call ended at 450 ms ends
+/// half-way between two rounds.
+async fn two_at_a_time_300_ms_each(
+    key: &str,
+    recipients: usize,
+) -> (Harness, pb::BatchSendRequest) {
+    let harness = harness_with(SandboxConfig::default(), 2, 100_000, |config| {
         config.warm_tokens = true;
     })
     .await;
@@ -680,9 +682,16 @@ async fn after_the_deadline_no_send_starts_and_a_retry_delivers_each_recipient_o
         .sandbox()
         .inject(Fault::latency(Duration::from_millis(300)));
     let request = pb::BatchSendRequest {
-        idempotency_key: "late-reminders".into(),
-        ..batch_of(RECIPIENTS)
+        idempotency_key: key.into(),
+        ..batch_of(recipients)
     };
+    (harness, request)
+}
+
+#[tokio::test]
+async fn after_the_deadline_no_send_starts_and_a_retry_delivers_each_recipient_once() {
+    const RECIPIENTS: usize = 20;
+    let (mut harness, request) = two_at_a_time_300_ms_each("late-reminders", RECIPIENTS).await;
     let mut with_deadline = Request::new(request.clone());
     with_deadline.set_timeout(Duration::from_millis(450));
     let status = harness.client.batch_send(with_deadline).await.unwrap_err();
@@ -699,19 +708,7 @@ async fn after_the_deadline_no_send_starts_and_a_retry_delivers_each_recipient_o
 #[tokio::test]
 async fn a_caller_that_hangs_up_stops_new_sends() {
     const RECIPIENTS: usize = 20;
-    // A warm token, so the first sends start at once; two at a time, 300 ms each: sends
-    // start at about 0, 300 and 600 ms, and the call ends half-way between two rounds.
-    let mut harness = harness_with(SandboxConfig::default(), 2, 100_000, |config| {
-        config.warm_tokens = true;
-    })
-    .await;
-    harness
-        .sandbox()
-        .inject(Fault::latency(Duration::from_millis(300)));
-    let request = pb::BatchSendRequest {
-        idempotency_key: "abandoned-reminders".into(),
-        ..batch_of(RECIPIENTS)
-    };
+    let (mut harness, request) = two_at_a_time_300_ms_each("abandoned-reminders", RECIPIENTS).await;
     // No grpc-timeout: the server learns of it only when the client resets the stream.
     let mut client = harness.client.clone();
     let abandoned = tokio::time::timeout(
