@@ -8,6 +8,7 @@
 //! `main` can exit 64 before any port is bound. docs/configuration.md is the operator's reference.
 
 mod file;
+mod redis;
 #[cfg(test)]
 mod tests;
 
@@ -15,6 +16,8 @@ use std::{fmt, net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Durati
 
 use url::Url;
 
+pub use self::redis::{DEFAULT_KEY_PREFIX, MAX_KEY_PREFIX_BYTES, RedisConfig};
+use self::redis::{RedisKey, RedisSettings};
 use crate::{
     secret::Secret,
     validation::MAX_ID_BYTES,
@@ -150,6 +153,8 @@ pub struct ServeConfig {
     pub template_checks: bool,
     /// How often each app's template list is reloaded in the background.
     pub template_refresh: Duration,
+    /// Where the state shared by replicas lives; `None`: in this process only.
+    pub redis: Option<RedisConfig>,
 }
 
 /// A setting given by an environment variable or, equally, a flag of `serve`.
@@ -224,6 +229,12 @@ settings! {
     TEMPLATE_CHECKS = "NOTIFY_TEMPLATE_CHECKS", "--template-checks";
     /// Template list refresh interval.
     TEMPLATE_REFRESH = "NOTIFY_TEMPLATE_REFRESH", "--template-refresh";
+    /// Redis for the state shared by replicas.
+    REDIS_URL = "NOTIFY_REDIS_URL", "--redis-url";
+    /// Prefix of the shared keys.
+    REDIS_KEY_PREFIX = "NOTIFY_REDIS_KEY_PREFIX", "--redis-key-prefix";
+    /// Redis Cluster mode.
+    REDIS_CLUSTER = "NOTIFY_REDIS_CLUSTER", "--redis-cluster";
 }
 
 /// Why the configuration was refused. Every message names the environment variable and flag,
@@ -429,6 +440,34 @@ pub struct ServeArgs {
         default_value_t = 600
     )]
     pub template_refresh: u64,
+
+    /// Redis (redis:// or rediss://) holding the state shared by replicas: tokens, idempotency
+    /// records, rate limits, pauses; unset keeps all state in this process
+    #[arg(
+        long,
+        env = "NOTIFY_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = parse_secret
+    )]
+    pub redis_url: Option<Secret>,
+
+    /// Prefix of every shared key (default wechat-notify); replicas with the same Redis and
+    /// prefix behave as one service
+    #[arg(long, env = "NOTIFY_REDIS_KEY_PREFIX", value_name = "PREFIX")]
+    pub redis_key_prefix: Option<String>,
+
+    /// The Redis is a Redis Cluster; --redis-url names any node, or lists several, comma-separated
+    #[arg(
+        long,
+        env = "NOTIFY_REDIS_CLUSTER",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_bool_env
+    )]
+    pub redis_cluster: Option<bool>,
 }
 
 fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {
@@ -498,7 +537,30 @@ impl ServeArgs {
         let template_refresh: u64 = in_range(self.template_refresh, TEMPLATE_REFRESH_RANGE)
             .map_err(|problem| invalid(TEMPLATE_REFRESH, problem))?;
 
-        let apps = self.apps(&app_defaults, &env)?;
+        let (apps, file_redis) = self.apps(&app_defaults, &env)?;
+        let flag_redis = RedisSettings {
+            url: self.redis_url.clone(),
+            key_prefix: self.redis_key_prefix.clone(),
+            cluster: self.redis_cluster,
+        };
+        let redis = redis::validate(flag_redis.or(file_redis)).map_err(|(key, problem)| {
+            let setting = match key {
+                RedisKey::Url => REDIS_URL,
+                RedisKey::KeyPrefix => REDIS_KEY_PREFIX,
+                RedisKey::Cluster => REDIS_CLUSTER,
+            };
+            let from_file = self
+                .config
+                .as_deref()
+                .filter(|path| !path.as_os_str().is_empty());
+            match from_file {
+                Some(path) => invalid(
+                    setting,
+                    format!("{problem} (or the [redis] table of {})", path.display()),
+                ),
+                None => invalid(setting, problem),
+            }
+        })?;
 
         Ok(ServeConfig {
             listen: self.listen,
@@ -521,15 +583,17 @@ impl ServeArgs {
             },
             template_checks: self.template_checks,
             template_refresh: Duration::from_secs(template_refresh),
+            redis,
         })
     }
 
-    /// The apps: none with the sandbox, the TOML file's, or the one app of the flags.
+    /// The apps: none with the sandbox, the TOML file's, or the one app of the flags; and the
+    /// file's `[redis]` table, if any.
     fn apps(
         &self,
         defaults: &AppDefaults,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Vec<AppConfig>, ConfigError> {
+    ) -> Result<(Vec<AppConfig>, RedisSettings), ConfigError> {
         use settings::*;
 
         // An empty value counts as unset: templated environments often produce `NAME=`.
@@ -564,7 +628,7 @@ impl ServeArgs {
                     list(&given)
                 )));
             }
-            return Ok(Vec::new());
+            return Ok((Vec::new(), RedisSettings::default()));
         }
 
         if let Some(path) = config {
@@ -608,11 +672,10 @@ impl ServeArgs {
                 ));
             }
         };
-        Ok(vec![defaults.app(
-            appid.to_owned(),
-            appid.to_owned(),
-            secret,
-        )])
+        Ok((
+            vec![defaults.app(appid.to_owned(), appid.to_owned(), secret)],
+            RedisSettings::default(),
+        ))
     }
 }
 

@@ -22,6 +22,7 @@ pub mod sandbox;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod store;
 pub mod telemetry;
 pub mod templates;
 pub mod token;

@@ -7,7 +7,7 @@
 //!    health NOT_SERVING.
 //! 2. With `warm_tokens`, every app fetches its token; a failure stops the start (the CLI
 //!    exits non-zero).
-//! 3. SERVING.
+//! 3. SERVING; with a shared store (`NOTIFY_REDIS_URL`), only once Redis has answered.
 //! 4. When shutdown begins: NOT_SERVING first, then the server stops accepting, health Watch
 //!    streams end, and in-flight calls (and sends whose caller went away) drain for at most
 //!    `shutdown_grace`.
@@ -26,9 +26,13 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use crate::{
     config::ServeConfig,
     grpc::NotifyGrpc,
-    idempotency::MemoryIdempotencyStore,
+    idempotency::{IdempotencyStore, MemoryIdempotencyStore},
     pb,
-    service::{App, Notifier},
+    service::{App, Notifier, SendError},
+    store::{
+        RedisStore, idempotency::RedisIdempotencyStore, limits::SharedLimits,
+        token::RedisTokenStore,
+    },
     telemetry::{
         self, CountTemplateErrcodes, CountTokenErrcodes, REQUEST_ID_HEADER, RpcTelemetryLayer,
         catalog::UPSTREAM_IN_FLIGHT,
@@ -121,11 +125,20 @@ pub async fn start(
     // First, so that every series below lands in the one recorder `/metrics` renders.
     let metrics_handle = telemetry::metrics_handle();
     let client = WechatClient::new(&config.client).map_err(StartError::Client)?;
-    let apps = build_apps(&config, &client);
-    let idempotency = Arc::new(MemoryIdempotencyStore::new(
-        config.idempotency.ttl,
-        config.idempotency.capacity,
-    ));
+    let store = config.redis.as_ref().map(RedisStore::new);
+    let store_upkeep = store.as_ref().map(RedisStore::spawn_upkeep);
+    let apps = build_apps(&config, &client, store.as_ref());
+    let idempotency: Arc<dyn IdempotencyStore<SendError>> = match &store {
+        Some(store) => Arc::new(RedisIdempotencyStore::new(
+            store.clone(),
+            config.idempotency.ttl,
+            config.idempotency.capacity,
+        )),
+        None => Arc::new(MemoryIdempotencyStore::new(
+            config.idempotency.ttl,
+            config.idempotency.capacity,
+        )),
+    };
     let notifier = Arc::new(Notifier::new(
         apps.clone(),
         idempotency,
@@ -195,6 +208,9 @@ pub async fn start(
         drain.cancel();
         serve_task.abort();
         metrics_task.abort();
+        if let Some(upkeep) = &store_upkeep {
+            upkeep.abort();
+        }
         return Err(error);
     }
     let refreshers: Vec<_> = apps
@@ -202,8 +218,24 @@ pub async fn start(
         .map(|app| app.tokens().spawn_refresher())
         .collect();
 
-    set_health(&health, ServingStatus::Serving).await;
-    tracing::info!(%grpc_addr, %metrics_addr, apps = apps.len(), "serving");
+    // With a shared store, SERVING waits for Redis (the upkeep task logs why meanwhile): a
+    // replica that cannot reach it would refuse every keyed send.
+    let app_count = apps.len();
+    let became_ready = match &store {
+        None => {
+            set_health(&health, ServingStatus::Serving).await;
+            tracing::info!(%grpc_addr, %metrics_addr, apps = app_count, "serving");
+            None
+        }
+        Some(store) => {
+            let (store, health) = (store.clone(), health.clone());
+            Some(tokio::spawn(async move {
+                store.wait_connected().await;
+                set_health(&health, ServingStatus::Serving).await;
+                tracing::info!(%grpc_addr, %metrics_addr, apps = app_count, "serving");
+            }))
+        }
+    };
 
     let grace = config.shutdown_grace;
     let drained = notifier.clone();
@@ -219,6 +251,9 @@ pub async fn start(
         };
         if let Some(failure) = &failure {
             tracing::error!(%failure, "grpc server failed");
+        }
+        if let Some(became_ready) = became_ready {
+            became_ready.abort();
         }
         // NOT_SERVING first, so the mesh stops routing here, then stop accepting and let the
         // calls in flight finish, within one grace period in all.
@@ -247,6 +282,9 @@ pub async fn start(
         for refresher in refreshers {
             refresher.abort();
         }
+        if let Some(upkeep) = store_upkeep {
+            upkeep.abort();
+        }
         metrics_task.abort();
         metrics_upkeep.abort();
         tracing::info!("shutdown complete");
@@ -262,8 +300,13 @@ pub async fn start(
     })
 }
 
-/// One [`App`] per configured app, its series registered at zero.
-fn build_apps(config: &ServeConfig, client: &WechatClient) -> Vec<Arc<App>> {
+/// One [`App`] per configured app, its series registered at zero; with a shared `store`, its
+/// token, rate, pause and stop shared through it.
+fn build_apps(
+    config: &ServeConfig,
+    client: &WechatClient,
+    store: Option<&Arc<RedisStore>>,
+) -> Vec<Arc<App>> {
     config
         .apps
         .iter()
@@ -277,7 +320,15 @@ fn build_apps(config: &ServeConfig, client: &WechatClient) -> Vec<Arc<App>> {
                 )
                 .with_metrics_label(&app.name);
             let source = CountTokenErrcodes::new(&app.name, Arc::new(api.clone()));
-            let tokens = TokenCache::new(&app.name, Arc::new(source), TokenOptions::default());
+            let tokens = match store {
+                Some(store) => TokenCache::with_store(
+                    &app.name,
+                    Arc::new(source),
+                    Arc::new(RedisTokenStore::new(store.clone(), &app.appid)),
+                    TokenOptions::default(),
+                ),
+                None => TokenCache::new(&app.name, Arc::new(source), TokenOptions::default()),
+            };
             telemetry::catalog::register_app(&app.name, app.max_in_flight);
             let templates = config.template_checks.then(|| {
                 let source = CountTemplateErrcodes::new(&app.name, Arc::new(api.clone()));
@@ -294,6 +345,14 @@ fn build_apps(config: &ServeConfig, client: &WechatClient) -> Vec<Arc<App>> {
                 app.max_in_flight,
                 app.rate_per_sec,
             );
+            let built = match store {
+                Some(store) => built.with_shared_limits(SharedLimits::new(
+                    store.clone(),
+                    &app.appid,
+                    app.rate_per_sec,
+                )),
+                None => built,
+            };
             Arc::new(match templates {
                 Some(templates) => built.with_templates(templates),
                 None => built,

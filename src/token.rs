@@ -39,7 +39,9 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-pub use self::store::{MemoryTokenStore, StoredToken, TokenStore, TokenStoreError};
+pub use self::store::{
+    FetchTurn, ForceBudget, MemoryTokenStore, StoredToken, TokenStore, TokenStoreError,
+};
 use crate::{
     secret::Secret,
     wechat::{AppApi, Endpoint, ErrorClass, FetchedToken, TokenMode, WechatError},
@@ -55,6 +57,10 @@ pub const TOKEN_EXPIRES_IN_SECONDS: &str = "wechat_notify_token_expires_in_secon
 
 /// Rejected tokens remembered at most (a handful: only the latest few can come back).
 const REJECTED_REMEMBERED: usize = 8;
+
+/// Longest a refresh waits for another replica's fetch (through a shared store) before it
+/// fetches itself: a little more than the shared fetch lock's life.
+const SHARED_FETCH_WAIT: Duration = Duration::from_secs(25);
 
 /// The window of the force-refresh daily limit (rolling, stricter than a calendar day).
 const FORCE_REFRESH_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
@@ -369,21 +375,61 @@ impl TokenCache {
             state.cooldown = None;
         }
 
-        // Another replica (sharing the store) may have renewed it already.
+        // Another replica (sharing the store) may have renewed it already, or be renewing it
+        // now: then wait for its token rather than fetch one more.
+        let waiting_since = Instant::now();
+        loop {
+            if let Some(cached) = self.stored_token(now).await {
+                return Ok(self.install(cached));
+            }
+            match self.store.begin_fetch().await {
+                Ok(FetchTurn::Mine) => break,
+                Ok(FetchTurn::Another) if waiting_since.elapsed() < SHARED_FETCH_WAIT => {
+                    self.store.wait_for_fetch(SHARED_FETCH_WAIT).await;
+                }
+                Ok(FetchTurn::Another) => {
+                    warn!(app = %self.app, "another replica's token fetch is taking long; fetching here");
+                    break;
+                }
+                Err(error) => {
+                    warn!(app = %self.app, %error, "token store unavailable; fetching from wechat");
+                    break;
+                }
+            }
+        }
+        // The lock is ours: a token stored between the look above and the lock is used.
+        if let Some(cached) = self.stored_token(now).await {
+            self.store.end_fetch().await;
+            return Ok(self.install(cached));
+        }
+        let result = self.fetch_and_save(state).await;
+        self.store.end_fetch().await;
+        result
+    }
+
+    /// The stored token, if it is fresh (before its refresh point) and not rejected.
+    async fn stored_token(&self, now: Instant) -> Option<CachedToken> {
         match self.store.load().await {
             Ok(Some(stored)) => {
                 let cached = CachedToken::new(stored, &self.options);
                 if now < cached.refresh_at && !self.is_rejected(cached.token()) {
                     debug!(app = %self.app, "using the token from the store");
-                    return Ok(self.install(cached));
+                    return Some(cached);
                 }
+                None
             }
-            Ok(None) => {}
+            Ok(None) => None,
             Err(error) => {
-                warn!(app = %self.app, %error, "token store unavailable; fetching from wechat")
+                debug!(app = %self.app, %error, "token store unavailable");
+                None
             }
         }
+    }
 
+    async fn fetch_and_save(
+        &self,
+        state: &mut RefreshState,
+    ) -> Result<Arc<CachedToken>, WechatError> {
         let (started, fetched) = match self.fetch_with_retries().await {
             Ok(fetched) => fetched,
             Err(error) => {
@@ -418,14 +464,39 @@ impl TokenCache {
         {
             state.forced_at.pop_front();
         }
-        let wait = match (state.forced_at.front(), state.forced_at.back()) {
-            (_, Some(last)) if now.duration_since(*last) < self.options.force_refresh_interval => {
-                Some(self.options.force_refresh_interval - now.duration_since(*last))
+        // A budget shared by replicas decides when the store keeps one; the local one
+        // otherwise (also when the store cannot be asked).
+        let shared = match self
+            .store
+            .claim_force_refresh(
+                self.options.force_refresh_interval,
+                self.options.force_refresh_daily_limit,
+            )
+            .await
+        {
+            Ok(ForceBudget::Granted) => Some(None),
+            Ok(ForceBudget::Wait(wait)) => Some(Some(wait)),
+            Ok(ForceBudget::Local) => None,
+            Err(error) => {
+                warn!(app = %self.app, %error, "token store unavailable; using this replica's force-refresh budget");
+                None
             }
-            (Some(first), _) if state.forced_at.len() >= self.options.force_refresh_daily_limit => {
-                Some(FORCE_REFRESH_WINDOW - now.duration_since(*first))
-            }
-            _ => None,
+        };
+        let wait = match shared {
+            Some(shared_wait) => shared_wait,
+            None => match (state.forced_at.front(), state.forced_at.back()) {
+                (_, Some(last))
+                    if now.duration_since(*last) < self.options.force_refresh_interval =>
+                {
+                    Some(self.options.force_refresh_interval - now.duration_since(*last))
+                }
+                (Some(first), _)
+                    if state.forced_at.len() >= self.options.force_refresh_daily_limit =>
+                {
+                    Some(FORCE_REFRESH_WINDOW - now.duration_since(*first))
+                }
+                _ => None,
+            },
         };
         if let Some(wait) = wait {
             let error = token_error(format!(

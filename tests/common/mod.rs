@@ -88,6 +88,7 @@ pub fn serve_config() -> ServeConfig {
         },
         template_checks: true,
         template_refresh: Duration::from_secs(600),
+        redis: None,
     }
 }
 
