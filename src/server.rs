@@ -213,10 +213,12 @@ pub async fn start(
         }
         return Err(error);
     }
-    let refreshers: Vec<_> = apps
-        .iter()
-        .map(|app| app.tokens().spawn_refresher())
-        .collect();
+    // With a shared store the refreshers start once Redis answers: started before, each
+    // replica would fetch its own token instead of using (or making) the shared one.
+    let refreshers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    if store.is_none() {
+        spawn_refreshers(&apps, &refreshers);
+    }
 
     // With a shared store, SERVING waits for Redis (the upkeep task logs why meanwhile): a
     // replica that cannot reach it would refuse every keyed send.
@@ -229,8 +231,10 @@ pub async fn start(
         }
         Some(store) => {
             let (store, health) = (store.clone(), health.clone());
+            let (apps, refreshers) = (apps.clone(), refreshers.clone());
             Some(tokio::spawn(async move {
                 store.wait_connected().await;
+                spawn_refreshers(&apps, &refreshers);
                 set_health(&health, ServingStatus::Serving).await;
                 tracing::info!(%grpc_addr, %metrics_addr, apps = app_count, "serving");
             }))
@@ -279,7 +283,11 @@ pub async fn start(
         {
             tracing::warn!("grace period over with sends still running");
         }
-        for refresher in refreshers {
+        for refresher in refreshers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             refresher.abort();
         }
         if let Some(upkeep) = store_upkeep {
@@ -359,6 +367,12 @@ fn build_apps(
             })
         })
         .collect()
+}
+
+/// Starts every app's background token refresher, keeping the handles for the shutdown.
+fn spawn_refreshers(apps: &[Arc<App>], handles: &std::sync::Mutex<Vec<JoinHandle<()>>>) {
+    let mut handles = handles.lock().unwrap_or_else(|e| e.into_inner());
+    handles.extend(apps.iter().map(|app| app.tokens().spawn_refresher()));
 }
 
 /// Fetches every app's token; the first app that cannot get one stops the start.
