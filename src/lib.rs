@@ -6,6 +6,8 @@
 //! - [`grpc`]: protobuf <-> domain translation; [`error`]: the one place that picks a gRPC code.
 //! - [`service`]: decides (validation, idempotency, retries, batch fan-out); knows no tonic.
 //! - [`validation`], [`idempotency`], [`token`], [`wechat`]: the pieces it decides with.
+//! - [`store`]: the state replicas share on Redis (`NOTIFY_REDIS_URL`), behind the token and
+//!   idempotency store traits and the app's limits.
 //! - [`sandbox`]: the fake WeChat API; only the composition root and tests use it.
 //! - [`bench`]: the load generator and fixed-answer upstream of `wechat-notify bench`.
 

@@ -17,7 +17,7 @@
 //! reached the service stays up: keyed sends are refused (`STORE_UNAVAILABLE`) unless their
 //! record is known here, unkeyed sends go on with in-process state; recovery is automatic.
 
-mod health;
+pub mod health;
 pub mod idempotency;
 pub mod limits;
 pub mod redis;
