@@ -242,6 +242,35 @@ async fn a_45011_on_one_replica_pauses_them_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_45009_on_one_replica_stops_them_all() {
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(&redis.url(), &[], 3).await;
+    let clients = cluster.clients().await;
+    cluster.sandbox().inject(Fault::errcode(45009).times(1));
+    let stopped = clients[0]
+        .clone()
+        .send_subscribe(course_request(OPENID))
+        .await
+        .unwrap_err();
+    assert_eq!(errcode(&stopped), Some(45009));
+    let requests = cluster.sandbox().stats().send_requests;
+    for client in &clients {
+        let refused = client
+            .clone()
+            .send_subscribe(course_request(&openid(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.metadata().get("retry-after").is_some());
+    }
+    assert_eq!(
+        cluster.sandbox().stats().send_requests,
+        requests,
+        "nothing reached wechat"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_batch_cut_by_its_deadline_and_retried_elsewhere_sends_each_recipient_once() {
     let redis = RedisServer::start().await;
     let cluster = Cluster::start(
