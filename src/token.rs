@@ -9,11 +9,18 @@
 //!   [`TokenOptions::safety_margin_fraction`] of its lifetime), and the background refresher
 //!   renews it at [`TokenOptions::refresh_at_fraction`] of its lifetime, so in steady state no
 //!   request ever waits for a fetch.
-//! - **Rejections**: [`TokenCache::invalidate`] drops the token only if it is still the one that
-//!   was rejected. In stable mode the next fetch is a normal one; `force_refresh` is used only when
-//!   WeChat hands back the very token it just rejected, at most once per
-//!   [`TokenOptions::force_refresh_interval`] and [`TokenOptions::force_refresh_daily_limit`]
-//!   times in any rolling 24 hours.
+//! - **Rejections**: [`TokenCache::reject`] handles WeChat rejecting a token T (40001, 42001,
+//!   40014) on a send or a template list. It drops T only if it is still the cached token
+//!   (compare-and-invalidate) and runs one single-flight fetch: a different token is installed
+//!   (a real revocation or rotation is followed at once); T handed back again is revoked with
+//!   `force_refresh` only while the budget allows (one per
+//!   [`TokenOptions::force_refresh_interval`], [`TokenOptions::force_refresh_daily_limit`] in any
+//!   rolling 24 hours), and otherwise **kept**: the app is never left without a token while
+//!   WeChat answers the token endpoint. Each token value gets at most one rejection fetch per
+//!   [`TokenOptions::force_refresh_interval`]; a further rejection of it within that time is
+//!   answered "kept" without a fetch, so a storm of rejections the token did not deserve (a stale
+//!   edge node, one user's fault) never burns the token endpoint's quota. The caller retries its
+//!   message once either way. Counted in [`TOKEN_REJECTIONS_TOTAL`].
 //! - **Failures**: -1 (busy) and transport failures are retried inside one fetch with exponential
 //!   backoff and jitter. Any other errcode from the token endpoint (credentials, IP whitelist,
 //!   quota) is remembered for [`TokenOptions::failure_cooldown`] and answered from memory, so a
@@ -37,12 +44,12 @@ use tokio::{
     sync::{Mutex, Notify},
     time::{Duration, Instant},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub use self::store::{MemoryTokenStore, StoredToken, TokenStore, TokenStoreError};
 use crate::{
     secret::Secret,
-    wechat::{AppApi, Endpoint, ErrorClass, FetchedToken, TokenMode, WechatError},
+    wechat::{AppApi, ErrorClass, FetchedToken, TokenMode, WechatError},
 };
 
 /// Counter of token fetches from WeChat (every attempt), labelled `app`.
@@ -53,11 +60,42 @@ pub const TOKEN_FETCH_FAILURES_TOTAL: &str = "wechat_notify_token_fetch_failures
 /// `app`. [`TokenCache::time_to_expiry`] gives the live value.
 pub const TOKEN_EXPIRES_IN_SECONDS: &str = "wechat_notify_token_expires_in_seconds";
 
-/// Rejected tokens remembered at most (a handful: only the latest few can come back).
-const REJECTED_REMEMBERED: usize = 8;
+/// Counter of token rejections (40001, 42001, 40014 on a send or a template list), labelled
+/// `app`, `errcode` and `action` (one of [`RejectionAction::label`]).
+pub const TOKEN_REJECTIONS_TOTAL: &str = "wechat_notify_token_rejections_total";
+
+/// Token values whose rejection fetch is remembered at most (a handful: within one
+/// [`TokenOptions::force_refresh_interval`] only a few tokens can have been issued).
+const REJECTION_FETCHES_REMEMBERED: usize = 8;
 
 /// The window of the force-refresh daily limit (rolling, stricter than a calendar day).
 const FORCE_REFRESH_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What [`TokenCache::reject`] did about one rejection; the caller retries its message once with
+/// [`TokenCache::get`] in every case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectionAction {
+    /// The app now has a different token: WeChat handed out a new one on a normal fetch, another
+    /// replica stored one, or a concurrent rejection or renewal already replaced it.
+    Refreshed,
+    /// WeChat handed back the rejected token and a `force_refresh` revoked it for a new one.
+    ForceRefreshed,
+    /// The rejected token stays the app's token: WeChat handed it back and no `force_refresh`
+    /// was allowed (or it handed it back again), or this token already had its rejection fetch
+    /// within the last [`TokenOptions::force_refresh_interval`], so no fetch was made.
+    Kept,
+}
+
+impl RejectionAction {
+    /// The `action` label of [`TOKEN_REJECTIONS_TOTAL`].
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectionAction::Refreshed => "refreshed",
+            RejectionAction::ForceRefreshed => "force_refreshed",
+            RejectionAction::Kept => "kept",
+        }
+    }
+}
 
 /// Where tokens come from: WeChat (via [`AppApi`]) in production, a fake in unit tests.
 #[async_trait]
@@ -177,6 +215,9 @@ struct RefreshState {
     cooldown: Option<(Instant, WechatError)>,
     /// When `force_refresh` was used, within the rolling window.
     forced_at: VecDeque<Instant>,
+    /// Token values that had a rejection fetch, and when: at most one per value per
+    /// [`TokenOptions::force_refresh_interval`].
+    rejection_fetches: VecDeque<(Secret, Instant)>,
 }
 
 /// One app's token cache. Shared by every RPC for that app.
@@ -193,9 +234,6 @@ pub struct TokenCache {
     /// Refreshes completed (either way), so callers that waited on the mutex can tell that a
     /// refresh ran while they waited and share its failure instead of repeating it.
     refreshes_done: AtomicU64,
-    /// Tokens WeChat rejected, newest last, until a different token is installed: a fetch
-    /// handing one of them back must not be cached.
-    rejected: std::sync::Mutex<VecDeque<Secret>>,
     /// Wakes the refresher when a token is installed or the cache is dropped.
     wake_refresher: Arc<Notify>,
 }
@@ -231,7 +269,6 @@ impl TokenCache {
             current: ArcSwapOption::empty(),
             refresh: Mutex::new(RefreshState::default()),
             refreshes_done: AtomicU64::new(0),
-            rejected: std::sync::Mutex::new(VecDeque::new()),
             wake_refresher: Arc::new(Notify::new()),
         })
     }
@@ -264,40 +301,187 @@ impl TokenCache {
             .map(|cached| cached.token().clone())
     }
 
-    /// Drops `rejected` if it is still the cached token (compare-and-invalidate). Concurrent
-    /// rejections of one token drop it once; a rejection of an older token is a no-op.
-    pub async fn invalidate(&self, rejected: &Secret) {
+    /// WeChat rejected `rejected` with `errcode` (40001, 42001 or 40014) on a send or a template
+    /// list: handles it as the module docs say and counts it in [`TOKEN_REJECTIONS_TOTAL`]. The
+    /// caller then retries once with [`TokenCache::get`]. An error means the fetch it needed
+    /// failed (the token endpoint's own answer, carrying `endpoint: Token`); the rejected token is
+    /// kept installed then too, so other callers go on as before.
+    pub async fn reject(
+        &self,
+        rejected: &Secret,
+        errcode: i32,
+    ) -> Result<RejectionAction, WechatError> {
+        let result = {
+            let mut state = self.refresh.lock().await;
+            let result = self.reject_locked(&mut state, rejected).await;
+            if let Err(error) = &result {
+                // Waiters on an empty cache share this outcome instead of repeating the fetch.
+                state.last_error = Some(error.clone());
+                self.refreshes_done.fetch_add(1, Ordering::Release);
+            }
+            result
+        };
+        let action = result
+            .as_ref()
+            .map_or(RejectionAction::Kept, |action| *action);
+        metrics::counter!(
+            TOKEN_REJECTIONS_TOTAL,
+            "app" => self.app.clone(),
+            "errcode" => errcode.to_string(),
+            "action" => action.label(),
+        )
+        .increment(1);
+        match &result {
+            Ok(action) => {
+                warn!(app = %self.app, errcode, action = action.label(), "wechat rejected the access token")
+            }
+            Err(error) => {
+                warn!(app = %self.app, errcode, %error, "wechat rejected the access token and fetching another failed; keeping it")
+            }
+        }
+        result
+    }
+
+    /// [`TokenCache::reject`] with the single-flight mutex held.
+    async fn reject_locked(
+        &self,
+        state: &mut RefreshState,
+        rejected: &Secret,
+    ) -> Result<RejectionAction, WechatError> {
         let current = self.current.load_full();
-        match &current {
-            Some(cached) if cached.token() != rejected => {
-                debug!(app = %self.app, "ignoring the rejection of a token that is no longer cached");
-                return;
-            }
-            _ => {}
-        }
-        // Recorded before the swap, so a fetch racing with it already knows the token is bad.
+        if let Some(cached) = &current
+            && cached.token() != rejected
         {
-            let mut remembered = self.rejected_slot();
-            if !remembered.contains(rejected) {
-                if remembered.len() == REJECTED_REMEMBERED {
-                    remembered.pop_front();
+            debug!(app = %self.app, "the rejected token was already replaced");
+            return Ok(RejectionAction::Refreshed);
+        }
+        let now = Instant::now();
+        let interval = self.options.force_refresh_interval;
+        state
+            .rejection_fetches
+            .retain(|(_, at)| now.duration_since(*at) < interval);
+        if state
+            .rejection_fetches
+            .iter()
+            .any(|(token, _)| token == rejected)
+        {
+            // Its one fetch per interval was made: WeChat stood by this token moments ago.
+            return Ok(RejectionAction::Kept);
+        }
+        if let Some((until, error)) = &state.cooldown
+            && now < *until
+        {
+            return Err(error.clone());
+        }
+        if state.rejection_fetches.len() == REJECTION_FETCHES_REMEMBERED {
+            state.rejection_fetches.pop_front();
+        }
+        state.rejection_fetches.push_back((rejected.clone(), now));
+
+        // Compare-and-invalidate: callers arriving meanwhile wait for this one fetch instead of
+        // sending with a token WeChat just rejected.
+        if let Some(cached) = &current {
+            self.current.compare_and_swap(&current, None);
+            if let Err(error) = self.store.invalidate_if(cached.token()).await {
+                warn!(app = %self.app, %error, "could not drop the rejected token from the store");
+            }
+        }
+        let result = self.fetch_after_rejection(state, rejected).await;
+        if result.is_err()
+            && let Some(cached) = current
+            && self.current.load().is_none()
+        {
+            // No answer worth acting on: the rejected token is still the best the app has.
+            if let Err(error) = self.store.save(&cached.stored).await {
+                warn!(app = %self.app, %error, "could not save the token to the store; keeping it in-process");
+            }
+            self.install(cached);
+        }
+        result
+    }
+
+    /// The fetch after a rejection of `rejected`, installing what it yields.
+    async fn fetch_after_rejection(
+        &self,
+        state: &mut RefreshState,
+        rejected: &Secret,
+    ) -> Result<RejectionAction, WechatError> {
+        // Another replica (sharing the store) may have replaced it already.
+        match self.store.load().await {
+            Ok(Some(stored)) if stored.token != *rejected => {
+                let cached = CachedToken::new(stored, &self.options);
+                if Instant::now() < cached.refresh_at {
+                    debug!(app = %self.app, "using the token another replica stored");
+                    self.install(Arc::new(cached));
+                    return Ok(RejectionAction::Refreshed);
                 }
-                remembered.push_back(rejected.clone());
+            }
+            Ok(_) => {}
+            Err(error) => {
+                warn!(app = %self.app, %error, "token store unavailable; fetching from wechat")
             }
         }
-        if current.is_some() {
-            let previous = self.current.compare_and_swap(&current, None);
-            let dropped = match (previous.as_ref(), current.as_ref()) {
-                (Some(previous), Some(current)) => Arc::ptr_eq(previous, current),
-                _ => false,
-            };
-            if !dropped {
-                return;
+        let (started, fetched) = match self.fetch_with_retries().await {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                self.start_cooldown_if_needed(state, &error);
+                return Err(error);
             }
-            info!(app = %self.app, "wechat rejected the access token; dropped it");
+        };
+        if fetched.token != *rejected {
+            self.save_and_install(started, fetched).await;
+            return Ok(RejectionAction::Refreshed);
         }
-        if let Err(error) = self.store.invalidate_if(rejected).await {
-            warn!(app = %self.app, %error, "could not drop the rejected token from the store");
+        let forced = match self.force_wait(state, Instant::now()) {
+            _ if self.source.mode() == TokenMode::Classic => None,
+            Some(wait) => {
+                debug!(app = %self.app, wait_secs = wait.as_secs(), "wechat handed back the rejected token; no force refresh allowed yet, keeping it");
+                None
+            }
+            None => {
+                state.forced_at.push_back(Instant::now());
+                warn!(app = %self.app, forced_today = state.forced_at.len(), "wechat handed back the rejected token; forcing a refresh");
+                let started = Instant::now();
+                match self.fetch_once(true).await {
+                    Ok(forced) if forced.token != *rejected => Some((started, forced)),
+                    Ok(_) => None,
+                    Err(error) => {
+                        warn!(app = %self.app, %error, "force refresh failed; keeping the token wechat handed back");
+                        self.start_cooldown_if_needed(state, &error);
+                        None
+                    }
+                }
+            }
+        };
+        match forced {
+            Some((started, forced)) => {
+                self.save_and_install(started, forced).await;
+                Ok(RejectionAction::ForceRefreshed)
+            }
+            None => {
+                // WeChat's token endpoint says this is the app's token: keep it, with the
+                // lifetime it just gave.
+                self.save_and_install(started, fetched).await;
+                Ok(RejectionAction::Kept)
+            }
+        }
+    }
+
+    /// How long until a `force_refresh` is allowed, or `None` when it is now.
+    fn force_wait(&self, state: &mut RefreshState, now: Instant) -> Option<Duration> {
+        while let Some(first) = state.forced_at.front()
+            && now.duration_since(*first) >= FORCE_REFRESH_WINDOW
+        {
+            state.forced_at.pop_front();
+        }
+        match (state.forced_at.front(), state.forced_at.back()) {
+            (_, Some(last)) if now.duration_since(*last) < self.options.force_refresh_interval => {
+                Some(self.options.force_refresh_interval - now.duration_since(*last))
+            }
+            (Some(first), _) if state.forced_at.len() >= self.options.force_refresh_daily_limit => {
+                Some(FORCE_REFRESH_WINDOW - now.duration_since(*first))
+            }
+            _ => None,
         }
     }
 
@@ -323,16 +507,6 @@ impl TokenCache {
             Some(cached) if now < cached.usable_until => Some(cached.token().clone()),
             _ => None,
         }
-    }
-
-    fn rejected_slot(&self) -> std::sync::MutexGuard<'_, VecDeque<Secret>> {
-        self.rejected
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn is_rejected(&self, token: &Secret) -> bool {
-        self.rejected_slot().contains(token)
     }
 
     /// One background renewal, unless another caller renewed the token meanwhile.
@@ -373,9 +547,9 @@ impl TokenCache {
         match self.store.load().await {
             Ok(Some(stored)) => {
                 let cached = CachedToken::new(stored, &self.options);
-                if now < cached.refresh_at && !self.is_rejected(cached.token()) {
+                if now < cached.refresh_at {
                     debug!(app = %self.app, "using the token from the store");
-                    return Ok(self.install(cached));
+                    return Ok(self.install(Arc::new(cached)));
                 }
             }
             Ok(None) => {}
@@ -391,68 +565,7 @@ impl TokenCache {
                 return Err(error);
             }
         };
-        let (started, fetched) = if self.is_rejected(&fetched.token) {
-            self.force_after_rejection(state, &fetched.token).await?
-        } else {
-            (started, fetched)
-        };
         Ok(self.save_and_install(started, fetched).await)
-    }
-
-    /// WeChat answered a normal fetch with the token it just rejected: in stable mode, revoke
-    /// it with one `force_refresh` if the limits allow; otherwise fail (the caller answers
-    /// UNAVAILABLE) and answer from memory until a force is allowed again.
-    async fn force_after_rejection(
-        &self,
-        state: &mut RefreshState,
-        rejected: &Secret,
-    ) -> Result<(Instant, FetchedToken), WechatError> {
-        let now = Instant::now();
-        if self.source.mode() == TokenMode::Classic {
-            // Classic fetches always issue a new token; this answer is broken.
-            let error = token_error("the token endpoint returned the token that was just rejected");
-            return Err(self.cool_down(state, now, self.options.failure_cooldown, error));
-        }
-        while let Some(first) = state.forced_at.front()
-            && now.duration_since(*first) >= FORCE_REFRESH_WINDOW
-        {
-            state.forced_at.pop_front();
-        }
-        let wait = match (state.forced_at.front(), state.forced_at.back()) {
-            (_, Some(last)) if now.duration_since(*last) < self.options.force_refresh_interval => {
-                Some(self.options.force_refresh_interval - now.duration_since(*last))
-            }
-            (Some(first), _) if state.forced_at.len() >= self.options.force_refresh_daily_limit => {
-                Some(FORCE_REFRESH_WINDOW - now.duration_since(*first))
-            }
-            _ => None,
-        };
-        if let Some(wait) = wait {
-            let error = token_error(format!(
-                "stable_token returned the token that was just rejected and force_refresh is not \
-                 allowed for another {}s",
-                wait.as_secs().max(1)
-            ));
-            warn!(app = %self.app, wait_secs = wait.as_secs(), "token rejected but force refresh not allowed yet");
-            let cooldown = wait.min(self.options.failure_cooldown);
-            return Err(self.cool_down(state, now, cooldown, error));
-        }
-
-        state.forced_at.push_back(now);
-        warn!(app = %self.app, forced_today = state.forced_at.len(), "stable_token returned the rejected token; forcing a refresh");
-        let started = Instant::now();
-        match self.fetch_once(true).await {
-            Ok(fetched) if fetched.token == *rejected => {
-                let error =
-                    token_error("stable_token force_refresh returned the rejected token again");
-                Err(self.cool_down(state, now, self.options.force_refresh_interval, error))
-            }
-            Ok(fetched) => Ok((started, fetched)),
-            Err(error) => {
-                self.start_cooldown_if_needed(state, &error);
-                Err(error)
-            }
-        }
     }
 
     /// One fetch with retries of the transient failures.
@@ -522,19 +635,14 @@ impl TokenCache {
         if let Err(error) = self.store.save(&stored).await {
             warn!(app = %self.app, %error, "could not save the token to the store; keeping it in-process");
         }
-        self.install(CachedToken::new(stored, &self.options))
+        self.install(Arc::new(CachedToken::new(stored, &self.options)))
     }
 
-    fn install(&self, cached: CachedToken) -> Arc<CachedToken> {
-        let cached = Arc::new(cached);
+    fn install(&self, cached: Arc<CachedToken>) -> Arc<CachedToken> {
         let lifetime = cached.stored.lifetime;
         metrics::gauge!(TOKEN_EXPIRES_IN_SECONDS, "app" => self.app.clone())
             .set(lifetime.as_secs_f64());
         self.current.store(Some(cached.clone()));
-        // WeChat moved on: the rejected tokens cannot come back (a rejection racing with this
-        // install of the very same token stays recorded).
-        self.rejected_slot()
-            .retain(|rejected| rejected == cached.token());
         self.wake_refresher.notify_one();
         debug!(app = %self.app, expires_in_secs = lifetime.as_secs(), "access token cached");
         cached
@@ -619,14 +727,6 @@ fn jittered_backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
     let half = exponential / 2;
     let jitter_nanos = fastrand::u64(0..=half.as_nanos().min(u64::MAX as u128) as u64);
     half + Duration::from_nanos(jitter_nanos)
-}
-
-/// A token-endpoint failure produced by the cache itself (no errcode from WeChat).
-fn token_error(detail: impl Into<String>) -> WechatError {
-    WechatError::InvalidResponse {
-        endpoint: Endpoint::Token,
-        detail: detail.into(),
-    }
 }
 
 #[cfg(test)]
