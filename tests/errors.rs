@@ -166,3 +166,33 @@ async fn no_reachable_api_base_says_so() {
         status.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_that_cannot_admit_in_time_is_resource_exhausted_without_a_send() {
+    // One send a second: of 36 calls at once without a deadline, at most 31 are admitted within
+    // the 30 s a SendSubscribe waits for the app's limits; the rest are refused, unsent.
+    let harness = Harness::start_with(SandboxConfig::default(), |config| {
+        config.apps[0].rate_per_sec = 1;
+    })
+    .await;
+    let calls = (0..36).map(|index| {
+        let mut client = harness.client.clone();
+        async move { client.send_subscribe(course_request(&openid(index))).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut refused = 0;
+    for result in &results {
+        let Err(status) = result else { continue };
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(reason(status), "RATE_LIMITED");
+        assert_eq!(
+            status.message(),
+            "not sent: the app's rate limit could not admit the send in time"
+        );
+        assert!(status.metadata().get("retry-after").is_some());
+        refused += 1;
+    }
+    assert!(refused >= 5, "{refused} refused");
+    let sent = results.len() - refused;
+    assert_eq!(harness.sandbox().stats().send_requests, sent as u64);
+}
