@@ -18,7 +18,8 @@ use crate::{
 pub const TOKEN_REJECTIONS_TOTAL: &str = "wechat_notify_token_rejections_total";
 
 /// Token values whose rejection fetch is remembered at most (a handful: within one
-/// [`TokenOptions::force_refresh_interval`](super::TokenOptions::force_refresh_interval) only a few tokens can have been issued).
+/// [`force_refresh_interval`](super::TokenOptions::force_refresh_interval) only a few tokens
+/// can have been issued).
 const REJECTION_FETCHES_REMEMBERED: usize = 8;
 
 /// The window of the force-refresh daily limit (rolling, stricter than a calendar day).
@@ -35,7 +36,8 @@ pub enum RejectionAction {
     ForceRefreshed,
     /// The rejected token stays the app's token: WeChat handed it back and no `force_refresh`
     /// was allowed (or it handed it back again), or this token already had its rejection fetch
-    /// within the last [`TokenOptions::force_refresh_interval`](super::TokenOptions::force_refresh_interval), so no fetch was made.
+    /// within the last [`force_refresh_interval`](super::TokenOptions::force_refresh_interval),
+    /// so no fetch was made.
     Kept,
 }
 
