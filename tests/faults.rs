@@ -16,6 +16,10 @@
 //! `NOTIFY_FAULT_CALLS=<n>` makes it longer (default 2000 calls).
 
 mod common;
+#[path = "faults/contract.rs"]
+mod contract;
+#[path = "faults/schedule.rs"]
+mod schedule;
 
 use std::{
     fmt::Write as _,
@@ -27,7 +31,9 @@ use std::{
 };
 
 use common::{process::*, *};
+use contract::{Answer, Outcome, violation};
 use futures::{StreamExt, future::join_all, stream};
+use schedule::*;
 use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
@@ -40,188 +46,6 @@ use wechat_notify::{
 const ROUND: usize = 1000;
 /// Calls in flight at once.
 const CONCURRENCY: usize = 24;
-/// The service's WeChat request timeout: a latency beyond it is an unknown outcome.
-const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
-/// The deadline of calls to the app that gets 45011 (its pause lasts to the next minute).
-const PAUSED_APP_DEADLINE: Duration = Duration::from_secs(3);
-
-/// Configured apps: name, appid, secret. Each has its own part of the schedule, so that what it
-/// proves stays sharp:
-/// - the first has its tokens revoked (a real revocation must be followed at once);
-/// - the second gets per-user token rejections (a rejection the token did not deserve must
-///   never reach another user). Mixing the two within 30 s is the one documented corner where
-///   a kept token, then really revoked, fails sends until its 30 s are up;
-/// - the third gets 45011, which pauses it to the next minute (documented as app-wide).
-///
-/// All three get the other send errcodes, HTTP 5xx, latency, timeouts and resets per user, and
-/// the first two token endpoint failures.
-const APPS: [(&str, &str, &str); 3] = [
-    ("alpha", "wxfa0170000000000a", "alpha-secret"),
-    ("beta", "wxfa0170000000000b", "beta-secret"),
-    ("gamma", "wxfa0170000000000c", "gamma-secret"),
-];
-const REVOKED_APP: usize = 0;
-const TOKEN_REJECTING_APP: usize = 1;
-const PAUSED_APP: usize = 2;
-
-/// What the sandbox is told to do to one recipient's sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Injected {
-    None,
-    /// Answer this errcode once.
-    Errcode(i32),
-    /// Answer -1 this many times.
-    Busy(u32),
-    /// Answer this token-rejection errcode this many times (1 or 2).
-    TokenRejected(i32, u32),
-    /// Answer this HTTP status once.
-    Http(u16),
-    /// Hold the answer back this long, within the request timeout.
-    Latency(u64),
-    /// Hold the answer back beyond the request timeout (the message is delivered).
-    Timeout,
-    /// Close the connection without an answer (nothing is delivered).
-    Reset,
-}
-
-impl Injected {
-    fn fault(self, openid: &str) -> Option<Fault> {
-        let fault = match self {
-            Injected::None => return None,
-            Injected::Errcode(errcode) => Fault::errcode(errcode).times(1),
-            Injected::Busy(times) => Fault::errcode(-1).times(times),
-            Injected::TokenRejected(errcode, times) => Fault::errcode(errcode).times(times),
-            Injected::Http(status) => Fault::http_status(status).times(1),
-            Injected::Latency(ms) => Fault::latency(Duration::from_millis(ms)).times(1),
-            Injected::Timeout => Fault::latency(REQUEST_TIMEOUT * 2).times(1),
-            Injected::Reset => Fault::reset().times(1),
-        };
-        Some(fault.for_openid(openid))
-    }
-
-    /// The code, the `wechat-errcode` and whether the message reaches the inbox, as the
-    /// contract gives them.
-    fn expected(self) -> (Code, Option<i32>, bool) {
-        match self {
-            Injected::None | Injected::Latency(_) => (Code::Ok, None, true),
-            Injected::Errcode(errcode @ (40003 | 40037 | 47003 | 41030)) => {
-                (Code::InvalidArgument, Some(errcode), false)
-            }
-            Injected::Errcode(43101) => (Code::FailedPrecondition, Some(43101), false),
-            Injected::Errcode(errcode @ (45009 | 45011)) => {
-                (Code::ResourceExhausted, Some(errcode), false)
-            }
-            Injected::Errcode(errcode) => (Code::Unknown, Some(errcode), false),
-            Injected::Busy(times) if times <= 3 => (Code::Ok, None, true),
-            Injected::Busy(_) => (Code::Unavailable, Some(-1), false),
-            Injected::TokenRejected(_, 1) => (Code::Ok, None, true),
-            Injected::TokenRejected(errcode, _) => (Code::Unavailable, Some(errcode), false),
-            Injected::Http(_) => (Code::Unavailable, None, false),
-            Injected::Timeout => (Code::Unknown, None, true),
-            Injected::Reset => (Code::Unknown, None, false),
-        }
-    }
-
-    fn random(rng: &mut fastrand::Rng, app: usize) -> Injected {
-        if rng.u8(0..100) < 75 {
-            return Injected::None;
-        }
-        if app == PAUSED_APP {
-            return if rng.u8(0..4) == 0 {
-                Injected::Errcode(45011)
-            } else {
-                Injected::Errcode(*rng.choice(&[40003, 43101, 48001]).unwrap())
-            };
-        }
-        match rng.u8(0..10) {
-            3 | 4 if app == TOKEN_REJECTING_APP => Injected::TokenRejected(
-                *rng.choice(&[40001, 42001, 40014]).unwrap(),
-                rng.u32(1..=2),
-            ),
-            0 | 1 | 3 | 4 => Injected::Errcode(
-                *rng.choice(&[40003, 40037, 47003, 41030, 43101, 45009, 48001, 61007])
-                    .unwrap(),
-            ),
-            2 => Injected::Busy(rng.u32(1..=5)),
-            5 => Injected::Http(*rng.choice(&[500, 502, 503]).unwrap()),
-            6 | 7 => Injected::Latency(rng.u64(10..200)),
-            8 => Injected::Reset,
-            _ => Injected::Timeout,
-        }
-    }
-}
-
-/// One recipient of one call.
-#[derive(Clone, Debug)]
-struct Recipient {
-    openid: String,
-    injected: Injected,
-}
-
-/// One planned call.
-#[derive(Clone, Debug)]
-struct Call {
-    index: usize,
-    app: usize,
-    batch: bool,
-    /// Sent with an idempotency key; a keyed SendSubscribe is sent twice at once.
-    keyed: bool,
-    recipients: Vec<Recipient>,
-    /// Something done to the app as this call starts.
-    event: Option<Event>,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Event {
-    /// Every current token of the app answers 40001 from now on.
-    Revoke,
-    /// One token endpoint call fails (a fetch retries it).
-    TokenFault(TokenFault),
-}
-
-#[derive(Clone, Copy, Debug)]
-enum TokenFault {
-    Busy,
-    Http,
-    Reset,
-    Slow,
-}
-
-fn plan(seed: u64, calls: usize) -> Vec<Call> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..calls)
-        .map(|index| {
-            let app = rng.usize(0..APPS.len());
-            let batch = rng.u8(0..10) < 3;
-            let count = if batch { rng.usize(2..=12) } else { 1 };
-            let recipients = (0..count)
-                .map(|position| Recipient {
-                    // 28 characters, unique per recipient of the run.
-                    openid: format!("oFault{app}x{index:011}x{position:08}"),
-                    injected: Injected::random(&mut rng, app),
-                })
-                .collect();
-            let event = match rng.u16(0..1000) {
-                _ if app == PAUSED_APP => None,
-                0..15 if app == REVOKED_APP => Some(Event::Revoke),
-                15..20 => Some(Event::TokenFault(TokenFault::Busy)),
-                20..25 => Some(Event::TokenFault(TokenFault::Http)),
-                25..30 => Some(Event::TokenFault(TokenFault::Reset)),
-                30..35 => Some(Event::TokenFault(TokenFault::Slow)),
-                _ => None,
-            };
-            Call {
-                index,
-                app,
-                batch,
-                keyed: rng.bool(),
-                recipients,
-                event,
-            }
-        })
-        .collect()
-}
-
 /// Per app: revocations started and finished (a call overlapping a revocation sees the first
 /// move during it or the second after its start), and token faults injected.
 #[derive(Default)]
@@ -238,29 +62,6 @@ struct Run {
     client: pb::notify_service_client::NotifyServiceClient<tonic::transport::Channel>,
     events: [AppEvents; 3],
 }
-
-/// What one recipient got.
-#[derive(Debug)]
-struct Outcome {
-    call: usize,
-    app: usize,
-    recipient: Recipient,
-    code: Code,
-    errcode: Option<i32>,
-    /// SendSubscribe only: the ErrorInfo reason.
-    reason: Option<String>,
-    /// Revocations and forced refreshes of the app that may have rejected the call's tokens.
-    token_events: u64,
-    /// A 45009 was injected for another recipient of the same batch.
-    batch_hit_daily_quota: bool,
-    /// A keyed SendSubscribe whose first copy failed before the second arrived: the second is
-    /// a retry, sent again as the contract says (failures are not recorded) and answered OK.
-    retried_after_failure: bool,
-}
-
-/// One recipient's answer: code, `wechat-errcode`, ErrorInfo reason (or what went wrong in the
-/// test's own checks), and whether a second copy was sent after this one failed.
-type Answer = (Code, Option<i32>, Option<String>, bool);
 
 impl Run {
     fn apply(&self, app: usize, event: Event) {
@@ -462,69 +263,6 @@ impl Run {
                 .collect(),
         }
     }
-}
-
-/// What is wrong with one outcome, given how often its message was delivered.
-fn violation(outcome: &Outcome, delivered: usize) -> Option<String> {
-    let (code, errcode, reaches_inbox) = outcome.recipient.injected.expected();
-    let got = (outcome.code, outcome.errcode);
-    // A retry after a failure delivers the message once (a failure that delivered it, an
-    // unknown outcome, is slow enough that the copies always share it).
-    let deliveries = usize::from(reaches_inbox || outcome.retried_after_failure);
-    let exact = got == (code, errcode) && delivered == deliveries;
-    let unknown_reason_ok = outcome.code != Code::Unknown
-        || outcome.errcode.is_some()
-        || outcome
-            .reason
-            .as_deref()
-            .is_none_or(|reason| reason == "OUTCOME_UNKNOWN");
-    if exact && unknown_reason_ok {
-        return None;
-    }
-    // The documented exceptions, each checked against what the sandbox did.
-    let token_rejected = outcome.code == Code::Unavailable
-        && matches!(outcome.errcode, Some(40001 | 42001 | 40014))
-        && delivered == 0;
-    // A token rejected on both attempts: two revocations during the call (one, when the
-    // injected fault was itself a rejection).
-    let needed = match outcome.recipient.injected {
-        Injected::TokenRejected(..) => 1,
-        _ => 2,
-    };
-    if token_rejected && outcome.token_events >= needed {
-        return None;
-    }
-    // 45009 elsewhere in the same batch stops the sends that had not started.
-    if outcome.batch_hit_daily_quota
-        && outcome.code == Code::ResourceExhausted
-        && outcome.errcode.is_none()
-        && delivered == 0
-    {
-        return None;
-    }
-    // The app paused by 45011 until the next minute: refused, or out of time waiting for it
-    // (the server answers a call past its deadline CANCELLED; a send it had started may still
-    // deliver).
-    if outcome.app == PAUSED_APP {
-        let refused = outcome.code == Code::ResourceExhausted && outcome.errcode.is_none();
-        let out_of_time = matches!(outcome.code, Code::DeadlineExceeded | Code::Cancelled);
-        if (refused || out_of_time) && delivered <= 1 {
-            return None;
-        }
-    }
-    Some(format!(
-        "call {} app {} {} ({:?}): got {:?} errcode {:?} reason {:?}, delivered {delivered}; \
-         expected {code:?} errcode {errcode:?}, delivered {} (token events {})",
-        outcome.call,
-        APPS[outcome.app].0,
-        outcome.recipient.openid,
-        outcome.recipient.injected,
-        outcome.code,
-        outcome.errcode,
-        outcome.reason,
-        deliveries,
-        outcome.token_events,
-    ))
 }
 
 fn env_number(name: &str) -> Option<u64> {
