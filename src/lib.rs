@@ -8,6 +8,7 @@
 //! - [`validation`], [`idempotency`], [`token`], [`wechat`]: the pieces it decides with.
 //! - [`sandbox`]: the fake WeChat API; only the composition root and tests use it.
 //! - [`bench`]: the load generator and fixed-answer upstream of `wechat-notify bench`.
+//! - [`signal`]: the shutdown signals every command waits for (below them all).
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod sandbox;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod signal;
 pub mod telemetry;
 pub mod templates;
 pub mod token;
