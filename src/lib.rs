@@ -3,7 +3,8 @@
 //!
 //! Modules, with imports pointing one way (top to bottom):
 //! - [`server`]: composition root (health, reflection, metrics, shutdown).
-//! - [`grpc`]: protobuf <-> domain translation; [`error`]: the one place that picks a gRPC code.
+//! - [`grpc`]: protobuf <-> domain translation ([`codec`]: undecodable requests are
+//!   INVALID_ARGUMENT); [`error`]: the one place that picks a gRPC code.
 //! - [`service`]: decides (validation, idempotency, retries, batch fan-out); knows no tonic.
 //! - [`validation`], [`idempotency`], [`token`], [`wechat`]: the pieces it decides with.
 //! - [`sandbox`]: the fake WeChat API; only the composition root and tests use it.
@@ -14,6 +15,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod grpc;
