@@ -244,7 +244,7 @@ pub async fn start(
         };
         tracing::info!(
             delay_secs = delay.as_secs(),
-            "shutdown begun: health is NOT_SERVING, still serving for the delay"
+            "shutdown begun: health is NOT_SERVING; serving on for the delay, then draining"
         );
         if let Some(next_signal) = next_signal.filter(|_| !delay.is_zero()) {
             tokio::select! {

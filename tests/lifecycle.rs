@@ -223,7 +223,7 @@ async fn after_sigterm_new_connections_are_served_for_the_delay_with_health_not_
     let logs = std::fs::read_to_string(logs.path()).unwrap();
     for expected in [
         "SIGTERM received",
-        "shutdown begun: health is NOT_SERVING, still serving for the delay delay_secs=300",
+        "shutdown begun: health is NOT_SERVING; serving on for the delay, then draining delay_secs=300",
         "SIGINT received",
         "second signal: the delay ends now",
         "shutdown complete",
@@ -256,7 +256,7 @@ async fn sigint_skips_the_delay() {
     let logs = std::fs::read_to_string(logs.path()).unwrap();
     assert!(
         logs.contains(
-            "shutdown begun: health is NOT_SERVING, still serving for the delay delay_secs=0"
+            "shutdown begun: health is NOT_SERVING; serving on for the delay, then draining delay_secs=0"
         ),
         "{logs}"
     );
