@@ -497,7 +497,7 @@ impl ServeArgs {
         let app_defaults = AppDefaults {
             // Named, not quoted: a URL may hold credentials (the parser never repeats them).
             api_bases: parse_api_base_list(&self.api_base)
-                .map_err(|problem| invalid(API_BASE, problem))?,
+                .map_err(|problem| named(sources, API_BASE, problem))?,
             token_mode: checked(
                 sources,
                 TOKEN_MODE,
@@ -639,7 +639,8 @@ impl ServeArgs {
                 format!("not set, but {} is", list(&single_app_settings)),
             ));
         };
-        check_identifier(appid).map_err(|problem| invalid(APPID, problem))?;
+        let sources = &self.sources;
+        check_identifier(appid).map_err(|problem| named(sources, APPID, problem))?;
         let secret = match (secret, secret_file) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Conflict(format!(
@@ -647,11 +648,11 @@ impl ServeArgs {
                 )));
             }
             (Some(secret), None) => {
-                check_secret(secret.expose()).map_err(|problem| invalid(SECRET, problem))?;
+                check_secret(secret.expose()).map_err(|problem| named(sources, SECRET, problem))?;
                 secret.clone()
             }
             (None, Some(path)) => {
-                read_secret_file(path).map_err(|problem| invalid(SECRET_FILE, problem))?
+                read_secret_file(path).map_err(|problem| named(sources, SECRET_FILE, problem))?
             }
             (None, None) => {
                 return Err(invalid(
@@ -679,6 +680,14 @@ fn checked<T>(
         given: sources.given(setting, text),
         problem,
     })
+}
+
+/// The error of `setting`, named as the user gave it but without its value.
+fn named(sources: &Sources, setting: Setting, problem: String) -> ConfigError {
+    ConfigError::Value {
+        given: sources.named(setting),
+        problem,
+    }
 }
 
 fn invalid(setting: Setting, problem: impl Into<String>) -> ConfigError {

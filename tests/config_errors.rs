@@ -158,6 +158,94 @@ fn a_malformed_flag_is_named_with_its_value() {
 }
 
 #[test]
+fn the_app_settings_name_what_was_set_and_never_echo_a_credential() {
+    // (variable, flag, value, what the message says) for the settings whose value is not
+    // quoted: it may hold a credential, or the message quotes the part at fault itself.
+    let cases = [
+        (
+            "WECHAT_API_BASE",
+            "--api-base",
+            "https://user:hunter2@proxy.example",
+            "must not contain credentials",
+        ),
+        (
+            "WECHAT_API_BASE",
+            "--api-base",
+            "ftp://api.weixin.qq.com",
+            "is not an http or https URL",
+        ),
+        (
+            "WECHAT_APPID",
+            "--appid",
+            "wx1 ",
+            "contains whitespace or control characters",
+        ),
+        (
+            "WECHAT_SECRET",
+            "--secret",
+            "hunter2 with spaces",
+            "the secret contains whitespace",
+        ),
+        (
+            "WECHAT_SECRET_FILE",
+            "--secret-file",
+            "/no/such/secret",
+            "cannot read /no/such/secret",
+        ),
+    ];
+    for (env, flag, value, expected) in cases {
+        let needs_secret = !matches!(env, "WECHAT_SECRET" | "WECHAT_SECRET_FILE");
+        let output = Command::new(BINARY)
+            .env_clear()
+            .env("WECHAT_APPID", "wx0123456789abcdef")
+            .env(env, value)
+            .args(["serve"])
+            .args(
+                needs_secret
+                    .then_some(["--secret", "s3cr3t-value"])
+                    .into_iter()
+                    .flatten(),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = refused(&output);
+        assert!(stderr.contains(&format!("{env}: ")), "{env}: {stderr}");
+        assert!(stderr.contains(expected), "{env}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{env}: {stderr}");
+
+        let mut args = vec!["serve", flag, value];
+        if needs_secret {
+            args.extend(["--secret", "s3cr3t-value"]);
+        }
+        if env != "WECHAT_APPID" {
+            args.extend(["--appid", "wx0123456789abcdef"]);
+        }
+        let output = Command::new(BINARY)
+            .env_clear()
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = refused(&output);
+        assert!(stderr.contains(&format!("{flag}: ")), "{flag}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{flag}: {stderr}");
+    }
+    let output = Command::new(BINARY)
+        .env_clear()
+        .env("NOTIFY_CONFIG", "/no/such/apps.toml")
+        .arg("serve")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = refused(&output);
+    assert!(
+        stderr.contains("NOTIFY_CONFIG (--config) /no/such/apps.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_flag_wins_over_its_environment_variable_and_is_the_one_named() {
     let stderr = refused(&serve(
         &[("NOTIFY_LISTEN", "127.0.0.1:0")],

@@ -133,41 +133,50 @@ impl Sources {
         Given {
             setting,
             source: self.0.get(&setting).copied(),
-            value: value.to_owned(),
+            value: (!setting.is_secret()).then(|| value.to_owned()),
+        }
+    }
+
+    /// `setting` as the user gave it, without its value (one that may hold a credential, or
+    /// that the problem quotes itself).
+    pub fn named(&self, setting: Setting) -> Given {
+        Given {
+            setting,
+            source: self.0.get(&setting).copied(),
+            value: None,
         }
     }
 }
 
-/// A setting's value as the user gave it, for an error message: `NOTIFY_LISTEN=:99999` when it
-/// came from the environment, `--listen :99999` from a flag, and both names when the source is
-/// not known. A secret's value is never shown.
+/// A setting as the user gave it, for an error message: `NOTIFY_LISTEN=:99999` when it came
+/// from the environment, `--listen :99999` from a flag, and both names when the source is not
+/// known. A secret's value is never shown.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Given {
     setting: Setting,
     source: Option<Source>,
-    value: String,
+    value: Option<String>,
 }
 
 impl fmt::Display for Given {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Setting { env, flag } = self.setting;
-        if self.setting.is_secret() {
+        let Some(value) = &self.value else {
             return match self.source {
                 Some(Source::Env) => write!(f, "{env}"),
                 Some(Source::Flag) => write!(f, "{flag}"),
                 None => write!(f, "{}", self.setting),
             };
-        }
+        };
         // Quoted when it would be hard to see: empty, or with spaces or control characters.
-        let plain = !self.value.is_empty()
-            && !self
-                .value
+        let plain = !value.is_empty()
+            && !value
                 .chars()
                 .any(|c| c.is_whitespace() || c.is_control() || c == '"');
         let value = if plain {
-            self.value.clone()
+            value.clone()
         } else {
-            format!("{:?}", self.value)
+            format!("{value:?}")
         };
         match self.source {
             Some(Source::Env) => write!(f, "{env}={value}"),

@@ -466,7 +466,7 @@ fn bad_api_bases_are_refused() {
     for (value, expected) in cases {
         let message = error(&with_one_app(&["--api-base", value]));
         assert!(
-            message.starts_with("WECHAT_API_BASE (--api-base): ") && message.contains(expected),
+            message.starts_with("--api-base: ") && message.contains(expected),
             "{value:?} gave {message:?}"
         );
         assert!(!message.contains("hunter2"), "{message}");
@@ -514,7 +514,7 @@ fn single_app_secrets_are_checked() {
         ),
         (
             &["--appid", "wx1", "--secret", "ends-in-newline\n"],
-            "WECHAT_SECRET (--secret): the secret contains whitespace or control characters",
+            "--secret: the secret contains whitespace or control characters",
         ),
         (
             &["--secret", "a"],
@@ -526,7 +526,7 @@ fn single_app_secrets_are_checked() {
         ),
         (
             &["--appid", "wx1 ", "--secret", "a"],
-            "WECHAT_APPID (--appid): `wx1 ` contains whitespace or control characters",
+            "--appid: `wx1 ` contains whitespace or control characters",
         ),
     ];
     for (args, expected) in cases {
@@ -534,7 +534,7 @@ fn single_app_secrets_are_checked() {
     }
     let message = error(&["--appid", "wx1", "--secret-file", empty_path]);
     assert!(
-        message.starts_with("WECHAT_SECRET_FILE (--secret-file): the secret is empty"),
+        message.starts_with("--secret-file: the secret is empty"),
         "{message}"
     );
     let message = error(&["--appid", "wx1", "--secret-file", spaced_path]);
@@ -542,7 +542,7 @@ fn single_app_secrets_are_checked() {
     assert!(!message.contains("two words"), "{message}");
     let message = error(&["--appid", "wx1", "--secret-file", "/no/such/secret"]);
     assert!(
-        message.starts_with("WECHAT_SECRET_FILE (--secret-file): cannot read /no/such/secret"),
+        message.starts_with("--secret-file: cannot read /no/such/secret"),
         "{message}"
     );
 }
@@ -551,10 +551,7 @@ fn single_app_secrets_are_checked() {
 fn an_appid_longer_than_an_app_field_is_refused() {
     let long = "w".repeat(129);
     let message = error(&["--appid", &long, "--secret", "a"]);
-    assert_eq!(
-        message,
-        "WECHAT_APPID (--appid): must be at most 128 bytes, got 129"
-    );
+    assert_eq!(message, "--appid: must be at most 128 bytes, got 129");
     assert!(config(&["--appid", &"w".repeat(128), "--secret", "a"]).is_ok());
 }
 
