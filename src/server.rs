@@ -214,10 +214,10 @@ pub async fn start(
     let configured_delay = config.shutdown_delay;
     let drained = notifier.clone();
     let done = tokio::spawn(async move {
-        let mut delay = None;
+        let mut signalled = None;
         let failure = tokio::select! {
             shutdown = shutdown_signal => {
-                delay = Some(shutdown);
+                signalled = Some(shutdown);
                 None
             }
             _ = shutdown_requested => None,
@@ -235,7 +235,7 @@ pub async fn start(
         // and a new probe gets NOT_SERVING rather than a refused connection. Then stop
         // accepting and let the calls in flight finish, within the grace period.
         set_health(&health, ServingStatus::NotServing).await;
-        let (delay, next_signal) = match delay {
+        let (delay, next_signal) = match signalled {
             Some(Shutdown {
                 signal: Signal::Terminate,
                 next_signal,
