@@ -9,18 +9,31 @@
 //!   [`TokenOptions::safety_margin_fraction`] of its lifetime), and the background refresher
 //!   renews it at [`TokenOptions::refresh_at_fraction`] of its lifetime, so in steady state no
 //!   request ever waits for a fetch.
-//! - **Rejections**: [`TokenCache::invalidate`] drops the token only if it is still the one that
-//!   was rejected. In stable mode the next fetch is a normal one; `force_refresh` is used only when
-//!   WeChat hands back the very token it just rejected, at most once per
-//!   [`TokenOptions::force_refresh_interval`] and [`TokenOptions::force_refresh_daily_limit`]
-//!   times in any rolling 24 hours.
+//! - **Rejections**: [`TokenCache::reject`] handles WeChat rejecting a token T (40001, 42001,
+//!   40014) on a send or a template list. It drops T only if it is still the cached token
+//!   (compare-and-invalidate) and runs one single-flight fetch: a different token is installed
+//!   (a real revocation or rotation is followed at once); T handed back again is revoked with
+//!   `force_refresh` only while the budget allows (one per
+//!   [`TokenOptions::force_refresh_interval`], [`TokenOptions::force_refresh_daily_limit`] in any
+//!   rolling 24 hours), and otherwise **kept**: the app is never left without a token while
+//!   WeChat answers the token endpoint. Each token value gets at most one rejection fetch per
+//!   [`TokenOptions::force_refresh_interval`]; a further rejection of it within that time is
+//!   answered "kept" without a fetch, so a storm of rejections the token did not deserve (a stale
+//!   edge node, one user's fault) never burns the token endpoint's quota. The caller retries its
+//!   message once either way. Counted in [`TOKEN_REJECTIONS_TOTAL`].
 //! - **Failures**: -1 (busy) and transport failures are retried inside one fetch with exponential
 //!   backoff and jitter. Any other errcode from the token endpoint (credentials, IP whitelist,
 //!   quota) is remembered for [`TokenOptions::failure_cooldown`] and answered from memory, so a
 //!   misconfigured app never hammers WeChat.
 //!
+//! - **Replicas** sharing a store (e.g. `crate::store::token`) fetch once for all: a refresh
+//!   first uses a fresh token another replica stored, or takes the store's fetch lock, or waits
+//!   for its holder ([`TokenStore::begin_fetch`]); the force-refresh budget is the store's
+//!   when it keeps one ([`TokenStore::claim_force_refresh`]).
+//!
 //! Only `tokio::time` is used, so all of this is testable with paused time.
 
+mod rejection;
 mod store;
 
 use std::{
@@ -37,14 +50,15 @@ use tokio::{
     sync::{Mutex, Notify},
     time::{Duration, Instant},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-pub use self::store::{
-    FetchTurn, ForceBudget, MemoryTokenStore, StoredToken, TokenStore, TokenStoreError,
+pub use self::{
+    rejection::{RejectionAction, TOKEN_REJECTIONS_TOTAL},
+    store::{FetchTurn, ForceBudget, MemoryTokenStore, StoredToken, TokenStore, TokenStoreError},
 };
 use crate::{
     secret::Secret,
-    wechat::{AppApi, Endpoint, ErrorClass, FetchedToken, TokenMode, WechatError},
+    wechat::{AppApi, ErrorClass, FetchedToken, TokenMode, WechatError},
 };
 
 /// Counter of token fetches from WeChat (every attempt), labelled `app`.
@@ -55,15 +69,9 @@ pub const TOKEN_FETCH_FAILURES_TOTAL: &str = "wechat_notify_token_fetch_failures
 /// `app`. [`TokenCache::time_to_expiry`] gives the live value.
 pub const TOKEN_EXPIRES_IN_SECONDS: &str = "wechat_notify_token_expires_in_seconds";
 
-/// Rejected tokens remembered at most (a handful: only the latest few can come back).
-const REJECTED_REMEMBERED: usize = 8;
-
 /// Longest a refresh waits for another replica's fetch (through a shared store) before it
 /// fetches itself: a little more than the shared fetch lock's life.
 const SHARED_FETCH_WAIT: Duration = Duration::from_secs(25);
-
-/// The window of the force-refresh daily limit (rolling, stricter than a calendar day).
-const FORCE_REFRESH_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Where tokens come from: WeChat (via [`AppApi`]) in production, a fake in unit tests.
 #[async_trait]
@@ -183,6 +191,9 @@ struct RefreshState {
     cooldown: Option<(Instant, WechatError)>,
     /// When `force_refresh` was used, within the rolling window.
     forced_at: VecDeque<Instant>,
+    /// Token values that had a rejection fetch, and when: at most one per value per
+    /// [`TokenOptions::force_refresh_interval`].
+    rejection_fetches: VecDeque<(Secret, Instant)>,
 }
 
 /// One app's token cache. Shared by every RPC for that app.
@@ -199,9 +210,6 @@ pub struct TokenCache {
     /// Refreshes completed (either way), so callers that waited on the mutex can tell that a
     /// refresh ran while they waited and share its failure instead of repeating it.
     refreshes_done: AtomicU64,
-    /// Tokens WeChat rejected, newest last, until a different token is installed: a fetch
-    /// handing one of them back must not be cached.
-    rejected: std::sync::Mutex<VecDeque<Secret>>,
     /// Wakes the refresher when a token is installed or the cache is dropped.
     wake_refresher: Arc<Notify>,
 }
@@ -237,7 +245,6 @@ impl TokenCache {
             current: ArcSwapOption::empty(),
             refresh: Mutex::new(RefreshState::default()),
             refreshes_done: AtomicU64::new(0),
-            rejected: std::sync::Mutex::new(VecDeque::new()),
             wake_refresher: Arc::new(Notify::new()),
         })
     }
@@ -270,43 +277,6 @@ impl TokenCache {
             .map(|cached| cached.token().clone())
     }
 
-    /// Drops `rejected` if it is still the cached token (compare-and-invalidate). Concurrent
-    /// rejections of one token drop it once; a rejection of an older token is a no-op.
-    pub async fn invalidate(&self, rejected: &Secret) {
-        let current = self.current.load_full();
-        match &current {
-            Some(cached) if cached.token() != rejected => {
-                debug!(app = %self.app, "ignoring the rejection of a token that is no longer cached");
-                return;
-            }
-            _ => {}
-        }
-        // Recorded before the swap, so a fetch racing with it already knows the token is bad.
-        {
-            let mut remembered = self.rejected_slot();
-            if !remembered.contains(rejected) {
-                if remembered.len() == REJECTED_REMEMBERED {
-                    remembered.pop_front();
-                }
-                remembered.push_back(rejected.clone());
-            }
-        }
-        if current.is_some() {
-            let previous = self.current.compare_and_swap(&current, None);
-            let dropped = match (previous.as_ref(), current.as_ref()) {
-                (Some(previous), Some(current)) => Arc::ptr_eq(previous, current),
-                _ => false,
-            };
-            if !dropped {
-                return;
-            }
-            info!(app = %self.app, "wechat rejected the access token; dropped it");
-        }
-        if let Err(error) = self.store.invalidate_if(rejected).await {
-            warn!(app = %self.app, %error, "could not drop the rejected token from the store");
-        }
-    }
-
     /// Time left before the cached token expires, if one is cached.
     pub fn time_to_expiry(&self) -> Option<Duration> {
         self.current
@@ -329,16 +299,6 @@ impl TokenCache {
             Some(cached) if now < cached.usable_until => Some(cached.token().clone()),
             _ => None,
         }
-    }
-
-    fn rejected_slot(&self) -> std::sync::MutexGuard<'_, VecDeque<Secret>> {
-        self.rejected
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn is_rejected(&self, token: &Secret) -> bool {
-        self.rejected_slot().contains(token)
     }
 
     /// One background renewal, unless another caller renewed the token meanwhile.
@@ -375,12 +335,34 @@ impl TokenCache {
             state.cooldown = None;
         }
 
-        // Another replica (sharing the store) may have renewed it already, or be renewing it
-        // now: then wait for its token rather than fetch one more.
+        // Another replica (sharing the store) may have renewed it already, or be renewing it.
+        if let Some(cached) = self.fetch_turn(&|_| true).await {
+            debug!(app = %self.app, "using the token from the store");
+            return Ok(self.install(Arc::new(cached)));
+        }
+        let fetched = match self.fetch_with_retries().await {
+            Ok((started, fetched)) => Ok(self.save_and_install(started, fetched).await),
+            Err(error) => {
+                self.start_cooldown_if_needed(state, &error);
+                Err(error)
+            }
+        };
+        self.store.end_fetch().await;
+        fetched
+    }
+
+    /// A fresh token in the store that `accept` takes (one another replica stored), or `None`
+    /// when it is this replica's turn to fetch: then the store's fetch lock (if it has one) is
+    /// held, to be released with [`TokenStore::end_fetch`]. While another replica holds the lock
+    /// this waits for its token (woken by the store), for at most [`SHARED_FETCH_WAIT`].
+    async fn fetch_turn(
+        &self,
+        accept: &(dyn Fn(&Secret) -> bool + Send + Sync),
+    ) -> Option<CachedToken> {
         let waiting_since = Instant::now();
         loop {
-            if let Some(cached) = self.stored_token(now).await {
-                return Ok(self.install(cached));
+            if let Some(cached) = self.stored_token(accept).await {
+                return Some(cached);
             }
             match self.store.begin_fetch().await {
                 Ok(FetchTurn::Mine) => break,
@@ -397,131 +379,28 @@ impl TokenCache {
                 }
             }
         }
-        // The lock is ours: a token stored between the look above and the lock is used.
-        if let Some(cached) = self.stored_token(now).await {
+        // A token stored between the look above and taking the lock.
+        let cached = self.stored_token(accept).await;
+        if cached.is_some() {
             self.store.end_fetch().await;
-            return Ok(self.install(cached));
         }
-        let result = self.fetch_and_save(state).await;
-        self.store.end_fetch().await;
-        result
+        cached
     }
 
-    /// The stored token, if it is fresh (before its refresh point) and not rejected.
-    async fn stored_token(&self, now: Instant) -> Option<CachedToken> {
+    /// The stored token if `accept` takes it and it is before its refresh point.
+    async fn stored_token(
+        &self,
+        accept: &(dyn Fn(&Secret) -> bool + Send + Sync),
+    ) -> Option<CachedToken> {
         match self.store.load().await {
-            Ok(Some(stored)) => {
+            Ok(Some(stored)) if accept(&stored.token) => {
                 let cached = CachedToken::new(stored, &self.options);
-                if now < cached.refresh_at && !self.is_rejected(cached.token()) {
-                    debug!(app = %self.app, "using the token from the store");
-                    return Some(cached);
-                }
-                None
+                (Instant::now() < cached.refresh_at).then_some(cached)
             }
-            Ok(None) => None,
+            Ok(_) => None,
             Err(error) => {
                 debug!(app = %self.app, %error, "token store unavailable");
                 None
-            }
-        }
-    }
-
-    async fn fetch_and_save(
-        &self,
-        state: &mut RefreshState,
-    ) -> Result<Arc<CachedToken>, WechatError> {
-        let (started, fetched) = match self.fetch_with_retries().await {
-            Ok(fetched) => fetched,
-            Err(error) => {
-                self.start_cooldown_if_needed(state, &error);
-                return Err(error);
-            }
-        };
-        let (started, fetched) = if self.is_rejected(&fetched.token) {
-            self.force_after_rejection(state, &fetched.token).await?
-        } else {
-            (started, fetched)
-        };
-        Ok(self.save_and_install(started, fetched).await)
-    }
-
-    /// WeChat answered a normal fetch with the token it just rejected: in stable mode, revoke
-    /// it with one `force_refresh` if the limits allow; otherwise fail (the caller answers
-    /// UNAVAILABLE) and answer from memory until a force is allowed again.
-    async fn force_after_rejection(
-        &self,
-        state: &mut RefreshState,
-        rejected: &Secret,
-    ) -> Result<(Instant, FetchedToken), WechatError> {
-        let now = Instant::now();
-        if self.source.mode() == TokenMode::Classic {
-            // Classic fetches always issue a new token; this answer is broken.
-            let error = token_error("the token endpoint returned the token that was just rejected");
-            return Err(self.cool_down(state, now, self.options.failure_cooldown, error));
-        }
-        while let Some(first) = state.forced_at.front()
-            && now.duration_since(*first) >= FORCE_REFRESH_WINDOW
-        {
-            state.forced_at.pop_front();
-        }
-        // A budget shared by replicas decides when the store keeps one; the local one
-        // otherwise (also when the store cannot be asked).
-        let shared = match self
-            .store
-            .claim_force_refresh(
-                self.options.force_refresh_interval,
-                self.options.force_refresh_daily_limit,
-            )
-            .await
-        {
-            Ok(ForceBudget::Granted) => Some(None),
-            Ok(ForceBudget::Wait(wait)) => Some(Some(wait)),
-            Ok(ForceBudget::Local) => None,
-            Err(error) => {
-                warn!(app = %self.app, %error, "token store unavailable; using this replica's force-refresh budget");
-                None
-            }
-        };
-        let wait = match shared {
-            Some(shared_wait) => shared_wait,
-            None => match (state.forced_at.front(), state.forced_at.back()) {
-                (_, Some(last))
-                    if now.duration_since(*last) < self.options.force_refresh_interval =>
-                {
-                    Some(self.options.force_refresh_interval - now.duration_since(*last))
-                }
-                (Some(first), _)
-                    if state.forced_at.len() >= self.options.force_refresh_daily_limit =>
-                {
-                    Some(FORCE_REFRESH_WINDOW - now.duration_since(*first))
-                }
-                _ => None,
-            },
-        };
-        if let Some(wait) = wait {
-            let error = token_error(format!(
-                "stable_token returned the token that was just rejected and force_refresh is not \
-                 allowed for another {}s",
-                wait.as_secs().max(1)
-            ));
-            warn!(app = %self.app, wait_secs = wait.as_secs(), "token rejected but force refresh not allowed yet");
-            let cooldown = wait.min(self.options.failure_cooldown);
-            return Err(self.cool_down(state, now, cooldown, error));
-        }
-
-        state.forced_at.push_back(now);
-        warn!(app = %self.app, forced_today = state.forced_at.len(), "stable_token returned the rejected token; forcing a refresh");
-        let started = Instant::now();
-        match self.fetch_once(true).await {
-            Ok(fetched) if fetched.token == *rejected => {
-                let error =
-                    token_error("stable_token force_refresh returned the rejected token again");
-                Err(self.cool_down(state, now, self.options.force_refresh_interval, error))
-            }
-            Ok(fetched) => Ok((started, fetched)),
-            Err(error) => {
-                self.start_cooldown_if_needed(state, &error);
-                Err(error)
             }
         }
     }
@@ -593,19 +472,14 @@ impl TokenCache {
         if let Err(error) = self.store.save(&stored).await {
             warn!(app = %self.app, %error, "could not save the token to the store; keeping it in-process");
         }
-        self.install(CachedToken::new(stored, &self.options))
+        self.install(Arc::new(CachedToken::new(stored, &self.options)))
     }
 
-    fn install(&self, cached: CachedToken) -> Arc<CachedToken> {
-        let cached = Arc::new(cached);
+    fn install(&self, cached: Arc<CachedToken>) -> Arc<CachedToken> {
         let lifetime = cached.stored.lifetime;
         metrics::gauge!(TOKEN_EXPIRES_IN_SECONDS, "app" => self.app.clone())
             .set(lifetime.as_secs_f64());
         self.current.store(Some(cached.clone()));
-        // WeChat moved on: the rejected tokens cannot come back (a rejection racing with this
-        // install of the very same token stays recorded).
-        self.rejected_slot()
-            .retain(|rejected| rejected == cached.token());
         self.wake_refresher.notify_one();
         debug!(app = %self.app, expires_in_secs = lifetime.as_secs(), "access token cached");
         cached
@@ -690,14 +564,6 @@ fn jittered_backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
     let half = exponential / 2;
     let jitter_nanos = fastrand::u64(0..=half.as_nanos().min(u64::MAX as u128) as u64);
     half + Duration::from_nanos(jitter_nanos)
-}
-
-/// A token-endpoint failure produced by the cache itself (no errcode from WeChat).
-fn token_error(detail: impl Into<String>) -> WechatError {
-    WechatError::InvalidResponse {
-        endpoint: Endpoint::Token,
-        detail: detail.into(),
-    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,14 @@
 //! The process lifecycle, through the real binary: SIGTERM in the middle of a BatchSend turns
-//! health NOT_SERVING at once, lets the batch finish and exits 0; `--warm-tokens` with a secret
-//! WeChat refuses exits non-zero without printing the secret.
+//! health NOT_SERVING at once, lets the batch finish and exits 0; during the shutdown delay new
+//! connections are still accepted and served while health says NOT_SERVING, and SIGINT skips
+//! the delay; `--warm-tokens` with a secret WeChat refuses exits non-zero without printing the
+//! secret.
 
 mod common;
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::*;
+use common::{process::*, *};
 use tonic::{Request, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -20,9 +17,6 @@ use wechat_notify::{
     pb,
     sandbox::{DEFAULT_APPID, Sandbox, SandboxConfig},
 };
-
-const SERVICE: &str = "notify.v1.NotifyService";
-const BINARY: &str = env!("CARGO_BIN_EXE_wechat-notify");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() {
@@ -38,6 +32,8 @@ async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() 
         &metrics_addr.to_string(),
         "--sandbox-listen",
         &sandbox_addr.to_string(),
+        "--shutdown-delay",
+        "0",
         "--shutdown-grace",
         "20",
     ]);
@@ -140,7 +136,8 @@ async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() 
     let logs = std::fs::read_to_string(logs.path()).unwrap();
     for expected in [
         "SIGTERM received",
-        "shutdown begun: health is NOT_SERVING, draining",
+        "shutdown begun: health is NOT_SERVING",
+        "no longer accepting; draining the calls in flight",
         "shutdown complete",
     ] {
         assert!(logs.contains(expected), "no {expected:?} in:\n{logs}");
@@ -152,6 +149,109 @@ async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() 
         .expect("the batch's line");
     assert!(batch_line.contains("ops-shutdown-batch"), "{batch_line}");
     assert!(batch_line.contains("method=\"BatchSend\"") || batch_line.contains("method=BatchSend"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_new_connections_are_served_for_the_delay_with_health_not_serving() {
+    let [grpc_addr, metrics_addr, sandbox_addr] = free_addrs();
+    let logs = tempfile::NamedTempFile::new().unwrap();
+    let mut command = command(logs.path());
+    command.args([
+        "serve",
+        "--sandbox",
+        "--listen",
+        &grpc_addr.to_string(),
+        "--metrics-listen",
+        &metrics_addr.to_string(),
+        "--sandbox-listen",
+        &sandbox_addr.to_string(),
+        // Far longer than the test needs: the second signal below ends it.
+        "--shutdown-delay",
+        "300",
+    ]);
+    let mut process = Process::spawn(command);
+    wait_until_serving(grpc_addr, &mut process).await;
+
+    process.signal("-TERM");
+
+    // A probe on a new connection, as a kubelet makes one per probe, is answered NOT_SERVING
+    // (not refused) once the signal has been handled.
+    wait_for(|| async {
+        let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("the listener still accepts during the delay");
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: SERVICE.to_owned(),
+            })
+            .await
+            .expect("health answers during the delay");
+        (answer.get_ref().status == ServingStatus::NotServing as i32).then_some(())
+    })
+    .await;
+    // A caller whose load balancer has not yet seen the endpoint leave is still served.
+    let mut client = connect(grpc_addr).await;
+    let sent = client
+        .send_subscribe(pb::SendSubscribeRequest {
+            touser: openid(1),
+            template_id: COURSE_REMINDER.to_owned(),
+            data: course_data(),
+            ..Default::default()
+        })
+        .await
+        .expect("a send on a new connection during the delay succeeds");
+    assert!(sent.get_ref().msgid > 0);
+    assert!(!process.exited(), "still running during the delay");
+
+    // A second signal ends the delay; the process drains and exits 0.
+    process.signal("-INT");
+    let status =
+        tokio::task::spawn_blocking(move || process.wait_for_exit(Duration::from_secs(60)))
+            .await
+            .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let logs = std::fs::read_to_string(logs.path()).unwrap();
+    for expected in [
+        "SIGTERM received",
+        "shutdown begun: health is NOT_SERVING; serving on for the delay, then draining delay_secs=300",
+        "SIGINT received",
+        "second signal: the delay ends now",
+        "shutdown complete",
+    ] {
+        assert!(logs.contains(expected), "no {expected:?} in:\n{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_skips_the_delay() {
+    let [grpc_addr, metrics_addr, sandbox_addr] = free_addrs();
+    let logs = tempfile::NamedTempFile::new().unwrap();
+    let mut command = command(logs.path());
+    command
+        .args(["serve", "--sandbox"])
+        .env("NOTIFY_LISTEN", grpc_addr.to_string())
+        .env("NOTIFY_METRICS_LISTEN", metrics_addr.to_string())
+        .env("NOTIFY_SANDBOX_LISTEN", sandbox_addr.to_string())
+        .env("NOTIFY_SHUTDOWN_DELAY", "300");
+    let mut process = Process::spawn(command);
+    wait_until_serving(grpc_addr, &mut process).await;
+
+    process.signal("-INT");
+    // Bounded far below the 300 s delay: Ctrl-C does not wait for it.
+    let status =
+        tokio::task::spawn_blocking(move || process.wait_for_exit(Duration::from_secs(60)))
+            .await
+            .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let logs = std::fs::read_to_string(logs.path()).unwrap();
+    assert!(
+        logs.contains(
+            "shutdown begun: health is NOT_SERVING; serving on for the delay, then draining delay_secs=0"
+        ),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,99 +297,6 @@ async fn warm_tokens_with_a_refused_secret_exits_non_zero_without_the_secret() {
     assert!(!logs.contains(secret), "the secret was printed:\n{logs}");
     assert!(!logs.contains(" serving"), "never served:\n{logs}");
     assert_eq!(sandbox.sandbox().stats().send_requests, 0);
-}
-
-/// The binary with a clean environment (nothing of the caller's configuration leaks in), text
-/// logs at info to `logs`.
-fn command(logs: &Path) -> Command {
-    let mut command = Command::new(BINARY);
-    command
-        .env_clear()
-        .env("RUST_LOG", "info")
-        .env("NOTIFY_LOG_FORMAT", "text")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(logs).unwrap());
-    command
-}
-
-/// Free loopback addresses: bound, read and released (`--listen 127.0.0.1:0` would not tell
-/// the test its port).
-fn free_addrs<const N: usize>() -> [SocketAddr; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|index| listeners[index].local_addr().unwrap())
-}
-
-/// The child process, killed if the test fails before it exits.
-struct Process(Child);
-
-impl Process {
-    fn spawn(mut command: Command) -> Self {
-        Self(command.spawn().expect("the binary starts"))
-    }
-
-    fn signal(&self, signal: &str) {
-        let sent = Command::new("kill")
-            .args([signal, &self.0.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-    }
-
-    /// Polls for the exit (a blocking wait could not be bounded).
-    fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the process did not exit in {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn exited(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_some()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if !self.exited() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Connects and checks health until the service is SERVING; the connection stays open.
-async fn wait_until_serving(addr: SocketAddr, process: &mut Process) -> Channel {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(!process.exited(), "the server exited while starting");
-        assert!(Instant::now() < deadline, "not SERVING within 30 s");
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            let checked = HealthClient::new(channel.clone())
-                .check(HealthCheckRequest {
-                    service: SERVICE.to_owned(),
-                })
-                .await;
-            if checked.is_ok_and(|answer| answer.get_ref().status == ServingStatus::Serving as i32)
-            {
-                return channel;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Polls `probe` until it answers `Some`, for at most 20 s.

@@ -2,6 +2,7 @@
 //! and a real gRPC client.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod redis;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
@@ -79,6 +80,7 @@ pub fn serve_config() -> ServeConfig {
         sandbox_listen: loopback(),
         warm_tokens: false,
         max_batch_recipients: 10_000,
+        shutdown_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(5),
         idempotency: IdempotencyOptions {
             ttl: Duration::from_secs(86_400),
