@@ -169,6 +169,55 @@ async fn a_revoked_token_is_refreshed_once_for_all_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_met_on_every_replica_forces_one_refresh_for_all() {
+    // The token is fine, but WeChat rejects it for one user: every replica meets the rejection,
+    // WeChat hands the same token back, and only the shared budget keeps it to one force.
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(&redis.url(), &[], 3).await;
+    let clients = cluster.clients().await;
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .clone()
+            .send_subscribe(course_request(&openid(index)))
+            .await
+            .unwrap();
+    }
+    let appid = cluster.sandbox().config().apps[0].appid.clone();
+    let started = tokio::time::Instant::now();
+    let faulty = openid(99);
+    cluster
+        .sandbox()
+        .inject(Fault::errcode(40001).for_openid(&faulty));
+    // Twice round: the second time each replica rejects the token the first force produced,
+    // and WeChat hands that one back too; each replica's own budget would force again.
+    for _ in 0..2 {
+        for client in &clients {
+            let rejected = client
+                .clone()
+                .send_subscribe(course_request(&faulty))
+                .await
+                .unwrap_err();
+            assert_eq!(errcode(&rejected), Some(40001));
+        }
+    }
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .clone()
+            .send_subscribe(course_request(&openid(10 + index)))
+            .await
+            .expect("the other users are served on every replica");
+    }
+    let fetches = cluster.sandbox().stats().token_fetches[&appid].clone();
+    // The first fetch; in the first round a fetch and the one force (the other replicas take
+    // the stored token); in the second, one fetch per replica, each kept by the shared budget.
+    // A budget per replica would force on each of them too. Each further 30 s (a slow
+    // machine) allows one more force.
+    let windows = started.elapsed().as_secs() / 30;
+    assert!(fetches.stable <= 6 + 3 * windows, "{fetches:?}");
+    assert!(fetches.force_refreshes <= 1 + windows, "{fetches:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_is_the_apps_total_over_all_replicas() {
     const RATE: u64 = 20;
     let redis = RedisServer::start().await;
