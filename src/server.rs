@@ -46,6 +46,9 @@ use crate::{
     wechat::{WechatClient, WechatError},
 };
 
+/// How long the warm-up waits for the shared store before fetching tokens without it.
+const WARM_UP_STORE_WAIT: Duration = Duration::from_secs(5);
+
 /// The gRPC service name health answers for (besides `""`).
 pub const SERVICE_NAME: &str = "notify.v1.NotifyService";
 
@@ -207,6 +210,13 @@ pub async fn start(
     // Serving already, so probes get a clear NOT_SERVING (not a timeout) during the warm-up.
     let mut serve_task = tokio::spawn(grpc);
 
+    if config.warm_tokens
+        && let Some(store) = &store
+    {
+        // A token another replica stored is used rather than fetching one more: give Redis a
+        // moment to answer first (without it, the warm-up fetches from WeChat as usual).
+        let _ = tokio::time::timeout(WARM_UP_STORE_WAIT, store.wait_connected()).await;
+    }
     if config.warm_tokens
         && let Err(error) = warm_up(&apps).await
     {

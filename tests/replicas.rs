@@ -115,6 +115,22 @@ async fn a_herd_over_three_replicas_fetches_one_token_and_each_key_sends_once() 
     let redis = RedisServer::start().await;
     let cluster = Cluster::start(&redis.url(), &[], 3).await;
     herd_fetches_one_token(&cluster).await;
+    // A replica started later, warming its token up, uses the stored one.
+    let app = cluster.sandbox().config().apps[0].clone();
+    let late = Replica::spawn(
+        &app,
+        cluster.sandbox.base_url().as_str(),
+        &[
+            ("NOTIFY_REDIS_URL", redis.url()),
+            ("NOTIFY_WARM_TOKENS", "true".to_owned()),
+        ],
+    );
+    late.serving(READY)
+        .await
+        .send_subscribe(course_request(&openid(1000)))
+        .await
+        .expect("the late replica sends");
+    assert_eq!(cluster.sandbox().stats().total_token_fetches(), 1);
     one_send_per_key(&cluster).await;
 }
 
