@@ -9,6 +9,7 @@
 //! docs/configuration.md is the operator's reference.
 
 mod file;
+mod redis;
 mod setting;
 #[cfg(test)]
 mod tests;
@@ -17,6 +18,8 @@ use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use url::Url;
 
+pub use self::redis::{DEFAULT_KEY_PREFIX, MAX_KEY_PREFIX_BYTES, RedisConfig};
+use self::redis::{RedisKey, RedisSettings};
 pub use setting::{BOOLEAN_SPELLINGS, Given, Setting, Source, Sources, settings};
 use setting::{parse_bool, parse_choice, parse_listen, parse_number};
 
@@ -164,6 +167,8 @@ pub struct ServeConfig {
     pub template_checks: bool,
     /// How often each app's template list is reloaded in the background.
     pub template_refresh: Duration,
+    /// Where the state shared by replicas lives; `None`: in this process only.
+    pub redis: Option<RedisConfig>,
 }
 
 /// Why the configuration was refused. Every message names the environment variable and flag,
@@ -417,6 +422,33 @@ pub struct ServeArgs {
     )]
     pub template_refresh: String,
 
+    /// Redis (redis:// or rediss://) holding the state shared by replicas: tokens, idempotency
+    /// records, rate limits, pauses; unset keeps all state in this process
+    #[arg(
+        long,
+        env = "NOTIFY_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = parse_secret
+    )]
+    pub redis_url: Option<Secret>,
+
+    /// Prefix of every shared key (default wechat-notify); replicas with the same Redis and
+    /// prefix behave as one service
+    #[arg(long, env = "NOTIFY_REDIS_KEY_PREFIX", value_name = "PREFIX")]
+    pub redis_key_prefix: Option<String>,
+
+    /// The Redis is a Redis Cluster; --redis-url names any node, or lists several, comma-separated
+    #[arg(
+        long,
+        env = "NOTIFY_REDIS_CLUSTER",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub redis_cluster: Option<String>,
+
     /// Where each value came from, for error messages: [`Sources::from_matches`] of `serve`'s
     /// parsed arguments (unknown, and both names shown, when left empty).
     #[arg(skip)]
@@ -548,7 +580,38 @@ impl ServeArgs {
         let warm_tokens = boolean(WARM_TOKENS, &self.warm_tokens, false)?;
         let template_checks = boolean(TEMPLATE_CHECKS, &self.template_checks, true)?;
 
-        let apps = self.apps(sandbox, &app_defaults, &env)?;
+        let redis_cluster = match self
+            .redis_cluster
+            .as_deref()
+            .filter(|text| !text.is_empty())
+        {
+            Some(text) => Some(boolean(REDIS_CLUSTER, text, false)?),
+            None => None,
+        };
+
+        let (apps, file_redis) = self.apps(sandbox, &app_defaults, &env)?;
+        let flag_redis = RedisSettings {
+            url: self.redis_url.clone(),
+            key_prefix: self.redis_key_prefix.clone(),
+            cluster: redis_cluster,
+        };
+        let redis = redis::validate(flag_redis.or(file_redis)).map_err(|(key, problem)| {
+            let setting = match key {
+                RedisKey::Url => REDIS_URL,
+                RedisKey::KeyPrefix => REDIS_KEY_PREFIX,
+                RedisKey::Cluster => REDIS_CLUSTER,
+            };
+            let file = self
+                .config
+                .as_deref()
+                .filter(|path| !path.as_os_str().is_empty());
+            let problem = match file {
+                Some(path) => format!("{problem} (or the [redis] table of {})", path.display()),
+                None => problem,
+            };
+            // Named, not quoted: the URL may hold a password (the problem never repeats it).
+            named(sources, setting, problem)
+        })?;
 
         Ok(ServeConfig {
             listen,
@@ -572,16 +635,18 @@ impl ServeArgs {
             },
             template_checks,
             template_refresh: Duration::from_secs(template_refresh),
+            redis,
         })
     }
 
-    /// The apps: none with the sandbox, the TOML file's, or the one app of the flags.
+    /// The apps: none with the sandbox, the TOML file's, or the one app of the flags; and the
+    /// file's `[redis]` table, if any.
     fn apps(
         &self,
         sandbox: bool,
         defaults: &AppDefaults,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Vec<AppConfig>, ConfigError> {
+    ) -> Result<(Vec<AppConfig>, RedisSettings), ConfigError> {
         use settings::*;
 
         // An empty value counts as unset: templated environments often produce `NAME=`.
@@ -616,7 +681,7 @@ impl ServeArgs {
                     list(&given)
                 )));
             }
-            return Ok(Vec::new());
+            return Ok((Vec::new(), RedisSettings::default()));
         }
 
         if let Some(path) = config {
@@ -661,11 +726,10 @@ impl ServeArgs {
                 ));
             }
         };
-        Ok(vec![defaults.app(
-            appid.to_owned(),
-            appid.to_owned(),
-            secret,
-        )])
+        Ok((
+            vec![defaults.app(appid.to_owned(), appid.to_owned(), secret)],
+            RedisSettings::default(),
+        ))
     }
 }
 

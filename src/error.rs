@@ -28,7 +28,10 @@ pub fn code_of(error: &SendError) -> Code {
         ErrorKind::Throttled { .. } => Code::ResourceExhausted,
         ErrorKind::NotStarted(NotStarted::DeadlineExceeded) => Code::DeadlineExceeded,
         ErrorKind::NotStarted(NotStarted::Cancelled) => Code::Cancelled,
-        ErrorKind::NotStarted(NotStarted::DailyQuotaExhausted) => Code::ResourceExhausted,
+        ErrorKind::NotStarted(NotStarted::DailyQuotaExhausted | NotStarted::DailyQuotaStopped) => {
+            Code::ResourceExhausted
+        }
+        ErrorKind::StoreUnavailable => Code::Unavailable,
         ErrorKind::Token(upstream) | ErrorKind::Upstream(upstream) => upstream_code(upstream),
     }
 }
@@ -67,9 +70,10 @@ fn outcome_unknown(error: &WechatError) -> bool {
 pub fn retry_after(error: &SendError) -> Option<Duration> {
     match &error.kind {
         ErrorKind::Throttled { retry_after, .. } => *retry_after,
-        ErrorKind::NotStarted(NotStarted::DailyQuotaExhausted) => {
+        ErrorKind::NotStarted(NotStarted::DailyQuotaExhausted | NotStarted::DailyQuotaStopped) => {
             Some(crate::service::until_quota_day_ends())
         }
+        ErrorKind::StoreUnavailable => Some(Duration::from_secs(1)),
         ErrorKind::Token(upstream) | ErrorKind::Upstream(upstream) => match upstream.class() {
             Some(ErrorClass::MinuteQuota) => Some(crate::service::until_next_minute()),
             Some(ErrorClass::DailyQuota) => Some(crate::service::until_quota_day_ends()),
@@ -134,6 +138,9 @@ pub fn status_of(error: &SendError) -> Status {
             details.set_error_info("RATE_LIMITED", SERVICE_DOMAIN, HashMap::new());
         }
         ErrorKind::NotStarted(_) => {}
+        ErrorKind::StoreUnavailable => {
+            details.set_error_info("STORE_UNAVAILABLE", SERVICE_DOMAIN, HashMap::new());
+        }
         ErrorKind::Token(upstream) | ErrorKind::Upstream(upstream) => match upstream {
             WechatError::Api {
                 errcode,

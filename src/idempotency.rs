@@ -36,7 +36,14 @@ pub struct Keyed {
 /// shared (not recorded) with every concurrent caller of the same key.
 pub type SendOnce<E> = Pin<Box<dyn Future<Output = Result<Record, E>> + Send>>;
 
-/// Keeps idempotency records.
+/// A shared store could not be asked whether a key has a record, so the send must not be
+/// risked (it might be a duplicate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the idempotency store is unavailable")]
+pub struct StoreUnavailable;
+
+/// Keeps idempotency records. Keys start with the appid and a newline (the notifier scopes
+/// them so); a shared store keeps each app's keys together by it.
 #[async_trait]
 pub trait IdempotencyStore<E: Send + Sync + 'static>: Send + Sync + 'static {
     /// Runs `send` unless `key` already has a record. Concurrent calls with one key run `send`

@@ -7,6 +7,8 @@
 //!   INVALID_ARGUMENT); [`error`]: the one place that picks a gRPC code.
 //! - [`service`]: decides (validation, idempotency, retries, batch fan-out); knows no tonic.
 //! - [`validation`], [`idempotency`], [`token`], [`wechat`]: the pieces it decides with.
+//! - [`store`]: the state replicas share on Redis (`NOTIFY_REDIS_URL`), behind the token and
+//!   idempotency store traits and the app's limits.
 //! - [`sandbox`]: the fake WeChat API; only the composition root and tests use it.
 //! - [`bench`]: the load generator and fixed-answer upstream of `wechat-notify bench`.
 //! - [`signal`]: the shutdown signals every command waits for (below them all).
@@ -26,6 +28,7 @@ pub mod secret;
 pub mod server;
 pub mod service;
 pub mod signal;
+pub mod store;
 pub mod telemetry;
 pub mod templates;
 pub mod token;

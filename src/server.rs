@@ -7,7 +7,7 @@
 //!    health NOT_SERVING.
 //! 2. With `warm_tokens`, every app fetches its token; a failure stops the start (the CLI
 //!    exits non-zero).
-//! 3. SERVING.
+//! 3. SERVING; with a shared store (`NOTIFY_REDIS_URL`), only once Redis has answered.
 //! 4. When shutdown begins: NOT_SERVING first. After SIGTERM the server keeps accepting
 //!    connections and serving calls for `shutdown_delay` (a second signal ends the delay), so
 //!    that probes and load balancers see it leave before its port closes; after SIGINT, or
@@ -29,10 +29,14 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use crate::{
     config::ServeConfig,
     grpc::NotifyGrpc,
-    idempotency::MemoryIdempotencyStore,
+    idempotency::{IdempotencyStore, MemoryIdempotencyStore},
     pb,
-    service::{App, Notifier},
+    service::{App, Notifier, SendError},
     signal::{Shutdown, Signal},
+    store::{
+        RedisStore, idempotency::RedisIdempotencyStore, limits::SharedLimits,
+        token::RedisTokenStore,
+    },
     telemetry::{
         self, CountTemplateErrcodes, CountTokenErrcodes, REQUEST_ID_HEADER, RpcTelemetryLayer,
         catalog::UPSTREAM_IN_FLIGHT,
@@ -41,6 +45,9 @@ use crate::{
     token::{TOKEN_EXPIRES_IN_SECONDS, TokenCache, TokenOptions},
     wechat::{WechatClient, WechatError},
 };
+
+/// How long the warm-up waits for the shared store before fetching tokens without it.
+const WARM_UP_STORE_WAIT: Duration = Duration::from_secs(5);
 
 /// The gRPC service name health answers for (besides `""`).
 pub const SERVICE_NAME: &str = "notify.v1.NotifyService";
@@ -126,11 +133,20 @@ pub async fn start(
     // First, so that every series below lands in the one recorder `/metrics` renders.
     let metrics_handle = telemetry::metrics_handle();
     let client = WechatClient::new(&config.client).map_err(StartError::Client)?;
-    let apps = build_apps(&config, &client);
-    let idempotency = Arc::new(MemoryIdempotencyStore::new(
-        config.idempotency.ttl,
-        config.idempotency.capacity,
-    ));
+    let store = config.redis.as_ref().map(RedisStore::new);
+    let store_upkeep = store.as_ref().map(RedisStore::spawn_upkeep);
+    let apps = build_apps(&config, &client, store.as_ref());
+    let idempotency: Arc<dyn IdempotencyStore<SendError>> = match &store {
+        Some(store) => Arc::new(RedisIdempotencyStore::new(
+            store.clone(),
+            config.idempotency.ttl,
+            config.idempotency.capacity,
+        )),
+        None => Arc::new(MemoryIdempotencyStore::new(
+            config.idempotency.ttl,
+            config.idempotency.capacity,
+        )),
+    };
     let notifier = Arc::new(Notifier::new(
         apps.clone(),
         idempotency,
@@ -195,20 +211,50 @@ pub async fn start(
     let mut serve_task = tokio::spawn(grpc);
 
     if config.warm_tokens
+        && let Some(store) = &store
+    {
+        // A token another replica stored is used rather than fetching one more: give Redis a
+        // moment to answer first (without it, the warm-up fetches from WeChat as usual).
+        let _ = tokio::time::timeout(WARM_UP_STORE_WAIT, store.wait_connected()).await;
+    }
+    if config.warm_tokens
         && let Err(error) = warm_up(&apps).await
     {
         drain.cancel();
         serve_task.abort();
         metrics_task.abort();
+        if let Some(upkeep) = &store_upkeep {
+            upkeep.abort();
+        }
         return Err(error);
     }
-    let refreshers: Vec<_> = apps
-        .iter()
-        .map(|app| app.tokens().spawn_refresher())
-        .collect();
+    // With a shared store the refreshers start once Redis answers: started before, each
+    // replica would fetch its own token instead of using (or making) the shared one.
+    let refreshers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    if store.is_none() {
+        spawn_refreshers(&apps, &refreshers);
+    }
 
-    set_health(&health, ServingStatus::Serving).await;
-    tracing::info!(%grpc_addr, %metrics_addr, apps = apps.len(), "serving");
+    // With a shared store, SERVING waits for Redis (the upkeep task logs why meanwhile): a
+    // replica that cannot reach it would refuse every keyed send.
+    let app_count = apps.len();
+    let became_ready = match &store {
+        None => {
+            set_health(&health, ServingStatus::Serving).await;
+            tracing::info!(%grpc_addr, %metrics_addr, apps = app_count, "serving");
+            None
+        }
+        Some(store) => {
+            let (store, health) = (store.clone(), health.clone());
+            let (apps, refreshers) = (apps.clone(), refreshers.clone());
+            Some(tokio::spawn(async move {
+                store.wait_connected().await;
+                spawn_refreshers(&apps, &refreshers);
+                set_health(&health, ServingStatus::Serving).await;
+                tracing::info!(%grpc_addr, %metrics_addr, apps = app_count, "serving");
+            }))
+        }
+    };
 
     let grace = config.shutdown_grace;
     let configured_delay = config.shutdown_delay;
@@ -229,6 +275,9 @@ pub async fn start(
         };
         if let Some(failure) = &failure {
             tracing::error!(%failure, "grpc server failed");
+        }
+        if let Some(became_ready) = became_ready {
+            became_ready.abort();
         }
         // NOT_SERVING first, so the mesh stops routing here. After SIGTERM keep serving for the
         // delay: a load balancer that has not yet seen this endpoint leave still gets answers,
@@ -273,8 +322,15 @@ pub async fn start(
         {
             tracing::warn!("grace period over with sends still running");
         }
-        for refresher in refreshers {
+        for refresher in refreshers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             refresher.abort();
+        }
+        if let Some(upkeep) = store_upkeep {
+            upkeep.abort();
         }
         metrics_task.abort();
         metrics_upkeep.abort();
@@ -291,8 +347,13 @@ pub async fn start(
     })
 }
 
-/// One [`App`] per configured app, its series registered at zero.
-fn build_apps(config: &ServeConfig, client: &WechatClient) -> Vec<Arc<App>> {
+/// One [`App`] per configured app, its series registered at zero; with a shared `store`, its
+/// token, rate, pause and stop shared through it.
+fn build_apps(
+    config: &ServeConfig,
+    client: &WechatClient,
+    store: Option<&Arc<RedisStore>>,
+) -> Vec<Arc<App>> {
     config
         .apps
         .iter()
@@ -306,7 +367,15 @@ fn build_apps(config: &ServeConfig, client: &WechatClient) -> Vec<Arc<App>> {
                 )
                 .with_metrics_label(&app.name);
             let source = CountTokenErrcodes::new(&app.name, Arc::new(api.clone()));
-            let tokens = TokenCache::new(&app.name, Arc::new(source), TokenOptions::default());
+            let tokens = match store {
+                Some(store) => TokenCache::with_store(
+                    &app.name,
+                    Arc::new(source),
+                    Arc::new(RedisTokenStore::new(store.clone(), &app.appid)),
+                    TokenOptions::default(),
+                ),
+                None => TokenCache::new(&app.name, Arc::new(source), TokenOptions::default()),
+            };
             telemetry::catalog::register_app(&app.name, app.max_in_flight);
             let templates = config.template_checks.then(|| {
                 let source = CountTemplateErrcodes::new(&app.name, Arc::new(api.clone()));
@@ -323,12 +392,26 @@ fn build_apps(config: &ServeConfig, client: &WechatClient) -> Vec<Arc<App>> {
                 app.max_in_flight,
                 app.rate_per_sec,
             );
+            let built = match store {
+                Some(store) => built.with_shared_limits(SharedLimits::new(
+                    store.clone(),
+                    &app.appid,
+                    app.rate_per_sec,
+                )),
+                None => built,
+            };
             Arc::new(match templates {
                 Some(templates) => built.with_templates(templates),
                 None => built,
             })
         })
         .collect()
+}
+
+/// Starts every app's background token refresher, keeping the handles for the shutdown.
+fn spawn_refreshers(apps: &[Arc<App>], handles: &std::sync::Mutex<Vec<JoinHandle<()>>>) {
+    let mut handles = handles.lock().unwrap_or_else(|e| e.into_inner());
+    handles.extend(apps.iter().map(|app| app.tokens().spawn_refresher()));
 }
 
 /// Fetches every app's token; the first app that cannot get one stops the start.

@@ -26,6 +26,11 @@
 //!   quota) is remembered for [`TokenOptions::failure_cooldown`] and answered from memory, so a
 //!   misconfigured app never hammers WeChat.
 //!
+//! - **Replicas** sharing a store (e.g. `crate::store::token`) fetch once for all: a refresh
+//!   first uses a fresh token another replica stored, or takes the store's fetch lock, or waits
+//!   for its holder ([`TokenStore::begin_fetch`]); the force-refresh budget is the store's
+//!   when it keeps one ([`TokenStore::claim_force_refresh`]).
+//!
 //! Only `tokio::time` is used, so all of this is testable with paused time.
 
 mod rejection;
@@ -49,7 +54,7 @@ use tracing::{debug, warn};
 
 pub use self::{
     rejection::{RejectionAction, TOKEN_REJECTIONS_TOTAL},
-    store::{MemoryTokenStore, StoredToken, TokenStore, TokenStoreError},
+    store::{FetchTurn, ForceBudget, MemoryTokenStore, StoredToken, TokenStore, TokenStoreError},
 };
 use crate::{
     secret::Secret,
@@ -63,6 +68,10 @@ pub const TOKEN_FETCH_FAILURES_TOTAL: &str = "wechat_notify_token_fetch_failures
 /// Gauge of the stored token's `expires_in` (seconds), set whenever a token is stored, labelled
 /// `app`. [`TokenCache::time_to_expiry`] gives the live value.
 pub const TOKEN_EXPIRES_IN_SECONDS: &str = "wechat_notify_token_expires_in_seconds";
+
+/// Longest a refresh waits for another replica's fetch (through a shared store) before it
+/// fetches itself: a little more than the shared fetch lock's life.
+const SHARED_FETCH_WAIT: Duration = Duration::from_secs(25);
 
 /// Where tokens come from: WeChat (via [`AppApi`]) in production, a fake in unit tests.
 #[async_trait]
@@ -326,29 +335,74 @@ impl TokenCache {
             state.cooldown = None;
         }
 
-        // Another replica (sharing the store) may have renewed it already.
-        match self.store.load().await {
-            Ok(Some(stored)) => {
-                let cached = CachedToken::new(stored, &self.options);
-                if now < cached.refresh_at {
-                    debug!(app = %self.app, "using the token from the store");
-                    return Ok(self.install(Arc::new(cached)));
-                }
-            }
-            Ok(None) => {}
-            Err(error) => {
-                warn!(app = %self.app, %error, "token store unavailable; fetching from wechat")
-            }
+        // Another replica (sharing the store) may have renewed it already, or be renewing it.
+        if let Some(cached) = self.fetch_turn(&|_| true).await {
+            debug!(app = %self.app, "using the token from the store");
+            return Ok(self.install(Arc::new(cached)));
         }
-
-        let (started, fetched) = match self.fetch_with_retries().await {
-            Ok(fetched) => fetched,
+        let fetched = match self.fetch_with_retries().await {
+            Ok((started, fetched)) => Ok(self.save_and_install(started, fetched).await),
             Err(error) => {
                 self.start_cooldown_if_needed(state, &error);
-                return Err(error);
+                Err(error)
             }
         };
-        Ok(self.save_and_install(started, fetched).await)
+        self.store.end_fetch().await;
+        fetched
+    }
+
+    /// A fresh token in the store that `accept` takes (one another replica stored), or `None`
+    /// when it is this replica's turn to fetch: then the store's fetch lock (if it has one) is
+    /// held, to be released with [`TokenStore::end_fetch`]. While another replica holds the lock
+    /// this waits for its token (woken by the store), for at most [`SHARED_FETCH_WAIT`].
+    async fn fetch_turn(
+        &self,
+        accept: &(dyn Fn(&Secret) -> bool + Send + Sync),
+    ) -> Option<CachedToken> {
+        let waiting_since = Instant::now();
+        loop {
+            if let Some(cached) = self.stored_token(accept).await {
+                return Some(cached);
+            }
+            match self.store.begin_fetch().await {
+                Ok(FetchTurn::Mine) => break,
+                Ok(FetchTurn::Another) if waiting_since.elapsed() < SHARED_FETCH_WAIT => {
+                    self.store.wait_for_fetch(SHARED_FETCH_WAIT).await;
+                }
+                Ok(FetchTurn::Another) => {
+                    warn!(app = %self.app, "another replica's token fetch is taking long; fetching here");
+                    break;
+                }
+                Err(error) => {
+                    warn!(app = %self.app, %error, "token store unavailable; fetching from wechat");
+                    break;
+                }
+            }
+        }
+        // A token stored between the look above and taking the lock.
+        let cached = self.stored_token(accept).await;
+        if cached.is_some() {
+            self.store.end_fetch().await;
+        }
+        cached
+    }
+
+    /// The stored token if `accept` takes it and it is before its refresh point.
+    async fn stored_token(
+        &self,
+        accept: &(dyn Fn(&Secret) -> bool + Send + Sync),
+    ) -> Option<CachedToken> {
+        match self.store.load().await {
+            Ok(Some(stored)) if accept(&stored.token) => {
+                let cached = CachedToken::new(stored, &self.options);
+                (Instant::now() < cached.refresh_at).then_some(cached)
+            }
+            Ok(_) => None,
+            Err(error) => {
+                debug!(app = %self.app, %error, "token store unavailable");
+                None
+            }
+        }
     }
 
     /// One fetch with retries of the transient failures.

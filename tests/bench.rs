@@ -21,6 +21,7 @@ fn options(target: String, scenario: Scenario) -> LoadOptions {
         app: String::new(),
         watch: vec![("self".to_owned(), std::process::id())],
         reset_peak: false,
+        keyed: false,
     }
 }
 

@@ -58,6 +58,8 @@ pub struct LoadOptions {
     pub watch: Vec<(String, u32)>,
     /// Reset the watched processes' peak RSS before measuring.
     pub reset_peak: bool,
+    /// Give every SendSubscribe its own idempotency key (unique to the run).
+    pub keyed: bool,
 }
 
 /// How long the generator keeps trying to reach a service that is still starting.
@@ -122,6 +124,8 @@ enum Caller {
     Send {
         client: NotifyServiceClient<Channel>,
         requests: Arc<Vec<pb::SendSubscribeRequest>>,
+        /// Prefix of each call's own idempotency key, when keyed.
+        key_prefix: Option<Arc<str>>,
     },
     Batch {
         client: NotifyServiceClient<Channel>,
@@ -138,8 +142,15 @@ impl Caller {
     async fn call(&mut self, sequence: u64, tally: &mut Tally) {
         tally.calls += 1;
         match self {
-            Caller::Send { client, requests } => {
-                let request = requests[sequence as usize % requests.len()].clone();
+            Caller::Send {
+                client,
+                requests,
+                key_prefix,
+            } => {
+                let mut request = requests[sequence as usize % requests.len()].clone();
+                if let Some(prefix) = key_prefix {
+                    request.idempotency_key = format!("{prefix}-{sequence}");
+                }
                 let mut request = tonic::Request::new(request);
                 request.set_timeout(SEND_TIMEOUT);
                 match client.send_subscribe(request).await {
@@ -309,6 +320,10 @@ async fn callers(options: &LoadOptions) -> Result<Vec<Caller>, String> {
         _ => None,
     };
     let mut callers = Vec::with_capacity(options.connections);
+    // Unique to the run, so a second run is not answered from the first one's records.
+    let key_prefix: Option<Arc<str>> = options
+        .keyed
+        .then(|| Arc::from(uuid::Uuid::new_v4().simple().to_string()));
     for _ in 0..options.connections {
         let client = NotifyServiceClient::new(connect(&options.target).await?)
             .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES)
@@ -321,6 +336,7 @@ async fn callers(options: &LoadOptions) -> Result<Vec<Caller>, String> {
             None => Caller::Send {
                 client,
                 requests: send_requests.clone(),
+                key_prefix: key_prefix.clone(),
             },
         });
     }

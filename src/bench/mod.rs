@@ -86,6 +86,9 @@ struct LoadArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Give every SendSubscribe its own idempotency key (unique to the run).
+    #[arg(long)]
+    keyed: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -150,6 +153,7 @@ impl LoadArgs {
             app: self.app,
             watch: self.pids,
             reset_peak: self.reset_peak,
+            keyed: self.keyed,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The multi-app TOML file (`NOTIFY_CONFIG`): one `[[apps]]` table per app.
+//! The multi-app TOML file (`NOTIFY_CONFIG`): one `[[apps]]` table per app, and an optional
+//! `[redis]` table for the state shared by replicas.
 //!
 //! Read into a `toml::Table` and then key by key, rather than through serde, so that every
 //! message names its key (`apps[1].secret_env`), unknown keys are refused by name, and no
@@ -13,6 +14,7 @@ use url::Url;
 use super::{
     AppConfig, AppDefaults, ConfigError, MAX_IN_FLIGHT_RANGE, RATE_PER_SEC_RANGE, check_identifier,
     check_secret, in_range, parse_api_base_list, parse_api_bases, read_secret_file,
+    redis::RedisSettings,
 };
 use crate::{secret::Secret, wechat::TokenMode};
 
@@ -29,16 +31,20 @@ const APP_KEYS: &[&str] = &[
     "rate_per_sec",
 ];
 
+/// The keys of the `[redis]` table.
+const REDIS_KEYS: &[&str] = &["url", "key_prefix", "cluster"];
+
 /// The keys that give an app's secret; exactly one is required.
 const SECRET_KEYS: &[&str] = &["secret", "secret_env", "secret_file"];
 
-/// Reads and validates the apps of the TOML file at `path`. Keys an app leaves out come from
-/// `defaults`; `env` looks up the variables named by `secret_env`.
+/// Reads and validates the apps of the TOML file at `path`, and its `[redis]` table as given.
+/// Keys an app leaves out come from `defaults`; `env` looks up the variables named by
+/// `secret_env`.
 pub(super) fn load_apps(
     path: &Path,
     defaults: &AppDefaults,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<AppConfig>, ConfigError> {
+) -> Result<(Vec<AppConfig>, RedisSettings), ConfigError> {
     let file_error = |problem: String| ConfigError::File {
         path: path.to_owned(),
         problem,
@@ -60,9 +66,25 @@ pub(super) fn load_apps(
         defaults,
         env,
     };
-    if let Some(key) = document.keys().find(|key| *key != "apps") {
-        return Err(reader.error(key, "unknown key; the file holds only [[apps]] tables"));
+    if let Some(key) = document
+        .keys()
+        .find(|key| !matches!(key.as_str(), "apps" | "redis"))
+    {
+        return Err(reader.error(
+            key,
+            "unknown key; the file holds [[apps]] tables and one [redis] table",
+        ));
     }
+    let redis = match document.get("redis") {
+        Some(Value::Table(table)) => reader.redis(table)?,
+        Some(other) => {
+            return Err(reader.error(
+                "redis",
+                format!("must be a table, written [redis], got {}", other.type_str()),
+            ));
+        }
+        None => RedisSettings::default(),
+    };
     let tables = match document.get("apps") {
         Some(Value::Array(tables)) if !tables.is_empty() => tables,
         Some(Value::Array(_)) | None => {
@@ -83,7 +105,7 @@ pub(super) fn load_apps(
         apps.push(reader.app(index, table)?);
     }
     reader.check_unique(&apps)?;
-    Ok(apps)
+    Ok((apps, redis))
 }
 
 /// ` at line L, column C` (both from 1) for a byte offset into `text`.
@@ -150,6 +172,38 @@ impl FileReader<'_> {
             app.rate_per_sec = integer(value, RATE_PER_SEC_RANGE).map_err(at("rate_per_sec"))?;
         }
         Ok(app)
+    }
+
+    /// The `[redis]` table, as given (validated with the flags' settings).
+    fn redis(&self, table: &Table) -> Result<RedisSettings, ConfigError> {
+        let at = |key: &str| {
+            let key = format!("redis.{key}");
+            move |problem: String| self.error(&key, problem)
+        };
+        if let Some(key) = table.keys().find(|key| !REDIS_KEYS.contains(&key.as_str())) {
+            return Err(at(key)(format!(
+                "unknown key; expected one of {}",
+                REDIS_KEYS.join(", ")
+            )));
+        }
+        let mut settings = RedisSettings::default();
+        if let Some(value) = table.get("url") {
+            settings.url = Some(Secret::new(string(value).map_err(at("url"))?));
+        }
+        if let Some(value) = table.get("key_prefix") {
+            settings.key_prefix = Some(string(value).map_err(at("key_prefix"))?.to_owned());
+        }
+        settings.cluster = match table.get("cluster") {
+            Some(Value::Boolean(cluster)) => Some(*cluster),
+            Some(other) => {
+                return Err(at("cluster")(format!(
+                    "must be true or false, got {}",
+                    other.type_str()
+                )));
+            }
+            None => None,
+        };
+        Ok(settings)
     }
 
     /// The secret from exactly one of `secret`, `secret_env` and `secret_file`.

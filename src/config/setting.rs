@@ -27,7 +27,8 @@ impl Setting {
 
     /// Whether values of this setting must never be echoed.
     fn is_secret(self) -> bool {
-        self == settings::SECRET
+        // A Redis URL may carry a password.
+        self == settings::SECRET || self == settings::REDIS_URL
     }
 }
 
@@ -96,6 +97,12 @@ settings! {
     TEMPLATE_CHECKS = "NOTIFY_TEMPLATE_CHECKS", "--template-checks";
     /// Template list refresh interval.
     TEMPLATE_REFRESH = "NOTIFY_TEMPLATE_REFRESH", "--template-refresh";
+    /// Redis for the state shared by replicas.
+    REDIS_URL = "NOTIFY_REDIS_URL", "--redis-url";
+    /// Prefix of the shared keys.
+    REDIS_KEY_PREFIX = "NOTIFY_REDIS_KEY_PREFIX", "--redis-key-prefix";
+    /// Redis Cluster mode.
+    REDIS_CLUSTER = "NOTIFY_REDIS_CLUSTER", "--redis-cluster";
 }
 
 /// Where a setting's value came from.

@@ -746,7 +746,7 @@ fn file_errors_name_the_key() {
         ),
         (
             "listen = \"0.0.0.0:1\"\n[[apps]]\nappid = \"wx1\"\nsecret = \"a\"\n",
-            "listen: unknown key; the file holds only [[apps]] tables",
+            "listen: unknown key; the file holds [[apps]] tables and one [redis] table",
         ),
         ("", "apps: at least one [[apps]] table is required"),
         (
@@ -921,5 +921,73 @@ fn a_missing_file_is_named() {
     assert!(
         message.starts_with("NOTIFY_CONFIG (--config) /no/such/apps.toml: cannot read the file"),
         "{message}"
+    );
+}
+
+// Shared state (Redis).
+
+#[test]
+fn redis_is_off_unless_a_url_is_set() {
+    assert!(config(ONE_APP).unwrap().redis.is_none());
+    let config = config(&with_one_app(&["--redis-url", "rediss://:pw@redis:6380"])).unwrap();
+    let redis = config.redis.expect("redis configured");
+    assert_eq!(redis.key_prefix, DEFAULT_KEY_PREFIX);
+    assert!(!redis.cluster);
+    assert!(!format!("{redis:?}").contains("pw"), "the url is redacted");
+}
+
+#[test]
+fn redis_errors_name_the_setting_and_never_the_password() {
+    let message = error(&with_one_app(&["--redis-url", "http://:hunter2@redis"]));
+    assert!(message.starts_with("--redis-url: "), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    let message = error(&with_one_app(&["--redis-url", "redis://a,redis://b"]));
+    assert!(
+        message.starts_with("NOTIFY_REDIS_CLUSTER (--redis-cluster): false, but"),
+        "{message}"
+    );
+    let message = error(&with_one_app(&[
+        "--redis-url",
+        "redis://a",
+        "--redis-key-prefix",
+        "a{b}",
+    ]));
+    assert!(message.starts_with("--redis-key-prefix: "), "{message}");
+    let cluster = config(&with_one_app(&[
+        "--redis-url",
+        "redis://a:7000,redis://b:7001",
+        "--redis-cluster",
+    ]))
+    .unwrap();
+    assert_eq!(cluster.redis.unwrap().urls.len(), 2);
+}
+
+#[test]
+fn the_file_configures_redis_and_flags_win() {
+    let dir = ConfigDir::new(
+        "[redis]\nurl = \"redis://file:6379\"\nkey_prefix = \"shop\"\ncluster = false\n\n\
+         [[apps]]\nappid = \"wx1\"\nsecret = \"a\"\n",
+    );
+    let redis = dir.load(&[], no_env).unwrap().redis.unwrap();
+    assert_eq!(redis.key_prefix, "shop");
+    assert_eq!(redis.urls[0].expose(), "redis://file:6379");
+    let redis = dir
+        .load(&["--redis-url", "redis://flag:6379"], no_env)
+        .unwrap()
+        .redis
+        .unwrap();
+    assert_eq!(redis.urls[0].expose(), "redis://flag:6379");
+    assert_eq!(redis.key_prefix, "shop", "the file's prefix still applies");
+
+    let dir = ConfigDir::new("[redis]\ncolour = 1\n\n[[apps]]\nappid = \"wx1\"\nsecret = \"a\"\n");
+    assert_eq!(
+        dir.error(no_env),
+        "redis.colour: unknown key; expected one of url, key_prefix, cluster"
+    );
+    let dir =
+        ConfigDir::new("[redis]\ncluster = \"yes\"\n\n[[apps]]\nappid = \"wx1\"\nsecret = \"a\"\n");
+    assert_eq!(
+        dir.error(no_env),
+        "redis.cluster: must be true or false, got string"
     );
 }

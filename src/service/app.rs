@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::{ErrorKind, NotStarted, SendError};
 use crate::{
     idempotency::Record,
+    store::limits::{Admit, SharedLimits},
     telemetry::{self, catalog::MessageCounters},
     templates::TemplateCache,
     token::TokenCache,
@@ -118,6 +119,10 @@ pub struct App {
     rate: DefaultDirectRateLimiter,
     /// Set on 45011 (per-minute limit): no send starts before this instant.
     paused_until: Mutex<Option<Instant>>,
+    /// The rate, pause and stop shared with other replicas (instead of `rate`), with Redis.
+    shared: Option<SharedLimits>,
+    /// With shared limits, set on 45009 (daily quota): no send starts before this instant.
+    stopped_until: Mutex<Option<Instant>>,
     /// The app's template list; `None` when template checks are off.
     templates: Option<Arc<TemplateCache>>,
     /// `wechat_notify_messages_total{app, outcome}` handles, made on first use (after the
@@ -145,6 +150,8 @@ impl App {
             // `per_second` allows bursts of one second's worth, as the interface promises.
             rate: RateLimiter::direct(Quota::per_second(rate)),
             paused_until: Mutex::new(None),
+            shared: None,
+            stopped_until: Mutex::new(None),
             templates: None,
             messages: OnceLock::new(),
         }
@@ -160,6 +167,13 @@ impl App {
     /// The same app, checking messages against its template list from `templates`.
     pub fn with_templates(mut self, templates: Arc<TemplateCache>) -> Self {
         self.templates = Some(templates);
+        self
+    }
+
+    /// The same app, its `rate_per_sec`, 45011 pause and 45009 stop shared with every replica
+    /// through `limits` (`max_in_flight` stays this replica's own).
+    pub fn with_shared_limits(mut self, limits: SharedLimits) -> Self {
+        self.shared = Some(limits);
         self
     }
 
@@ -244,12 +258,21 @@ impl App {
                     tokio::time::sleep(backoff).await;
                 }
                 Some(ErrorClass::MinuteQuota) => {
-                    self.pause_until(Instant::now() + until_next_minute());
+                    let pause = until_next_minute();
+                    self.pause_until(Instant::now() + pause);
+                    if let Some(shared) = &self.shared {
+                        shared.pause(pause).await;
+                    }
                     return Err(SendError::new(ErrorKind::Upstream(error), attempts));
                 }
                 Some(ErrorClass::DailyQuota) => {
                     if let Some(batch) = &admission.batch {
                         batch.daily_quota_exhausted.store(true, Ordering::Relaxed);
+                    }
+                    if let Some(shared) = &self.shared {
+                        let stop = until_quota_day_ends();
+                        until(&self.stopped_until, Instant::now() + stop);
+                        shared.stop(stop).await;
                     }
                     return Err(SendError::new(ErrorKind::Upstream(error), attempts));
                 }
@@ -280,8 +303,25 @@ impl App {
                     }
                     tokio::time::sleep_until(until).await;
                 }
+                if active(&self.stopped_until).is_some() {
+                    return Err(ErrorKind::NotStarted(NotStarted::DailyQuotaStopped));
+                }
                 let permit = self.in_flight.clone().acquire_owned().await;
-                self.rate.until_ready().await;
+                match &self.shared {
+                    None => self.rate.until_ready().await,
+                    Some(shared) => match shared.acquire().await {
+                        Admit::Granted => {}
+                        // Met by another replica: mirrored here, so the next sends need not ask.
+                        Admit::Paused(pause) => {
+                            self.pause_until(Instant::now() + pause);
+                            continue;
+                        }
+                        Admit::Stopped(stop) => {
+                            until(&self.stopped_until, Instant::now() + stop);
+                            return Err(ErrorKind::NotStarted(NotStarted::DailyQuotaStopped));
+                        }
+                    },
+                }
                 if self.paused().is_none() {
                     return Ok(permit);
                 }
@@ -316,21 +356,31 @@ impl App {
     }
 
     fn paused(&self) -> Option<Instant> {
-        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        match *paused {
-            Some(until) if until > Instant::now() => Some(until),
-            Some(_) => {
-                *paused = None;
-                None
-            }
-            None => None,
-        }
+        active(&self.paused_until)
     }
 
-    fn pause_until(&self, until: Instant) {
-        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        *paused = Some(paused.map_or(until, |current| current.max(until)));
+    fn pause_until(&self, instant: Instant) {
+        until(&self.paused_until, instant);
     }
+}
+
+/// The instant in `slot` if it is still ahead (clearing a past one).
+fn active(slot: &Mutex<Option<Instant>>) -> Option<Instant> {
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    match *slot {
+        Some(until) if until > Instant::now() => Some(until),
+        Some(_) => {
+            *slot = None;
+            None
+        }
+        None => None,
+    }
+}
+
+/// Moves the instant in `slot` to `instant` unless it is already later.
+fn until(slot: &Mutex<Option<Instant>>, instant: Instant) {
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    *slot = Some(slot.map_or(instant, |current| current.max(instant)));
 }
 
 /// `base` plus up to 50% random jitter, so retries from many callers spread out.

@@ -29,6 +29,10 @@ pub enum ErrorKind {
     /// The send was never started.
     #[error("not sent: {0}")]
     NotStarted(NotStarted),
+    /// A keyed send whose idempotency record could not be checked (the shared store is
+    /// unreachable): not risked, since it might be a duplicate. Nothing was sent.
+    #[error("not sent: the idempotency store is unreachable, so a duplicate cannot be ruled out")]
+    StoreUnavailable,
 }
 
 /// Why a send was never started.
@@ -43,6 +47,11 @@ pub enum NotStarted {
     /// WeChat answered 45009 (daily quota) earlier in the same batch.
     #[error("wechat's daily quota (45009) was exhausted earlier in this batch")]
     DailyQuotaExhausted,
+    /// WeChat answered 45009 (daily quota) to a replica sharing this app's state earlier today.
+    #[error(
+        "wechat's daily quota (45009) was exhausted for this app; sends resume when the quota day ends"
+    )]
+    DailyQuotaStopped,
 }
 
 /// A failed send, with the upstream attempts it made.
@@ -53,6 +62,12 @@ pub struct SendError {
     pub kind: ErrorKind,
     /// HTTP requests made to WeChat's send endpoint before giving up.
     pub attempts: u32,
+}
+
+impl From<crate::idempotency::StoreUnavailable> for SendError {
+    fn from(_: crate::idempotency::StoreUnavailable) -> Self {
+        Self::new(ErrorKind::StoreUnavailable, 0)
+    }
 }
 
 impl SendError {

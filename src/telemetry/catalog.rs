@@ -14,6 +14,7 @@ use std::{
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 use crate::{
+    store::health::{STORE_ERRORS_TOTAL, STORE_UP},
     templates::TEMPLATE_FETCHES_TOTAL,
     token::{
         TOKEN_EXPIRES_IN_SECONDS, TOKEN_FETCH_FAILURES_TOTAL, TOKEN_FETCHES_TOTAL,
@@ -140,6 +141,15 @@ pub(crate) fn describe_all() {
          method and code."
     );
     describe_gauge!(RPC_IN_FLIGHT, "gRPC calls being handled, by method.");
+    describe_counter!(
+        STORE_ERRORS_TOTAL,
+        "Calls to the shared Redis (NOTIFY_REDIS_URL) that failed or timed out, connection \
+         attempts included."
+    );
+    describe_gauge!(
+        STORE_UP,
+        "1 while the shared Redis answers, 0 while it does not (only with NOTIFY_REDIS_URL)."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label tells which build is running."

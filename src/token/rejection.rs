@@ -7,7 +7,7 @@ use std::sync::{Arc, atomic::Ordering};
 use tokio::time::{Duration, Instant};
 use tracing::{debug, warn};
 
-use super::{CachedToken, RefreshState, TokenCache};
+use super::{ForceBudget, RefreshState, TokenCache};
 use crate::{
     secret::Secret,
     wechat::{TokenMode, WechatError},
@@ -158,21 +158,23 @@ impl TokenCache {
         state: &mut RefreshState,
         rejected: &Secret,
     ) -> Result<RejectionAction, WechatError> {
-        // Another replica (sharing the store) may have replaced it already.
-        match self.store.load().await {
-            Ok(Some(stored)) if stored.token != *rejected => {
-                let cached = CachedToken::new(stored, &self.options);
-                if Instant::now() < cached.refresh_at {
-                    debug!(app = %self.app, "using the token another replica stored");
-                    self.install(Arc::new(cached));
-                    return Ok(RejectionAction::Refreshed);
-                }
-            }
-            Ok(_) => {}
-            Err(error) => {
-                warn!(app = %self.app, %error, "token store unavailable; fetching from wechat")
-            }
+        // Another replica (sharing the store) may have replaced it already, or be fetching.
+        if let Some(cached) = self.fetch_turn(&|token| token != rejected).await {
+            debug!(app = %self.app, "using the token another replica stored");
+            self.install(Arc::new(cached));
+            return Ok(RejectionAction::Refreshed);
         }
+        let result = self.fetch_here_after_rejection(state, rejected).await;
+        self.store.end_fetch().await;
+        result
+    }
+
+    /// [`Self::fetch_after_rejection`] when it is this replica's turn to fetch.
+    async fn fetch_here_after_rejection(
+        &self,
+        state: &mut RefreshState,
+        rejected: &Secret,
+    ) -> Result<RejectionAction, WechatError> {
         let (started, fetched) = match self.fetch_with_retries().await {
             Ok(fetched) => fetched,
             Err(error) => {
@@ -184,13 +186,18 @@ impl TokenCache {
             self.save_and_install(started, fetched).await;
             return Ok(RejectionAction::Refreshed);
         }
-        let forced = match self.force_wait(state, Instant::now()) {
-            _ if self.source.mode() == TokenMode::Classic => None,
-            Some(wait) => {
+        let wait = match self.source.mode() {
+            // Classic fetches issue a new token each time; there is nothing to force.
+            TokenMode::Classic => None,
+            TokenMode::Stable => Some(self.force_wait_shared(state).await),
+        };
+        let forced = match wait {
+            None => None,
+            Some(Some(wait)) => {
                 debug!(app = %self.app, wait_secs = wait.as_secs(), "wechat handed back the rejected token; no force refresh allowed yet, keeping it");
                 None
             }
-            None => {
+            Some(None) => {
                 state.forced_at.push_back(Instant::now());
                 warn!(app = %self.app, forced_today = state.forced_at.len(), "wechat handed back the rejected token; forcing a refresh");
                 let started = Instant::now();
@@ -215,6 +222,27 @@ impl TokenCache {
                 // lifetime it just gave.
                 self.save_and_install(started, fetched).await;
                 Ok(RejectionAction::Kept)
+            }
+        }
+    }
+
+    /// [`Self::force_wait`], by the store's budget when it keeps one (replicas sharing it then
+    /// share the budget; a granted force is counted there at once).
+    async fn force_wait_shared(&self, state: &mut RefreshState) -> Option<Duration> {
+        let claimed = self
+            .store
+            .claim_force_refresh(
+                self.options.force_refresh_interval,
+                self.options.force_refresh_daily_limit,
+            )
+            .await;
+        match claimed {
+            Ok(ForceBudget::Granted) => None,
+            Ok(ForceBudget::Wait(wait)) => Some(wait),
+            Ok(ForceBudget::Local) => self.force_wait(state, Instant::now()),
+            Err(error) => {
+                warn!(app = %self.app, %error, "token store unavailable; using this replica's force-refresh budget");
+                self.force_wait(state, Instant::now())
             }
         }
     }

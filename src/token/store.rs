@@ -42,6 +42,26 @@ impl StoredToken {
 #[error("token store: {0}")]
 pub struct TokenStoreError(pub String);
 
+/// Whose turn it is to fetch from WeChat, when several replicas share a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchTurn {
+    /// This replica fetches (it holds the store's fetch lock, or the store has none).
+    Mine,
+    /// Another replica is fetching: wait ([`TokenStore::wait_for_fetch`]) and load its token.
+    Another,
+}
+
+/// Whether a `force_refresh` may be made now, by a budget shared through the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForceBudget {
+    /// The store keeps no budget: the cache's own applies.
+    Local,
+    /// Allowed, and counted.
+    Granted,
+    /// Not allowed for this long.
+    Wait(Duration),
+}
+
 /// One app's token storage. Object-safe; every method is called only on the cache's slow path
 /// (misses, refreshes and rejections), never on the hot read path.
 ///
@@ -49,8 +69,11 @@ pub struct TokenStoreError(pub String);
 /// may have stored a new token), then `save` with whatever it installs: a new token, or T again
 /// when WeChat hands T back and no force refresh is allowed (T is *kept*) or the fetch fails.
 /// So a store never stays empty after a rejection while the token endpoint answers. The
-/// rejection bookkeeping (one fetch per token value per 30 s, the force-refresh budget) lives
-/// in the cache, per process, not here.
+/// rejection bookkeeping (one fetch per token value per 30 s) lives in the cache, per process.
+///
+/// The fetch lock and the force-refresh budget have in-process defaults (the cache's own
+/// single flight and budget already cover one process); a store shared by replicas overrides
+/// them.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
     /// The stored token, if any (it may be expired; the cache judges).
@@ -59,6 +82,31 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn save(&self, token: &StoredToken) -> Result<(), TokenStoreError>;
     /// Removes the stored token only if it is `rejected` (compare-and-delete); true when it did.
     async fn invalidate_if(&self, rejected: &Secret) -> Result<bool, TokenStoreError>;
+
+    /// Takes the fetch lock if no one holds it. A lock has an owner and an expiry, so a replica
+    /// that dies mid-fetch blocks the others for no longer than the lock's life.
+    async fn begin_fetch(&self) -> Result<FetchTurn, TokenStoreError> {
+        Ok(FetchTurn::Mine)
+    }
+
+    /// Releases the fetch lock taken by [`TokenStore::begin_fetch`] and wakes the waiters.
+    async fn end_fetch(&self) {}
+
+    /// Waits until the fetch lock is released (woken, not polled) or `at_most` passed.
+    async fn wait_for_fetch(&self, at_most: Duration) {
+        let _ = at_most;
+    }
+
+    /// Asks the shared force-refresh budget for one `force_refresh`: at most one per
+    /// `interval` and `daily_limit` in any rolling 24 hours.
+    async fn claim_force_refresh(
+        &self,
+        interval: Duration,
+        daily_limit: usize,
+    ) -> Result<ForceBudget, TokenStoreError> {
+        let _ = (interval, daily_limit);
+        Ok(ForceBudget::Local)
+    }
 }
 
 /// The default store: one slot in this process.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod redis;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -91,6 +92,7 @@ pub fn serve_config() -> ServeConfig {
         },
         template_checks: true,
         template_refresh: Duration::from_secs(600),
+        redis: None,
     }
 }
 

@@ -1,0 +1,262 @@
+//! Idempotency records and in-progress claims shared by replicas.
+//!
+//! A keyed send first claims its key in Redis (one script: the record if there is one, else a
+//! claim with this replica as owner and a lease of [`CLAIM_LEASE`], renewed while the send
+//! runs). The replica holding the claim sends; one that finds another's claim waits (woken
+//! through pub/sub when the claim settles) and then answers from the record, or claims the
+//! key itself if the send failed (a failure is not recorded). On success the record replaces
+//! the claim for the records' time to live (second script).
+//!
+//! Within one replica, callers of one key share one claim and its outcome (a local cache, as
+//! the in-memory store does), and a record seen once is answered without a round trip.
+//!
+//! A duplicate is still possible only when: a replica dies or loses Redis mid-send and its
+//! lease ([`CLAIM_LEASE`]) runs out before its record is written, after which a retry on another
+//! replica sends again; or Redis loses the record itself (a restart without persistence, a
+//! failover to a replica that had not received it).
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+
+use super::RedisStore;
+use crate::idempotency::{IdempotencyStore, Keyed, Record, SendOnce, StoreUnavailable};
+
+/// How long a claim outlives its last renewal: a claim whose replica died blocks its key for
+/// at most this long.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(15);
+/// How often a running send renews its claim.
+const CLAIM_RENEWAL: Duration = Duration::from_secs(5);
+/// How long a waiter waits between looks at a claim when no wake-up arrives.
+const CLAIM_RECHECK: Duration = Duration::from_millis(500);
+/// Longest a caller waits for another replica's send (its longest admission wait, plus a
+/// request): past this the caller is answered STORE_UNAVAILABLE rather than waiting on.
+const MAX_CLAIM_WAIT: Duration = Duration::from_secs(150);
+/// How long a record that could not be written after a send is retried in the background.
+const WRITE_BACK_FOR: Duration = Duration::from_secs(600);
+
+/// Records and claims in Redis, with a local cache of the records seen.
+pub struct RedisIdempotencyStore {
+    store: Arc<RedisStore>,
+    ttl: Duration,
+    /// Records known here, and the one claim per key this replica is running.
+    local: moka::future::Cache<String, Keyed>,
+    claim: redis::Script,
+    finish: redis::Script,
+    release: redis::Script,
+    renew: redis::Script,
+}
+
+impl RedisIdempotencyStore {
+    /// Records kept for `ttl` in Redis; at most `capacity` of them cached here.
+    pub fn new(store: Arc<RedisStore>, ttl: Duration, capacity: u64) -> Self {
+        Self {
+            store,
+            ttl,
+            local: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            claim: redis::Script::new(CLAIM_SCRIPT),
+            finish: redis::Script::new(FINISH_SCRIPT),
+            release: redis::Script::new(RELEASE_SCRIPT),
+            renew: redis::Script::new(RENEW_SCRIPT),
+        }
+    }
+
+    /// The Redis key of a scoped key (`appid\n...`, as the notifier scopes them).
+    fn redis_key(&self, key: &str) -> String {
+        let (appid, rest) = key.split_once('\n').unwrap_or(("", key));
+        self.store.keys().app(appid, &format!("idem:{rest}"))
+    }
+
+    /// Claims `key` in Redis and sends, or answers from the record.
+    async fn once_shared<E>(&self, key: &str, send: SendOnce<E>) -> Result<Keyed, E>
+    where
+        E: From<StoreUnavailable> + Send + Sync + 'static,
+    {
+        let redis_key = self.redis_key(key);
+        let owner = format!(
+            "c:{}:{}",
+            self.store.replica_id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let unavailable = |_| E::from(StoreUnavailable);
+        let started = tokio::time::Instant::now();
+        loop {
+            // Listening first: a settle announced between the look and the wait still wakes us.
+            let mut listener = self.store.listen();
+            let mut invocation = self.claim.key(&redis_key);
+            invocation.arg(&owner).arg(CLAIM_LEASE.as_millis() as u64);
+            let found: Option<String> =
+                self.store.invoke(&invocation).await.map_err(unavailable)?;
+            match found {
+                None => break,
+                Some(value) => {
+                    if let Some(record) = value.strip_prefix("r:").and_then(decode) {
+                        return Ok(Keyed {
+                            record,
+                            deduplicated: true,
+                        });
+                    }
+                    if started.elapsed() >= MAX_CLAIM_WAIT {
+                        return Err(E::from(StoreUnavailable));
+                    }
+                    listener.wait(&redis_key, CLAIM_RECHECK).await;
+                }
+            }
+        }
+
+        let renewing = async {
+            loop {
+                tokio::time::sleep(CLAIM_RENEWAL).await;
+                let mut invocation = self.renew.key(&redis_key);
+                invocation.arg(&owner).arg(CLAIM_LEASE.as_millis() as u64);
+                let _ = self.store.invoke::<i64>(&invocation).await;
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = send => outcome,
+            () = renewing => unreachable!("renewal never ends"),
+        };
+        match outcome {
+            Ok(record) => {
+                self.write_record(redis_key, owner, &record).await;
+                Ok(Keyed {
+                    record,
+                    deduplicated: false,
+                })
+            }
+            Err(error) => {
+                let mut invocation = self.release.key(&redis_key);
+                invocation.arg(&owner).arg(self.store.keys().wake_channel());
+                // Failing to release only delays the next attempt until the lease ends.
+                let _ = self.store.invoke::<i64>(&invocation).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Replaces the claim with the record; if Redis cannot be told now, keeps trying in the
+    /// background (the claim's lease runs out meanwhile: see the module docs).
+    async fn write_record(&self, redis_key: String, owner: String, record: &Record) {
+        let value = format!("r:{}", encode(record));
+        let ttl = self.ttl.as_millis() as u64;
+        let channel = self.store.keys().wake_channel();
+        let mut invocation = self.finish.key(&redis_key);
+        invocation.arg(&owner).arg(&value).arg(ttl).arg(&channel);
+        if self.store.invoke::<i64>(&invocation).await.is_ok() {
+            return;
+        }
+        tracing::warn!("could not record a delivered message in redis; retrying in the background");
+        let store = self.store.clone();
+        let finish = self.finish.clone();
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + WRITE_BACK_FOR;
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let mut invocation = finish.key(&redis_key);
+                invocation.arg(&owner).arg(&value).arg(ttl).arg(&channel);
+                if store.invoke::<i64>(&invocation).await.is_ok() {
+                    tracing::info!("recorded a delivered message in redis after an outage");
+                    return;
+                }
+            }
+            tracing::warn!("gave up recording a delivered message in redis");
+        });
+    }
+}
+
+#[async_trait]
+impl<E> IdempotencyStore<E> for RedisIdempotencyStore
+where
+    E: From<StoreUnavailable> + Send + Sync + 'static,
+{
+    async fn once(&self, key: String, send: SendOnce<E>) -> Result<Keyed, Arc<E>> {
+        // Callers of one key on this replica share one claim (and a failure, as in memory).
+        let entry = self
+            .local
+            .entry(key.clone())
+            .or_try_insert_with(self.once_shared(&key, send))
+            .await?;
+        let fresh = entry.is_fresh();
+        let keyed = entry.into_value();
+        Ok(Keyed {
+            deduplicated: keyed.deduplicated || !fresh,
+            record: keyed.record,
+        })
+    }
+}
+
+fn encode(record: &Record) -> String {
+    serde_json::json!({
+        "msgid": record.msgid,
+        "attempts": record.attempts,
+        "touser": record.touser,
+        "template_id": record.template_id,
+    })
+    .to_string()
+}
+
+fn decode(text: &str) -> Option<Record> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    Some(Record {
+        msgid: value.get("msgid").and_then(serde_json::Value::as_u64),
+        attempts: u32::try_from(value.get("attempts")?.as_u64()?).ok()?,
+        touser: value.get("touser")?.as_str()?.to_owned(),
+        template_id: value.get("template_id")?.as_str()?.to_owned(),
+    })
+}
+
+/// The record or another's claim if the key has one; else claims it for `ARGV[1]` with a lease
+/// of `ARGV[2]` ms and answers nil.
+const CLAIM_SCRIPT: &str = r"
+local value = redis.call('GET', KEYS[1])
+if value then return value end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
+/// Writes the record `ARGV[2]` for `ARGV[3]` ms unless a record is there already, and
+/// announces the key on channel `ARGV[4]`.
+const FINISH_SCRIPT: &str = r"
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, 1, 2) == 'r:' then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], KEYS[1])
+return 1
+";
+
+/// Drops the claim if `ARGV[1]` still holds it, and announces the key on channel `ARGV[2]`.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[2], KEYS[1])
+return 1
+";
+
+/// Extends the claim's lease to `ARGV[2]` ms if `ARGV[1]` still holds it.
+const RENEW_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_the_round_trip() {
+        let record = Record {
+            msgid: Some(u64::MAX),
+            attempts: 2,
+            touser: "o\"pen:id".into(),
+            template_id: "tpl".into(),
+        };
+        assert_eq!(decode(&encode(&record)), Some(record));
+        assert_eq!(decode("not json"), None);
+    }
+}

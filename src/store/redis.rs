@@ -1,0 +1,346 @@
+//! The connection to the shared Redis, the key layout, and the upkeep task that connects,
+//! watches the connection's health and counts the replicas.
+//!
+//! Other features that keep shared state use this module: [`RedisStore::invoke`] runs one of
+//! their scripts on the current connection (recording its health), [`RedisStore::keys`] builds
+//! their keys in the app's hash tag, and [`RedisStore::announce`]/`listen` wake waiters.
+
+use std::{sync::Arc, time::Duration};
+
+use arc_swap::ArcSwapOption;
+use redis::{
+    Cmd, FromRedisValue, RedisFuture, ScriptInvocation, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+};
+use tokio::task::JoinHandle;
+
+use super::{
+    health::StoreHealth,
+    wake::{Listener, Wakeups},
+};
+use crate::config::RedisConfig;
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one command may take before it counts as failed: a send never waits longer than
+/// this for Redis.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the upkeep task reports this replica alive and probes the connection.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A replica not heard from for this long no longer counts.
+const REPLICA_WINDOW: Duration = Duration::from_secs(5);
+
+/// Redis could not be asked, or did not answer.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct StoreError(pub String);
+
+/// The names of the shared keys. Every key of an app carries its appid in a hash tag
+/// (`{wx...}`), so one app's keys live in one Redis Cluster slot and a script may touch several.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The key prefix (`NOTIFY_REDIS_KEY_PREFIX`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The hash tag of an app: `{appid}`.
+    pub fn hash_tag(appid: &str) -> String {
+        format!("{{{appid}}}")
+    }
+
+    /// `prefix:{appid}:name`, the key `name` of one app.
+    pub fn app(&self, appid: &str, name: &str) -> String {
+        format!("{}:{{{appid}}}:{name}", self.prefix)
+    }
+
+    /// The pub/sub channel on which changed keys are announced.
+    pub fn wake_channel(&self) -> String {
+        format!("{}:wake", self.prefix)
+    }
+
+    /// The sorted set of live replicas (by last heartbeat).
+    pub fn replicas(&self) -> String {
+        format!("{}:replicas", self.prefix)
+    }
+}
+
+/// A connection to one Redis or to a Redis Cluster; both reconnect by themselves.
+#[derive(Clone)]
+pub enum Connection {
+    /// One Redis (a primary, or a proxy in front of several).
+    Single(ConnectionManager),
+    /// A Redis Cluster, routed by key slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// The shared store: one per process, shared by every app and feature.
+pub struct RedisStore {
+    config: RedisConfig,
+    keys: Keys,
+    /// `None` until the first connection succeeds.
+    connection: ArcSwapOption<Connection>,
+    health: StoreHealth,
+    wakeups: Wakeups,
+    /// This process, as owner of locks and claims and as a member of the replica set.
+    replica: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URLs stay out: they may carry a password.
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.keys.prefix)
+            .field("cluster", &self.config.cluster)
+            .field("up", &self.health.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A store for `config`, not connected yet: [`RedisStore::spawn_upkeep`] connects.
+    pub fn new(config: &RedisConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config: config.clone(),
+            keys: Keys::new(&config.key_prefix),
+            connection: ArcSwapOption::empty(),
+            health: StoreHealth::new(),
+            wakeups: Wakeups::new(),
+            replica: uuid::Uuid::new_v4().simple().to_string(),
+        })
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// This replica's id (owner of its locks and claims).
+    pub fn replica_id(&self) -> &str {
+        &self.replica
+    }
+
+    /// True while Redis answers.
+    pub fn is_up(&self) -> bool {
+        self.health.is_up()
+    }
+
+    /// Replicas heard from in the last few seconds, this one included.
+    pub fn replicas(&self) -> usize {
+        self.health.replicas()
+    }
+
+    /// Resolves once Redis has answered at least once.
+    pub async fn wait_connected(&self) {
+        self.health.wait_connected().await;
+    }
+
+    /// The current connection, if Redis answers (fails fast during an outage, so no caller
+    /// waits for timeouts; the upkeep task notices the recovery).
+    pub fn connection(&self) -> Result<Connection, StoreError> {
+        if !self.health.is_up() {
+            return Err(StoreError("unreachable".to_owned()));
+        }
+        self.connection
+            .load_full()
+            .map(|connection| (*connection).clone())
+            .ok_or_else(|| StoreError("not connected yet".to_owned()))
+    }
+
+    /// Runs a script (EVALSHA, loading it on first use), recording the connection's health.
+    pub async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.connection()?;
+        let result = invocation.invoke_async(&mut connection).await;
+        self.record(result)
+    }
+
+    /// Runs one command, recording the connection's health.
+    pub async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
+        let mut connection = self.connection()?;
+        let result = command.query_async(&mut connection).await;
+        self.record(result)
+    }
+
+    /// Wakes the waiters of `key` on every replica (sent through Redis; best effort).
+    pub async fn announce(&self, key: &str) {
+        let _ = self
+            .query::<()>(redis::cmd("PUBLISH").arg(self.keys.wake_channel()).arg(key))
+            .await;
+    }
+
+    /// A listener for announced keys (register it before looking at the state it waits for).
+    pub(crate) fn listen(&self) -> Listener {
+        self.wakeups.listen()
+    }
+
+    fn record<T>(&self, result: redis::RedisResult<T>) -> Result<T, StoreError> {
+        match result {
+            Ok(value) => {
+                self.health.record_ok();
+                Ok(value)
+            }
+            Err(error) => {
+                // A script error (a bug or a full Redis) is an answer, but not a usable one.
+                self.health.record_error(&error);
+                Err(StoreError(error.to_string()))
+            }
+        }
+    }
+
+    /// Connects (retrying until it succeeds), then reports this replica alive every second,
+    /// which also probes the connection so that recovery is noticed without any call; and keeps
+    /// the wake-up subscription. Runs until aborted.
+    pub fn spawn_upkeep(self: &Arc<Self>) -> JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            store.connect().await;
+            let subscriber = match redis::Client::open(store.config.urls[0].expose()) {
+                Ok(client) => Some(tokio::spawn(
+                    store.wakeups.clone().run(client, store.keys.wake_channel()),
+                )),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot subscribe to wake-ups; waiters look again every few hundred milliseconds");
+                    None
+                }
+            };
+            let _abort_subscriber = AbortOnDrop(subscriber);
+            let heartbeat = redis::Script::new(HEARTBEAT_SCRIPT);
+            loop {
+                let mut invocation = heartbeat.key(store.keys.replicas());
+                invocation
+                    .arg(&store.replica)
+                    .arg(REPLICA_WINDOW.as_millis() as u64);
+                let connection = store.connection.load_full();
+                if let Some(connection) = connection {
+                    let mut connection = (*connection).clone();
+                    let result: redis::RedisResult<usize> =
+                        invocation.invoke_async(&mut connection).await;
+                    if let Ok(replicas) = store.record(result) {
+                        store.health.set_replicas(replicas);
+                    }
+                }
+                tokio::time::sleep(HEARTBEAT).await;
+            }
+        })
+    }
+
+    /// The first connection, retried every second; logs once why health stays NOT_SERVING.
+    async fn connect(&self) {
+        let mut logged = false;
+        loop {
+            match self.open().await {
+                Ok(connection) => {
+                    self.connection.store(Some(Arc::new(connection)));
+                    self.health.record_ok();
+                    return;
+                }
+                Err(error) => {
+                    metrics::counter!(super::health::STORE_ERRORS_TOTAL).increment(1);
+                    if !logged {
+                        tracing::warn!(%error, "cannot connect to redis; health stays NOT_SERVING until it connects");
+                        logged = true;
+                    }
+                }
+            }
+            tokio::time::sleep(HEARTBEAT).await;
+        }
+    }
+
+    async fn open(&self) -> redis::RedisResult<Connection> {
+        let urls: Vec<&str> = self.config.urls.iter().map(|url| url.expose()).collect();
+        if self.config.cluster {
+            let client = ClusterClient::builder(urls)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT)
+                .retries(1)
+                .build()?;
+            Ok(Connection::Cluster(client.get_async_connection().await?))
+        } else {
+            let client = redis::Client::open(urls[0])?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_number_of_retries(1);
+            Ok(Connection::Single(
+                client.get_connection_manager_with_config(config).await?,
+            ))
+        }
+    }
+}
+
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Reports a replica alive and answers how many were heard from within the window.
+/// KEYS[1] the replica set; ARGV[1] this replica, ARGV[2] the window (ms).
+const HEARTBEAT_SCRIPT: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_app_key_is_in_the_app_hash_tag() {
+        let keys = Keys::new("wechat-notify");
+        assert_eq!(keys.app("wx123", "token"), "wechat-notify:{wx123}:token");
+        assert_eq!(Keys::hash_tag("wx123"), "{wx123}");
+    }
+}

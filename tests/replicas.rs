@@ -1,0 +1,463 @@
+//! Several replicas of the real binary on one Redis behave as one service: one token fetch for
+//! a herd, one send per idempotency key, the app's rate as a total, a shared 45011 pause, and
+//! keyed sends refused (not risked) while Redis is down. The same core promises on a real
+//! three-node Redis Cluster.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{redis::*, *};
+use tonic::Code;
+use wechat_notify::{
+    pb,
+    sandbox::{Fault, Sandbox, SandboxConfig, SandboxServer},
+};
+
+const READY: Duration = Duration::from_secs(30);
+
+struct Cluster {
+    sandbox: SandboxServer,
+    replicas: Vec<Replica>,
+}
+
+impl Cluster {
+    async fn start(redis_url: &str, extra: &[(&str, String)], count: usize) -> Cluster {
+        let sandbox = Sandbox::new(SandboxConfig::default())
+            .spawn(loopback())
+            .await
+            .unwrap();
+        let mut env = vec![("NOTIFY_REDIS_URL", redis_url.to_owned())];
+        env.extend(extra.iter().cloned());
+        let app = sandbox.sandbox().config().apps[0].clone();
+        let replicas = (0..count)
+            .map(|_| Replica::spawn(&app, sandbox.base_url().as_str(), &env))
+            .collect();
+        Cluster { sandbox, replicas }
+    }
+
+    async fn clients(
+        &self,
+    ) -> Vec<pb::notify_service_client::NotifyServiceClient<tonic::transport::Channel>> {
+        let mut clients = Vec::new();
+        for replica in &self.replicas {
+            clients.push(replica.serving(READY).await);
+        }
+        clients
+    }
+
+    fn sandbox(&self) -> &Sandbox {
+        self.sandbox.sandbox()
+    }
+}
+
+fn keyed(touser: &str, key: &str) -> pb::SendSubscribeRequest {
+    pb::SendSubscribeRequest {
+        idempotency_key: key.to_owned(),
+        ..course_request(touser)
+    }
+}
+
+/// 300 concurrent sends over the replicas of a cold start: one token fetch in all.
+async fn herd_fetches_one_token(cluster: &Cluster) {
+    let clients = cluster.clients().await;
+    let mut calls = Vec::new();
+    for index in 0..300 {
+        let mut client = clients[index % clients.len()].clone();
+        calls.push(tokio::spawn(async move {
+            client.send_subscribe(course_request(&openid(index))).await
+        }));
+    }
+    for call in calls {
+        call.await.unwrap().expect("the send succeeds");
+    }
+    assert_eq!(cluster.sandbox().stats().total_token_fetches(), 1);
+}
+
+/// One key retried on every replica, and 30 concurrent calls of another key over them: each
+/// key is sent once and every caller gets its msgid.
+async fn one_send_per_key(cluster: &Cluster) {
+    let clients = cluster.clients().await;
+    let before = cluster.sandbox().stats().delivered;
+    let mut first = clients[0].clone();
+    let sent = first
+        .send_subscribe(keyed(OPENID, "retried"))
+        .await
+        .unwrap()
+        .into_inner();
+    for client in &clients[1..] {
+        let answer = client
+            .clone()
+            .send_subscribe(keyed(OPENID, "retried"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.msgid, sent.msgid);
+        assert!(answer.deduplicated);
+    }
+    let mut calls = Vec::new();
+    for index in 0..30 {
+        let mut client = clients[index % clients.len()].clone();
+        calls.push(tokio::spawn(async move {
+            client.send_subscribe(keyed(OPENID, "concurrent")).await
+        }));
+    }
+    let mut msgids = std::collections::HashSet::new();
+    for call in calls {
+        msgids.insert(call.await.unwrap().expect("answered").into_inner().msgid);
+    }
+    assert_eq!(msgids.len(), 1, "every caller got the one outcome");
+    assert_eq!(cluster.sandbox().stats().delivered - before, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_over_three_replicas_fetches_one_token_and_each_key_sends_once() {
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(&redis.url(), &[], 3).await;
+    herd_fetches_one_token(&cluster).await;
+    // A replica started later, warming its token up, uses the stored one.
+    let app = cluster.sandbox().config().apps[0].clone();
+    let late = Replica::spawn(
+        &app,
+        cluster.sandbox.base_url().as_str(),
+        &[
+            ("NOTIFY_REDIS_URL", redis.url()),
+            ("NOTIFY_WARM_TOKENS", "true".to_owned()),
+        ],
+    );
+    late.serving(READY)
+        .await
+        .send_subscribe(course_request(&openid(1000)))
+        .await
+        .expect("the late replica sends");
+    assert_eq!(cluster.sandbox().stats().total_token_fetches(), 1);
+    one_send_per_key(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_too() {
+    let redis = RedisCluster::start().await;
+    let cluster = Cluster::start(
+        &redis.urls(),
+        &[("NOTIFY_REDIS_CLUSTER", "true".to_owned())],
+        3,
+    )
+    .await;
+    herd_fetches_one_token(&cluster).await;
+    one_send_per_key(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refreshed_once_for_all_replicas() {
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(&redis.url(), &[], 3).await;
+    let clients = cluster.clients().await;
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .clone()
+            .send_subscribe(course_request(&openid(index)))
+            .await
+            .unwrap();
+    }
+    let appid = cluster.sandbox().config().apps[0].appid.clone();
+    let before = cluster.sandbox().stats().token_fetches[&appid].clone();
+    cluster.sandbox().revoke_tokens(&appid);
+    let mut calls = Vec::new();
+    for index in 0..30 {
+        let mut client = clients[index % clients.len()].clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .send_subscribe(course_request(&openid(100 + index)))
+                .await
+        }));
+    }
+    for call in calls {
+        call.await.unwrap().expect("sent after one refresh");
+    }
+    let after = cluster.sandbox().stats().token_fetches[&appid].clone();
+    assert_eq!(before.stable, 1, "one fetch at the start");
+    // The sandbox issues a new stable token once the old one is revoked: one normal fetch.
+    assert_eq!(
+        (after.stable - before.stable, after.force_refreshes),
+        (1, 0),
+        "{before:?} -> {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_met_on_every_replica_forces_one_refresh_for_all() {
+    // The token is fine, but WeChat rejects it for one user: every replica meets the rejection,
+    // WeChat hands the same token back, and only the shared budget keeps it to one force.
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(&redis.url(), &[], 3).await;
+    let clients = cluster.clients().await;
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .clone()
+            .send_subscribe(course_request(&openid(index)))
+            .await
+            .unwrap();
+    }
+    let appid = cluster.sandbox().config().apps[0].appid.clone();
+    let started = tokio::time::Instant::now();
+    let faulty = openid(99);
+    cluster
+        .sandbox()
+        .inject(Fault::errcode(40001).for_openid(&faulty));
+    // Twice round: the second time each replica rejects the token the first force produced,
+    // and WeChat hands that one back too; each replica's own budget would force again.
+    for _ in 0..2 {
+        for client in &clients {
+            let rejected = client
+                .clone()
+                .send_subscribe(course_request(&faulty))
+                .await
+                .unwrap_err();
+            assert_eq!(errcode(&rejected), Some(40001));
+        }
+    }
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .clone()
+            .send_subscribe(course_request(&openid(10 + index)))
+            .await
+            .expect("the other users are served on every replica");
+    }
+    let fetches = cluster.sandbox().stats().token_fetches[&appid].clone();
+    // The first fetch; in the first round a fetch and the one force (the other replicas take
+    // the stored token); in the second, one fetch per replica, each kept by the shared budget.
+    // A budget per replica would force on each of them too. Each further 30 s (a slow
+    // machine) allows one more force.
+    let windows = started.elapsed().as_secs() / 30;
+    assert!(fetches.stable <= 6 + 3 * windows, "{fetches:?}");
+    assert!(fetches.force_refreshes <= 1 + windows, "{fetches:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_is_the_apps_total_over_all_replicas() {
+    const RATE: u64 = 20;
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(
+        &redis.url(),
+        &[("NOTIFY_RATE_PER_SEC", RATE.to_string())],
+        3,
+    )
+    .await;
+    let clients = cluster.clients().await;
+    let started = tokio::time::Instant::now();
+    // Far more than the rate allows, from every replica at once; each call waits at most 3 s.
+    let mut calls = Vec::new();
+    for index in 0..300 {
+        let mut client = clients[index % clients.len()].clone();
+        calls.push(tokio::spawn(async move {
+            let mut request = tonic::Request::new(course_request(&openid(index)));
+            request.set_timeout(Duration::from_secs(3));
+            client.send_subscribe(request).await
+        }));
+    }
+    for call in calls {
+        let _ = call.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let delivered = cluster.sandbox().stats().delivered;
+    // One second's burst, the rate over the window, one small lease per replica; alone, each
+    // replica would have let its own rate through.
+    let most = RATE as f64 * (1.0 + elapsed) + 3.0;
+    assert!(
+        (delivered as f64) <= most,
+        "{delivered} delivered in {elapsed:.1}s, at most {most:.0} allowed"
+    );
+    assert!(delivered >= RATE * 2, "the rate was used: {delivered}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_45011_on_one_replica_pauses_them_all() {
+    // The pause lasts until the next minute: not too close to its end.
+    if wechat_notify::service::until_next_minute() < Duration::from_secs(5) {
+        tokio::time::sleep(wechat_notify::service::until_next_minute()).await;
+    }
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(&redis.url(), &[], 3).await;
+    let clients = cluster.clients().await;
+    cluster.sandbox().inject(Fault::errcode(45011).times(1));
+    let paused = clients[0]
+        .clone()
+        .send_subscribe(course_request(OPENID))
+        .await
+        .unwrap_err();
+    assert_eq!(errcode(&paused), Some(45011));
+    let requests = cluster.sandbox().stats().send_requests;
+    for client in &clients[1..] {
+        let mut request = tonic::Request::new(course_request(&openid(1)));
+        request.set_timeout(Duration::from_secs(2));
+        let refused = client.clone().send_subscribe(request).await.unwrap_err();
+        assert!(
+            matches!(
+                refused.code(),
+                Code::ResourceExhausted | Code::DeadlineExceeded
+            ),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        cluster.sandbox().stats().send_requests,
+        requests,
+        "nothing reached wechat"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_45009_on_one_replica_stops_them_all() {
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(&redis.url(), &[], 3).await;
+    let clients = cluster.clients().await;
+    cluster.sandbox().inject(Fault::errcode(45009).times(1));
+    let stopped = clients[0]
+        .clone()
+        .send_subscribe(course_request(OPENID))
+        .await
+        .unwrap_err();
+    assert_eq!(errcode(&stopped), Some(45009));
+    let requests = cluster.sandbox().stats().send_requests;
+    for client in &clients {
+        let refused = client
+            .clone()
+            .send_subscribe(course_request(&openid(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.metadata().get("retry-after").is_some());
+    }
+    assert_eq!(
+        cluster.sandbox().stats().send_requests,
+        requests,
+        "nothing reached wechat"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_batch_cut_by_its_deadline_and_retried_elsewhere_sends_each_recipient_once() {
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(
+        &redis.url(),
+        &[("NOTIFY_RATE_PER_SEC", "200".to_owned())],
+        2,
+    )
+    .await;
+    let clients = cluster.clients().await;
+    let batch = pb::BatchSendRequest {
+        template_id: COURSE_REMINDER.to_owned(),
+        data: course_data(),
+        recipients: (0..400)
+            .map(|index| pb::Recipient {
+                touser: openid(index),
+                ..Default::default()
+            })
+            .collect(),
+        idempotency_key: "batch-once".to_owned(),
+        ..Default::default()
+    };
+    let mut cut = tonic::Request::new(batch.clone());
+    cut.set_timeout(Duration::from_millis(700));
+    let _ = clients[0].clone().batch_send(cut).await;
+    let mut retry = tonic::Request::new(batch);
+    retry.set_timeout(Duration::from_secs(30));
+    let answer = clients[1]
+        .clone()
+        .batch_send(retry)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.results.len(), 400);
+    // Wait for sends the cut call had started to finish, then count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for index in 0..400 {
+        assert_eq!(
+            cluster.sandbox().inbox(Some(&openid(index))).len(),
+            1,
+            "recipient {index}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_keyed_sends_are_refused_and_all_resumes_after() {
+    let mut redis = RedisServer::start().await;
+    let cluster = Cluster::start(&redis.url(), &[], 2).await;
+    let clients = cluster.clients().await;
+    let sent = clients[0]
+        .clone()
+        .send_subscribe(keyed(OPENID, "before"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    redis.stop();
+    let mut refused = None;
+    for _ in 0..100 {
+        match clients[1]
+            .clone()
+            .send_subscribe(keyed(&openid(1), "during"))
+            .await
+        {
+            Err(status) if status.code() == Code::Unavailable => {
+                refused = Some(status);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let refused = refused.expect("a keyed send is refused while redis is down");
+    use tonic_types::StatusExt;
+    assert_eq!(
+        refused.get_error_details().error_info().unwrap().reason,
+        "STORE_UNAVAILABLE"
+    );
+    clients[1]
+        .clone()
+        .send_subscribe(course_request(&openid(2)))
+        .await
+        .expect("unkeyed sends go on");
+    assert_eq!(replica_health(&cluster, 1).await, Some(1), "still SERVING");
+
+    redis.resume().await;
+    let mut again = None;
+    for _ in 0..100 {
+        match clients[1]
+            .clone()
+            .send_subscribe(keyed(OPENID, "before"))
+            .await
+        {
+            Ok(answer) => {
+                again = Some(answer.into_inner());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let again = again.expect("keyed sends resume by themselves");
+    assert!(
+        again.deduplicated,
+        "answered from the record kept over the outage"
+    );
+    assert_eq!(again.msgid, sent.msgid);
+    assert_eq!(
+        cluster.sandbox().inbox(Some(OPENID)).len(),
+        1,
+        "no duplicate"
+    );
+}
+
+async fn replica_health(cluster: &Cluster, index: usize) -> Option<i32> {
+    cluster.replicas[index].health().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_without_redis_is_not_serving_until_it_connects() {
+    let mut redis = RedisServer::start().await;
+    redis.stop();
+    let cluster = Cluster::start(&redis.url(), &[], 1).await;
+    assert_eq!(replica_health(&cluster, 0).await, Some(2), "NOT_SERVING");
+    redis.resume().await;
+    cluster.replicas[0].serving(READY).await;
+}
