@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::{
     Sandbox,
     faults::{Fault, fault_json::FaultJson},
-    send::is_valid_openid,
+    params::is_valid_openid,
     state::{Grant, SubscriptionKey},
 };
 

@@ -6,14 +6,17 @@
 //! plus a control API under `/sandbox/` (see `docs/sandbox.md`).
 //!
 //! Modules: [`config`] and [`templates`] (what it is built from), `tokens` (token rules),
-//! `send` (the send checks), `state` (subscriptions, inbox, counters), `faults`, `control`
-//! (the `/sandbox/` routes), [`cli`] (`wechat-notify sandbox`).
+//! `send` (the send checks), `endpoints` (the token and template endpoints), `state`
+//! (subscriptions, inbox, counters), `faults`, `control` (the `/sandbox/` routes), [`cli`]
+//! (`wechat-notify sandbox`). Below them all, `params` and `reply` (what a request reads and
+//! how WeChat answers), so that imports only point down.
 
 pub mod cli;
 pub mod config;
 mod control;
 mod endpoints;
 mod faults;
+mod params;
 mod reply;
 mod send;
 mod state;
@@ -24,6 +27,8 @@ use std::{fmt, io, net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Dur
 
 use axum::{
     Router,
+    http::Uri,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, time::Instant};
@@ -32,7 +37,7 @@ use url::Url;
 pub use cli::{SandboxArgs, run};
 pub use config::{DEFAULT_APPID, DEFAULT_SECRET, DEMO_OPENID, SandboxApp, SandboxConfig};
 pub use faults::{ActiveFault, Fault, FaultEndpoint};
-pub use send::is_valid_openid;
+pub use params::is_valid_openid;
 pub use state::{Grant, InboxMessage, RecordedSend, SandboxStats, TokenFetches};
 pub use templates::{Keyword, Template, TemplateKind};
 
@@ -82,8 +87,8 @@ impl Sandbox {
             .route("/cgi-bin/message/subscribe/send", post(send::send))
             .route("/wxaapi/newtmpl/gettemplate", get(endpoints::get_template))
             .merge(control::routes())
-            .fallback(endpoints::not_found)
-            .method_not_allowed_fallback(endpoints::not_found)
+            .fallback(not_found)
+            .method_not_allowed_fallback(not_found)
             .with_state(self.clone())
     }
 
@@ -209,6 +214,15 @@ impl Sandbox {
     pub fn send_requests(&self) -> Vec<RecordedSend> {
         self.inner.lock().sends.iter().cloned().collect()
     }
+}
+
+/// Unknown paths and wrong methods: WeChat's errcode 404 (HTTP 200), or a plain 404 under
+/// `/sandbox`.
+async fn not_found(uri: Uri) -> Response {
+    if uri.path() == "/sandbox" || uri.path().starts_with("/sandbox/") {
+        return control::unknown_route();
+    }
+    reply::Reply::errcode(404).into_response()
 }
 
 /// A sandbox served on a socket. Dropping it stops the server too.
