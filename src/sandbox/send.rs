@@ -4,6 +4,9 @@
 //! Order: token (41001, 40014, 40001, 42001); injected faults; quotas (45009, 45011); body is
 //! JSON (47001); `touser` (40003); `template_id` (40037); `data` (47003); `page` (41030);
 //! `miniprogram_state` and `lang` (47003); subscription (43101).
+//!
+//! A delivery goes to the inbox, a refusal to the failed sends, and either to the console's
+//! live events.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -17,6 +20,8 @@ use tokio::time::Instant;
 
 use super::{
     Sandbox,
+    events::SandboxEvent,
+    failures::{self, FailedSend},
     faults::FaultEndpoint,
     params::{is_valid_openid, query_param},
     reply::{Reply, unix_ms},
@@ -47,6 +52,26 @@ struct Outcome {
     reply: Reply,
     /// Hold the answer back this long (an injected latency).
     latency: Option<Duration>,
+    /// An injected fault answered instead of the checks.
+    injected: bool,
+}
+
+impl Outcome {
+    fn checked(reply: Reply, latency: Option<Duration>) -> Outcome {
+        Outcome {
+            reply,
+            latency,
+            injected: false,
+        }
+    }
+
+    fn injected(reply: Reply, latency: Option<Duration>) -> Outcome {
+        Outcome {
+            reply,
+            latency,
+            injected: true,
+        }
+    }
 }
 
 fn process(inner: &Inner, token: Option<&str>, raw_body: &[u8], now: Instant) -> Outcome {
@@ -73,6 +98,13 @@ fn process(inner: &Inner, token: Option<&str>, raw_body: &[u8], now: Instant) ->
         Some(errcode) => *state.stats.rejected.entry(errcode).or_default() += 1,
         None => state.stats.http_errors += 1,
     }
+    if outcome.reply.errcode_of() != Some(0) {
+        let failure = failed_send(&state, token, body.as_ref(), &outcome);
+        state.record_failure(failure.clone());
+        inner
+            .events
+            .publish(|| SandboxEvent::Failed(Box::new(failure)));
+    }
     drop(state);
     tracing::debug!(
         token = token.map(token_prefix),
@@ -98,22 +130,14 @@ fn fixed_answer(
         .take(FaultEndpoint::Send, appid.as_deref(), touser)
     {
         Some(action) => match action.answer {
-            Some(answer) => {
-                return Outcome {
-                    reply: answer.into(),
-                    latency: action.latency,
-                };
-            }
+            Some(answer) => return Outcome::injected(answer.into(), action.latency),
             None => action.latency,
         },
         None => None,
     };
     let msgid = state.next_msgid();
     state.stats.delivered += 1;
-    Outcome {
-        reply: ok_reply(inner, msgid),
-        latency,
-    }
+    Outcome::checked(ok_reply(inner, msgid), latency)
 }
 
 fn check_and_deliver(
@@ -127,20 +151,14 @@ fn check_and_deliver(
     let appid = match state.tokens.check(token, now) {
         TokenCheck::Valid { appid } => appid,
         rejected => {
-            return Outcome {
-                reply: Reply::errcode(rejected.errcode().unwrap_or(40014)),
-                latency: None,
-            };
+            return Outcome::checked(Reply::errcode(rejected.errcode().unwrap_or(40014)), None);
         }
     };
     let mut latency = None;
     if let Some(action) = state.faults.take(FaultEndpoint::Send, Some(&appid), touser) {
         latency = action.latency;
         if let Some(answer) = action.answer {
-            return Outcome {
-                reply: answer.into(),
-                latency,
-            };
+            return Outcome::injected(answer.into(), latency);
         }
     }
     let reply = match state.use_quota(&inner.config, &appid, inner.since_start(now)) {
@@ -151,7 +169,60 @@ fn check_and_deliver(
             Ok(message) => deliver(inner, state, appid, message),
         },
     };
-    Outcome { reply, latency }
+    Outcome::checked(reply, latency)
+}
+
+/// The record of a refused send: what was asked, what was answered, and why.
+fn failed_send(
+    state: &Mutable,
+    token: Option<&str>,
+    body: Option<&Value>,
+    outcome: &Outcome,
+) -> FailedSend {
+    let field = |name: &str| {
+        body.and_then(|b| b.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let (errcode, errmsg, http_status) = match &outcome.reply {
+        Reply::Json(value) => (
+            value.get("errcode").and_then(Value::as_i64),
+            value
+                .get("errmsg")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            None,
+        ),
+        Reply::Http { status, .. } => (None, None, Some(*status)),
+    };
+    let openid = field("touser");
+    let appid = token
+        .and_then(|t| state.tokens.owner(t))
+        .map(str::to_string);
+    let template_id = field("template_id");
+    let cause = match (errcode, &appid, &openid, &template_id) {
+        (Some(43101), Some(appid), Some(openid), Some(template_id)) if !outcome.injected => {
+            let key = SubscriptionKey {
+                appid: appid.clone(),
+                openid: openid.clone(),
+                template_id: template_id.clone(),
+            };
+            let rejected = state.subscriptions.get(&key).is_some_and(|s| s.rejected);
+            failures::not_subscribed(rejected)
+        }
+        _ => failures::describe(errcode, http_status, outcome.injected),
+    };
+    FailedSend {
+        openid,
+        appid,
+        template_id,
+        cause,
+        errcode,
+        errmsg,
+        http_status,
+        injected: outcome.injected,
+        time_unix_ms: unix_ms(),
+    }
 }
 
 /// A send body that passed every check but the subscription.
@@ -293,7 +364,7 @@ fn deliver(inner: &Inner, state: &mut Mutable, appid: String, message: Message) 
         return Reply::errcode(43101);
     }
     let msgid = state.next_msgid();
-    state.deliver(InboxMessage {
+    let message = InboxMessage {
         text: message.template.render(&message.data),
         title: message.template.title.clone(),
         openid: key.openid,
@@ -305,7 +376,11 @@ fn deliver(inner: &Inner, state: &mut Mutable, appid: String, message: Message) 
         lang: message.lang,
         msgid,
         time_unix_ms: unix_ms(),
-    });
+    };
+    inner
+        .events
+        .publish(|| SandboxEvent::Delivered(Box::new(message.clone())));
+    state.deliver(message);
     ok_reply(inner, msgid)
 }
 
