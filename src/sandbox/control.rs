@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::{
     Sandbox,
-    events::{Changed, SandboxEvent},
+    events::Changed,
     faults::{Fault, fault_json::FaultJson},
     params::is_valid_openid,
     state::{Grant, SubscriptionKey},
@@ -313,19 +313,13 @@ async fn inject_fault(State(sandbox): State<Sandbox>, body: Bytes) -> ControlRes
         sandbox.resolve_appid(Some(appid))?;
     }
     let id = sandbox.inner.lock().faults.add(fault);
-    sandbox
-        .inner
-        .events
-        .publish(|| SandboxEvent::Changed(Changed::Faults));
+    sandbox.changed(Changed::Faults);
     Ok(Json(json!({ "id": id })))
 }
 
 async fn clear_faults(State(sandbox): State<Sandbox>) -> Json<Value> {
     let cleared = sandbox.inner.lock().faults.clear();
-    sandbox
-        .inner
-        .events
-        .publish(|| SandboxEvent::Changed(Changed::Faults));
+    sandbox.changed(Changed::Faults);
     Json(json!({ "cleared": cleared }))
 }
 

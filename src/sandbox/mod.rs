@@ -9,8 +9,8 @@
 //! `send` (the send checks), `endpoints` (the token and template endpoints), `state`
 //! (subscriptions, inbox, counters), `failures` (refused sends and their causes), `faults`,
 //! `control` (the `/sandbox/` routes), `events` (the live stream), `console` (the page),
-//! [`cli`] (`wechat-notify sandbox`). Below them all, `params` and `reply` (what a request reads and
-//! how WeChat answers), so that imports only point down.
+//! [`cli`] (`wechat-notify sandbox`). Below them all, `params` and `reply` (what a request
+//! reads and how WeChat answers), so that imports only point down.
 
 pub mod cli;
 pub mod config;
