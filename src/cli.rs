@@ -188,6 +188,7 @@ async fn start_embedded_sandbox(
     app.api_bases = vec![running.base_url()];
     tracing::info!(
         base_url = %running.base_url(),
+        console = %running.base_url(),
         inbox = %format!("{}sandbox/inbox", running.base_url()),
         "embedded sandbox listening (a fake WeChat API for development)"
     );

@@ -130,7 +130,7 @@ pub async fn run(
         "sandbox configured"
     );
     let server = Sandbox::new(config).spawn(listen).await?;
-    tracing::info!(base_url = %server.base_url(), "sandbox listening");
+    tracing::info!(base_url = %server.base_url(), console = %server.base_url(), "sandbox listening");
     shutdown.await;
     tracing::info!("sandbox shutting down");
     server.shutdown().await;

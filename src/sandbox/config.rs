@@ -12,6 +12,8 @@ pub const DEFAULT_SECRET: &str = "sandbox-secret";
 pub const DEMO_OPENID: &str = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M";
 /// Delivered messages kept in the inbox; the oldest go first.
 pub const INBOX_CAPACITY: usize = 10_000;
+/// Refused sends kept by [`super::Sandbox::failed_sends`]; the oldest go first.
+pub const FAILED_SENDS_CAPACITY: usize = 10_000;
 /// Send requests kept by [`super::Sandbox::send_requests`]; the oldest go first.
 pub const RECORDED_SENDS_CAPACITY: usize = 10_000;
 /// Force refreshes of `stable_token` allowed per app and sandbox day.

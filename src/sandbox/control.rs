@@ -1,5 +1,6 @@
-//! The control API under `/sandbox/`: what a test or a demo uses to play the user
-//! (subscriptions), look at the inbox, inject faults, revoke tokens and read counters.
+//! The control API under `/sandbox/`: what a test, a demo or the console uses to play the user
+//! (subscriptions), look at the inbox and the refused sends, inject faults, revoke tokens and
+//! read counters.
 //!
 //! Plain JSON, not WeChat-shaped: success is HTTP 200, a bad request HTTP 400 with
 //! `{"error": "..."}`.
@@ -17,8 +18,9 @@ use serde_json::{Value, json};
 
 use super::{
     Sandbox,
+    events::Changed,
     faults::{Fault, fault_json::FaultJson},
-    send::is_valid_openid,
+    params::is_valid_openid,
     state::{Grant, SubscriptionKey},
 };
 
@@ -36,6 +38,7 @@ pub(crate) fn routes() -> Router<Sandbox> {
             get(get_auto_accept).post(set_auto_accept),
         )
         .route("/sandbox/inbox", get(inbox).delete(clear_inbox))
+        .route("/sandbox/failures", get(failures).delete(clear_failures))
         .route(
             "/sandbox/faults",
             get(list_faults).post(inject_fault).delete(clear_faults),
@@ -90,16 +93,26 @@ impl Sandbox {
 
 async fn overview(State(sandbox): State<Sandbox>) -> Json<Value> {
     let config = sandbox.config();
+    let listen = sandbox.inner.listen.get();
     Json(json!({
         "sandbox": "fake WeChat API for development; not WeChat",
         "apps": config.apps.iter().map(|a| &a.appid).collect::<Vec<_>>(),
         "templates": sandbox.inner.templates().iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
         "auto_accept": sandbox.auto_accept(),
+        "daily_quota": config.daily_quota,
+        "minute_limit": config.minute_limit,
+        // Where it was served (null when only routed in-process); `exposed` when that is not
+        // a loopback address, which the console shows as a warning.
+        "listen": listen.map(|addr| addr.to_string()),
+        "exposed": listen.is_some_and(|addr| !addr.ip().is_loopback()),
+        "console": "/sandbox/ui",
         "routes": [
             "POST /sandbox/subscriptions", "GET /sandbox/subscriptions",
             "GET|POST /sandbox/auto-accept", "GET|DELETE /sandbox/inbox",
+            "GET|DELETE /sandbox/failures",
             "GET|POST|DELETE /sandbox/faults", "POST /sandbox/tokens/revoke",
             "GET /sandbox/stats", "GET /sandbox/templates", "GET /sandbox/sends",
+            "GET /sandbox/events", "GET /sandbox/ui",
         ],
     }))
 }
@@ -189,6 +202,14 @@ struct Filter {
     appid: Option<String>,
     openid: Option<String>,
     template_id: Option<String>,
+    /// Only the latest this many (inbox and failures).
+    limit: Option<usize>,
+}
+
+/// The last `limit` items (all without a limit), oldest first.
+fn latest(items: Vec<Value>, limit: Option<usize>) -> Vec<Value> {
+    let skip = limit.map_or(0, |limit| items.len().saturating_sub(limit));
+    items.into_iter().skip(skip).collect()
 }
 
 fn keep(filter: &Filter, appid: &str, openid: &str, template_id: &str) -> bool {
@@ -248,11 +269,36 @@ async fn inbox(State(sandbox): State<Sandbox>, Query(filter): Query<Filter>) -> 
         .filter(|m| keep(&filter, &m.appid, &m.openid, &m.template_id))
         .map(|m| serde_json::to_value(m).unwrap_or_default())
         .collect();
-    Json(json!({ "messages": messages }))
+    Json(json!({ "messages": latest(messages, filter.limit) }))
 }
 
 async fn clear_inbox(State(sandbox): State<Sandbox>) -> Json<Value> {
     Json(json!({"cleared": sandbox.clear_inbox()}))
+}
+
+async fn failures(State(sandbox): State<Sandbox>, Query(filter): Query<Filter>) -> Json<Value> {
+    let failures: Vec<Value> = sandbox
+        .inner
+        .lock()
+        .failures
+        .iter()
+        .filter(|f| {
+            // A filter on a field the request did not carry leaves the failure out.
+            let field = |value: &Option<String>| value.as_deref().unwrap_or_default().to_owned();
+            keep(
+                &filter,
+                &field(&f.appid),
+                &field(&f.openid),
+                &field(&f.template_id),
+            )
+        })
+        .map(|f| serde_json::to_value(f).unwrap_or_default())
+        .collect();
+    Json(json!({ "failures": latest(failures, filter.limit) }))
+}
+
+async fn clear_failures(State(sandbox): State<Sandbox>) -> Json<Value> {
+    Json(json!({"cleared": sandbox.clear_failed_sends()}))
 }
 
 async fn list_faults(State(sandbox): State<Sandbox>) -> Json<Value> {
@@ -267,11 +313,13 @@ async fn inject_fault(State(sandbox): State<Sandbox>, body: Bytes) -> ControlRes
         sandbox.resolve_appid(Some(appid))?;
     }
     let id = sandbox.inner.lock().faults.add(fault);
+    sandbox.changed(Changed::Faults);
     Ok(Json(json!({ "id": id })))
 }
 
 async fn clear_faults(State(sandbox): State<Sandbox>) -> Json<Value> {
     let cleared = sandbox.inner.lock().faults.clear();
+    sandbox.changed(Changed::Faults);
     Json(json!({ "cleared": cleared }))
 }
 

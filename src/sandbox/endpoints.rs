@@ -15,17 +15,11 @@ use tokio::time::Instant;
 use super::{
     Sandbox,
     faults::FaultEndpoint,
+    params::query_param,
     reply::Reply,
     state::{Inner, Mutable},
     tokens::{Family, Issued, TokenCheck, token_prefix},
 };
-
-/// One query parameter, percent-decoded; `None` when absent.
-pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
-}
 
 /// What a token call asked for.
 #[derive(Debug, Default, Deserialize)]
@@ -202,27 +196,4 @@ fn template_list(inner: &Inner, appid: &str) -> Reply {
         .map(|t| t.to_wire())
         .collect();
     Reply::Json(json!({"errcode": 0, "errmsg": "ok", "data": data}))
-}
-
-/// Unknown paths and wrong methods: WeChat's errcode 404 (HTTP 200), or a plain 404 under
-/// `/sandbox`.
-pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
-    if uri.path() == "/sandbox" || uri.path().starts_with("/sandbox/") {
-        return super::control::unknown_route();
-    }
-    Reply::errcode(404).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_params_are_decoded() {
-        let query = Some("grant_type=client_credential&secret=a%2Bb&x=");
-        assert_eq!(query_param(query, "secret").as_deref(), Some("a+b"));
-        assert_eq!(query_param(query, "x").as_deref(), Some(""));
-        assert_eq!(query_param(query, "appid"), None);
-        assert_eq!(query_param(None, "appid"), None);
-    }
 }

@@ -3,17 +3,24 @@
 //!
 //! It serves WeChat's own paths and JSON shapes (`/cgi-bin/token`, `/cgi-bin/stable_token`,
 //! `/cgi-bin/message/subscribe/send`, `/wxaapi/newtmpl/gettemplate`) with WeChat's errcodes,
-//! plus a control API under `/sandbox/` (see `docs/sandbox.md`).
+//! plus a control API under `/sandbox/` and a console page at `/` (see `docs/sandbox.md`).
 //!
 //! Modules: [`config`] and [`templates`] (what it is built from), `tokens` (token rules),
-//! `send` (the send checks), `state` (subscriptions, inbox, counters), `faults`, `control`
-//! (the `/sandbox/` routes), [`cli`] (`wechat-notify sandbox`).
+//! `send` (the send checks), `endpoints` (the token and template endpoints), `state`
+//! (subscriptions, inbox, counters), `failures` (refused sends and their causes), `faults`,
+//! `control` (the `/sandbox/` routes), `events` (the live stream), `console` (the page),
+//! [`cli`] (`wechat-notify sandbox`). Below them all, `params` and `reply` (what a request
+//! reads and how WeChat answers), so that imports only point down.
 
 pub mod cli;
 pub mod config;
+mod console;
 mod control;
 mod endpoints;
+mod events;
+mod failures;
 mod faults;
+mod params;
 mod reply;
 mod send;
 mod state;
@@ -24,6 +31,8 @@ use std::{fmt, io, net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Dur
 
 use axum::{
     Router,
+    http::Uri,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, time::Instant};
@@ -31,11 +40,14 @@ use url::Url;
 
 pub use cli::{SandboxArgs, run};
 pub use config::{DEFAULT_APPID, DEFAULT_SECRET, DEMO_OPENID, SandboxApp, SandboxConfig};
+pub use events::{EVENTS_CAPACITY, STATS_INTERVAL};
+pub use failures::FailedSend;
 pub use faults::{ActiveFault, Fault, FaultEndpoint};
-pub use send::is_valid_openid;
-pub use state::{Grant, InboxMessage, RecordedSend, SandboxStats, TokenFetches};
+pub use params::is_valid_openid;
+pub use state::{Grant, InboxMessage, QuotaLeft, RecordedSend, SandboxStats, TokenFetches};
 pub use templates::{Keyword, Template, TemplateKind};
 
+use events::{Changed, SandboxEvent};
 use state::{Inner, SubscriptionKey};
 
 /// How long [`SandboxServer::shutdown`] lets in-flight requests finish before cutting them.
@@ -82,8 +94,9 @@ impl Sandbox {
             .route("/cgi-bin/message/subscribe/send", post(send::send))
             .route("/wxaapi/newtmpl/gettemplate", get(endpoints::get_template))
             .merge(control::routes())
-            .fallback(endpoints::not_found)
-            .method_not_allowed_fallback(endpoints::not_found)
+            .merge(console::routes())
+            .fallback(not_found)
+            .method_not_allowed_fallback(not_found)
             .with_state(self.clone())
     }
 
@@ -98,12 +111,16 @@ impl Sandbox {
         }
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let _first_address_kept = self.inner.listen.set(addr);
         let (stop, stopped) = oneshot::channel::<()>();
         let router = self.router();
+        let inner = self.inner.clone();
         let task = tokio::spawn(async move {
-            // Resolves on an explicit stop and when the server handle is dropped.
+            // Resolves on an explicit stop and when the server handle is dropped; then the
+            // console's live streams end, so the graceful shutdown need not wait for them.
             let signal = async move {
                 let _ = stopped.await;
+                inner.events.close();
             };
             axum::serve(listener, router)
                 .with_graceful_shutdown(signal)
@@ -130,10 +147,42 @@ impl Sandbox {
 
     /// Empties the inbox; returns how many messages it held.
     pub fn clear_inbox(&self) -> usize {
-        let mut state = self.inner.lock();
-        let cleared = state.inbox.len();
-        state.inbox.clear();
+        let cleared = {
+            let mut state = self.inner.lock();
+            let cleared = state.inbox.len();
+            state.inbox.clear();
+            cleared
+        };
+        self.changed(Changed::Inbox);
         cleared
+    }
+
+    /// Refused sends (errcode, errmsg, cause), oldest first; only those to `openid` when given.
+    pub fn failed_sends(&self, openid: Option<&str>) -> Vec<FailedSend> {
+        self.inner
+            .lock()
+            .failures
+            .iter()
+            .filter(|f| openid.is_none_or(|o| f.openid.as_deref() == Some(o)))
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the refused sends; returns how many there were.
+    pub fn clear_failed_sends(&self) -> usize {
+        let cleared = {
+            let mut state = self.inner.lock();
+            let cleared = state.failures.len();
+            state.failures.clear();
+            cleared
+        };
+        self.changed(Changed::Failures);
+        cleared
+    }
+
+    /// Tells the console's live streams that a part of the sandbox changed.
+    fn changed(&self, what: Changed) {
+        self.inner.events.publish(|| SandboxEvent::Changed(what));
     }
 
     /// The counters.
@@ -150,6 +199,7 @@ impl Sandbox {
             template_id: template_id.to_string(),
         };
         self.inner.lock().subscribe(key, kind, grant);
+        self.changed(Changed::Subscriptions);
     }
 
     /// Injects a fault; faults apply in injection order, the first matching one per call.
@@ -161,6 +211,7 @@ impl Sandbox {
             panic!("invalid sandbox fault {fault:?}: {problem}");
         }
         self.inner.lock().faults.add(fault);
+        self.changed(Changed::Faults);
     }
 
     /// The injected faults still active.
@@ -171,6 +222,7 @@ impl Sandbox {
     /// Removes every injected fault.
     pub fn clear_faults(&self) {
         self.inner.lock().faults.clear();
+        self.changed(Changed::Faults);
     }
 
     /// Makes every current token of `appid` (both families) answer 40001 from now on.
@@ -181,6 +233,7 @@ impl Sandbox {
     fn revoke_app_tokens(&self, appid: &str) -> usize {
         let revoked = self.inner.lock().tokens.revoke_app(appid, Instant::now());
         tracing::info!(appid, revoked, "sandbox tokens revoked");
+        self.changed(Changed::Tokens);
         revoked
     }
 
@@ -188,6 +241,7 @@ impl Sandbox {
     /// had just accepted once (an explicit reject still answers 43101).
     pub fn set_auto_accept(&self, on: bool) {
         self.inner.auto_accept.store(on, Ordering::SeqCst);
+        self.changed(Changed::AutoAccept);
     }
 
     /// Whether auto-accept is on.
@@ -202,6 +256,7 @@ impl Sandbox {
         let id = template.id.clone();
         self.inner.add_template(template)?;
         tracing::info!(template_id = id, "sandbox template added");
+        self.changed(Changed::Templates);
         Ok(())
     }
 
@@ -209,6 +264,15 @@ impl Sandbox {
     pub fn send_requests(&self) -> Vec<RecordedSend> {
         self.inner.lock().sends.iter().cloned().collect()
     }
+}
+
+/// Unknown paths and wrong methods: WeChat's errcode 404 (HTTP 200), or a plain 404 under
+/// `/sandbox`.
+async fn not_found(uri: Uri) -> Response {
+    if uri.path() == "/sandbox" || uri.path().starts_with("/sandbox/") {
+        return control::unknown_route();
+    }
+    reply::Reply::errcode(404).into_response()
 }
 
 /// A sandbox served on a socket. Dropping it stops the server too.

@@ -4,6 +4,9 @@
 //! Order: token (41001, 40014, 40001, 42001); injected faults; quotas (45009, 45011); body is
 //! JSON (47001); `touser` (40003); `template_id` (40037); `data` (47003); `page` (41030);
 //! `miniprogram_state` and `lang` (47003); subscription (43101).
+//!
+//! A delivery goes to the inbox, a refusal to the failed sends, and either to the console's
+//! live events.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -17,8 +20,10 @@ use tokio::time::Instant;
 
 use super::{
     Sandbox,
-    endpoints::query_param,
+    events::SandboxEvent,
+    failures::{self, FailedSend},
     faults::FaultEndpoint,
+    params::{is_valid_openid, query_param},
     reply::{Reply, unix_ms},
     state::{InboxMessage, Inner, Mutable, QuotaExceeded, RecordedSend, SubscriptionKey},
     templates::{Keyword, Template},
@@ -27,14 +32,6 @@ use super::{
 
 /// Values WeChat accepts for `miniprogram_state`.
 const MINIPROGRAM_STATES: &[&str] = &["developer", "trial", "formal"];
-
-/// True for a well-formed openid: exactly 28 characters of `[A-Za-z0-9_-]`.
-pub fn is_valid_openid(openid: &str) -> bool {
-    openid.len() == 28
-        && openid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
 
 pub(crate) async fn send(
     State(sandbox): State<Sandbox>,
@@ -55,6 +52,26 @@ struct Outcome {
     reply: Reply,
     /// Hold the answer back this long (an injected latency).
     latency: Option<Duration>,
+    /// An injected fault answered instead of the checks.
+    injected: bool,
+}
+
+impl Outcome {
+    fn checked(reply: Reply, latency: Option<Duration>) -> Outcome {
+        Outcome {
+            reply,
+            latency,
+            injected: false,
+        }
+    }
+
+    fn injected(reply: Reply, latency: Option<Duration>) -> Outcome {
+        Outcome {
+            reply,
+            latency,
+            injected: true,
+        }
+    }
 }
 
 fn process(inner: &Inner, token: Option<&str>, raw_body: &[u8], now: Instant) -> Outcome {
@@ -82,6 +99,13 @@ fn process(inner: &Inner, token: Option<&str>, raw_body: &[u8], now: Instant) ->
         None if outcome.reply == Reply::Reset => state.stats.resets += 1,
         None => state.stats.http_errors += 1,
     }
+    if outcome.reply.errcode_of() != Some(0) {
+        let failure = failed_send(&state, token, body.as_ref(), &outcome);
+        state.record_failure(failure.clone());
+        inner
+            .events
+            .publish(|| SandboxEvent::Failed(Box::new(failure)));
+    }
     drop(state);
     tracing::debug!(
         token = token.map(token_prefix),
@@ -107,22 +131,14 @@ fn fixed_answer(
         .take(FaultEndpoint::Send, appid.as_deref(), touser)
     {
         Some(action) => match action.answer {
-            Some(answer) => {
-                return Outcome {
-                    reply: answer.into(),
-                    latency: action.latency,
-                };
-            }
+            Some(answer) => return Outcome::injected(answer.into(), action.latency),
             None => action.latency,
         },
         None => None,
     };
     let msgid = state.next_msgid();
     state.stats.delivered += 1;
-    Outcome {
-        reply: ok_reply(inner, msgid),
-        latency,
-    }
+    Outcome::checked(ok_reply(inner, msgid), latency)
 }
 
 fn check_and_deliver(
@@ -136,20 +152,14 @@ fn check_and_deliver(
     let appid = match state.tokens.check(token, now) {
         TokenCheck::Valid { appid } => appid,
         rejected => {
-            return Outcome {
-                reply: Reply::errcode(rejected.errcode().unwrap_or(40014)),
-                latency: None,
-            };
+            return Outcome::checked(Reply::errcode(rejected.errcode().unwrap_or(40014)), None);
         }
     };
     let mut latency = None;
     if let Some(action) = state.faults.take(FaultEndpoint::Send, Some(&appid), touser) {
         latency = action.latency;
         if let Some(answer) = action.answer {
-            return Outcome {
-                reply: answer.into(),
-                latency,
-            };
+            return Outcome::injected(answer.into(), latency);
         }
     }
     let reply = match state.use_quota(&inner.config, &appid, inner.since_start(now)) {
@@ -160,7 +170,60 @@ fn check_and_deliver(
             Ok(message) => deliver(inner, state, appid, message),
         },
     };
-    Outcome { reply, latency }
+    Outcome::checked(reply, latency)
+}
+
+/// The record of a refused send: what was asked, what was answered, and why.
+fn failed_send(
+    state: &Mutable,
+    token: Option<&str>,
+    body: Option<&Value>,
+    outcome: &Outcome,
+) -> FailedSend {
+    let field = |name: &str| {
+        body.and_then(|b| b.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let (errcode, errmsg, http_status) = match &outcome.reply {
+        Reply::Json(value) => (
+            value.get("errcode").and_then(Value::as_i64),
+            value
+                .get("errmsg")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            None,
+        ),
+        Reply::Http { status, .. } => (None, None, Some(*status)),
+    };
+    let openid = field("touser");
+    let appid = token
+        .and_then(|t| state.tokens.owner(t))
+        .map(str::to_string);
+    let template_id = field("template_id");
+    let cause = match (errcode, &appid, &openid, &template_id) {
+        (Some(43101), Some(appid), Some(openid), Some(template_id)) if !outcome.injected => {
+            let key = SubscriptionKey {
+                appid: appid.clone(),
+                openid: openid.clone(),
+                template_id: template_id.clone(),
+            };
+            let rejected = state.subscriptions.get(&key).is_some_and(|s| s.rejected);
+            failures::not_subscribed(rejected)
+        }
+        _ => failures::describe(errcode, http_status, outcome.injected),
+    };
+    FailedSend {
+        openid,
+        appid,
+        template_id,
+        cause,
+        errcode,
+        errmsg,
+        http_status,
+        injected: outcome.injected,
+        time_unix_ms: unix_ms(),
+    }
 }
 
 /// A send body that passed every check but the subscription.
@@ -302,7 +365,7 @@ fn deliver(inner: &Inner, state: &mut Mutable, appid: String, message: Message) 
         return Reply::errcode(43101);
     }
     let msgid = state.next_msgid();
-    state.deliver(InboxMessage {
+    let message = InboxMessage {
         text: message.template.render(&message.data),
         title: message.template.title.clone(),
         openid: key.openid,
@@ -314,7 +377,11 @@ fn deliver(inner: &Inner, state: &mut Mutable, appid: String, message: Message) 
         lang: message.lang,
         msgid,
         time_unix_ms: unix_ms(),
-    });
+    };
+    inner
+        .events
+        .publish(|| SandboxEvent::Delivered(Box::new(message.clone())));
+    state.deliver(message);
     ok_reply(inner, msgid)
 }
 
@@ -330,21 +397,13 @@ fn ok_reply(inner: &Inner, msgid: u64) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::{config::DEMO_OPENID, templates::default_templates};
+    use crate::sandbox::templates::default_templates;
 
     fn errmsg_of(reply: Reply) -> String {
         let Reply::Json(value) = reply else {
             panic!("not json")
         };
         value["errmsg"].as_str().unwrap().to_string()
-    }
-
-    #[test]
-    fn openids_are_28_url_safe_characters() {
-        assert!(is_valid_openid(DEMO_OPENID));
-        assert!(!is_valid_openid(&DEMO_OPENID[1..]));
-        assert!(!is_valid_openid(&format!("{}!", &DEMO_OPENID[1..])));
-        assert!(!is_valid_openid(""));
     }
 
     #[test]

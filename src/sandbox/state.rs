@@ -1,11 +1,13 @@
-//! The sandbox's state: tokens, subscriptions, inbox, recorded sends, quotas, faults and
-//! counters, behind one lock (each request holds it for a few microseconds, never across an
-//! await), plus the public record types.
+//! The sandbox's state: tokens, subscriptions, inbox, refused sends, recorded sends, quotas,
+//! faults and counters, behind one lock (each request holds it for a few microseconds, never
+//! across an await), plus the public record types. Beside the lock: the live event channel
+//! and the address it was served on.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
     sync::{
-        Arc, Mutex, MutexGuard, RwLock,
+        Arc, Mutex, MutexGuard, OnceLock, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -16,7 +18,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{
-    config::{INBOX_CAPACITY, RECORDED_SENDS_CAPACITY, SandboxConfig},
+    config::{FAILED_SENDS_CAPACITY, INBOX_CAPACITY, RECORDED_SENDS_CAPACITY, SandboxConfig},
+    events::EventHub,
+    failures::FailedSend,
     faults::FaultSet,
     templates::{Template, TemplateKind},
     tokens::TokenStore,
@@ -109,6 +113,19 @@ pub struct SandboxStats {
     pub max_concurrent_sends: u64,
     /// Send requests in flight now.
     pub in_flight_sends: u64,
+    /// Send calls each app may still make in the current sandbox day and minute; empty when
+    /// neither `--daily-quota` nor `--minute-limit` is set.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub quotas_left: BTreeMap<String, QuotaLeft>,
+}
+
+/// What is left of one app's send budgets (45009 and 45011 beyond).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QuotaLeft {
+    /// Calls left this sandbox day; `None` without `--daily-quota`.
+    pub daily: Option<u64>,
+    /// Calls left this sandbox minute; `None` without `--minute-limit`.
+    pub minute: Option<u64>,
 }
 
 impl SandboxStats {
@@ -163,6 +180,7 @@ pub(crate) struct Mutable {
     pub faults: FaultSet,
     pub subscriptions: BTreeMap<SubscriptionKey, Subscription>,
     pub inbox: VecDeque<InboxMessage>,
+    pub failures: VecDeque<FailedSend>,
     pub sends: VecDeque<RecordedSend>,
     pub quotas: HashMap<String, Quotas>,
     pub stats: SandboxStats,
@@ -183,6 +201,13 @@ impl Mutable {
         }
         self.inbox.push_back(message);
         self.stats.delivered += 1;
+    }
+
+    pub fn record_failure(&mut self, failure: FailedSend) {
+        if self.failures.len() == FAILED_SENDS_CAPACITY {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(failure);
     }
 
     pub fn token_fetches(&mut self, appid: &str) -> &mut TokenFetches {
@@ -225,6 +250,32 @@ impl Mutable {
         quotas.day.used += 1;
         quotas.minute.used += 1;
         Ok(())
+    }
+
+    /// What is left of `appid`'s budgets now (without using any).
+    pub fn quota_left(
+        &self,
+        config: &SandboxConfig,
+        appid: &str,
+        since_start: Duration,
+    ) -> QuotaLeft {
+        let quotas = self.quotas.get(appid);
+        let left = |limit: Option<u64>, window: Option<&Window>, index: u64| {
+            let used = window.filter(|w| w.index == index).map_or(0, |w| w.used);
+            limit.map(|limit| limit.saturating_sub(used))
+        };
+        QuotaLeft {
+            daily: left(
+                config.daily_quota,
+                quotas.map(|q| &q.day),
+                since_start.as_secs() / DAY.as_secs(),
+            ),
+            minute: left(
+                config.minute_limit,
+                quotas.map(|q| &q.minute),
+                since_start.as_secs() / MINUTE.as_secs(),
+            ),
+        }
     }
 
     /// Records what the user answered for a template.
@@ -275,6 +326,10 @@ pub(crate) struct Inner {
     pub auto_accept: AtomicBool,
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
+    /// Live events for the console.
+    pub events: EventHub,
+    /// Where the sandbox was served (set by `Sandbox::spawn`), for the console's warning.
+    pub listen: OnceLock<SocketAddr>,
     /// The templates: the configured ones, plus any added while running.
     templates: RwLock<Arc<Vec<Template>>>,
     state: Mutex<Mutable>,
@@ -294,12 +349,15 @@ impl Inner {
             started: Instant::now(),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            events: EventHub::default(),
+            listen: OnceLock::new(),
             templates: RwLock::new(Arc::new(config.templates.clone())),
             state: Mutex::new(Mutable {
                 tokens,
                 faults: FaultSet::default(),
                 subscriptions: BTreeMap::new(),
                 inbox: VecDeque::new(),
+                failures: VecDeque::new(),
                 sends: VecDeque::new(),
                 quotas: HashMap::new(),
                 stats: SandboxStats::default(),
@@ -369,7 +427,21 @@ impl Inner {
     }
 
     pub fn stats(&self) -> SandboxStats {
-        let mut stats = self.lock().stats.clone();
+        let since_start = self.since_start(Instant::now());
+        let state = self.lock();
+        let mut stats = state.stats.clone();
+        if self.config.daily_quota.is_some() || self.config.minute_limit.is_some() {
+            stats.quotas_left = self
+                .config
+                .apps
+                .iter()
+                .map(|app| {
+                    let left = state.quota_left(&self.config, &app.appid, since_start);
+                    (app.appid.clone(), left)
+                })
+                .collect();
+        }
+        drop(state);
         stats.in_flight_sends = self.in_flight.load(Ordering::SeqCst);
         stats.max_concurrent_sends = self.max_in_flight.load(Ordering::SeqCst);
         stats
@@ -447,6 +519,28 @@ mod tests {
             Err(QuotaExceeded::Daily)
         ));
         assert!(state.use_quota(&config, "a", at(86_400)).is_ok());
+    }
+
+    #[test]
+    fn quota_left_counts_down_and_refills_with_a_new_window() {
+        let mut state = mutable();
+        let config = SandboxConfig {
+            daily_quota: Some(3),
+            minute_limit: Some(2),
+            ..SandboxConfig::default()
+        };
+        let at = |secs| Duration::from_secs(secs);
+        let left = |state: &Mutable, secs| {
+            let left = state.quota_left(&config, "a", at(secs));
+            (left.daily, left.minute)
+        };
+        assert_eq!(left(&state, 0), (Some(3), Some(2)));
+        assert!(state.use_quota(&config, "a", at(0)).is_ok());
+        assert_eq!(left(&state, 1), (Some(2), Some(1)));
+        assert_eq!(left(&state, 61), (Some(2), Some(2)));
+        let no_quotas = SandboxConfig::default();
+        let unlimited = state.quota_left(&no_quotas, "a", at(0));
+        assert_eq!((unlimited.daily, unlimited.minute), (None, None));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Harness for the polyglot tests: the real `wechat-notify serve --sandbox` binary on free
 //! loopback ports, the callers' toolchains that `scripts/test` installs, and external commands
 //! run with a time limit.
+// Shared by several test crates (examples, console), each using part of it.
+#![allow(dead_code)]
 
 use std::{
     env,
@@ -252,7 +254,12 @@ impl Outcome {
 }
 
 /// Runs `command` to completion with its output captured, killing it after `COMMAND_TIMEOUT`.
-pub fn run(mut command: Command) -> Outcome {
+pub fn run(command: Command) -> Outcome {
+    run_for(command, COMMAND_TIMEOUT)
+}
+
+/// Runs `command` to completion, killing it after `limit`.
+pub fn run_for(mut command: Command, limit: Duration) -> Outcome {
     let shown = format!("{command:?}");
     let mut child = command
         .stdin(Stdio::null())
@@ -267,10 +274,10 @@ pub fn run(mut command: Command) -> Outcome {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if started.elapsed() > COMMAND_TIMEOUT {
+        if started.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{shown} still running after {COMMAND_TIMEOUT:?}: killed");
+            panic!("{shown} still running after {limit:?}: killed");
         }
         thread::sleep(Duration::from_millis(20));
     };
