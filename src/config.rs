@@ -7,6 +7,7 @@
 //! environment variable and flag, or the TOML key, at fault. It binds and starts nothing, so
 //! `main` can exit 64 before any port is bound. docs/configuration.md is the operator's reference.
 
+mod callers;
 mod file;
 #[cfg(test)]
 mod tests;
@@ -15,8 +16,14 @@ use std::{fmt, net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Durati
 
 use url::Url;
 
+pub use callers::{
+    ANONYMOUS, CallerConfig, CallersConfig, MAX_BATCH_RANGE, MIN_TOKEN_BYTES, RPC_NAMES, Rpc,
+    TokenDigest,
+};
+
 use crate::{
     secret::Secret,
+    tls::TlsFiles,
     validation::MAX_ID_BYTES,
     wechat::{ClientOptions, TokenMode},
 };
@@ -150,6 +157,10 @@ pub struct ServeConfig {
     pub template_checks: bool,
     /// How often each app's template list is reloaded in the background.
     pub template_refresh: Duration,
+    /// Who may call, and what each caller may do (docs/callers.md).
+    pub callers: CallersConfig,
+    /// TLS on the gRPC port; `None` serves plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 /// A setting given by an environment variable or, equally, a flag of `serve`.
@@ -224,6 +235,14 @@ settings! {
     TEMPLATE_CHECKS = "NOTIFY_TEMPLATE_CHECKS", "--template-checks";
     /// Template list refresh interval.
     TEMPLATE_REFRESH = "NOTIFY_TEMPLATE_REFRESH", "--template-refresh";
+    /// The gRPC port's certificate chain (PEM).
+    TLS_CERT = "NOTIFY_TLS_CERT", "--tls-cert";
+    /// The gRPC port's private key (PEM).
+    TLS_KEY = "NOTIFY_TLS_KEY", "--tls-key";
+    /// CA certificates that client certificates must chain to (PEM).
+    TLS_CLIENT_CA = "NOTIFY_TLS_CLIENT_CA", "--tls-client-ca";
+    /// Refuse to start with no `[[callers]]` configured.
+    REQUIRE_CALLERS = "NOTIFY_REQUIRE_CALLERS", "--require-callers";
 }
 
 /// Why the configuration was refused. Every message names the environment variable and flag,
@@ -429,6 +448,23 @@ pub struct ServeArgs {
         default_value_t = 600
     )]
     pub template_refresh: u64,
+
+    /// Certificate chain (PEM) for TLS on the gRPC port; reloaded when the file changes
+    #[arg(long, env = "NOTIFY_TLS_CERT", value_name = "FILE", value_parser = parse_path)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert; reloaded when the file changes
+    #[arg(long, env = "NOTIFY_TLS_KEY", value_name = "FILE", value_parser = parse_path)]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates must chain to (mutual TLS); reloaded
+    /// when the file changes
+    #[arg(long, env = "NOTIFY_TLS_CLIENT_CA", value_name = "FILE", value_parser = parse_path)]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Refuse to start unless the apps file configures at least one [[callers]] table
+    #[arg(long, env = "NOTIFY_REQUIRE_CALLERS", value_parser = parse_bool_env)]
+    pub require_callers: bool,
 }
 
 fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {
@@ -498,7 +534,18 @@ impl ServeArgs {
         let template_refresh: u64 = in_range(self.template_refresh, TEMPLATE_REFRESH_RANGE)
             .map_err(|problem| invalid(TEMPLATE_REFRESH, problem))?;
 
-        let apps = self.apps(&app_defaults, &env)?;
+        let (apps, mut callers) = self.apps(&app_defaults, &env)?;
+        callers.require_callers = self.require_callers;
+        if self.require_callers && callers.callers.is_empty() {
+            return Err(invalid(
+                REQUIRE_CALLERS,
+                format!(
+                    "no caller is configured: add [[callers]] tables to the file of {CONFIG}, \
+                     or unset {REQUIRE_CALLERS} to run open"
+                ),
+            ));
+        }
+        let tls = self.tls()?;
 
         Ok(ServeConfig {
             listen: self.listen,
@@ -521,15 +568,63 @@ impl ServeArgs {
             },
             template_checks: self.template_checks,
             template_refresh: Duration::from_secs(template_refresh),
+            callers,
+            tls,
         })
     }
 
-    /// The apps: none with the sandbox, the TOML file's, or the one app of the flags.
+    /// The TLS files, each read once here so a bad one exits 64 before any port is bound.
+    fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        use settings::*;
+
+        let given =
+            |path: &Option<PathBuf>| path.clone().filter(|path| !path.as_os_str().is_empty());
+        let (cert, key, client_ca) = (
+            given(&self.tls_cert),
+            given(&self.tls_key),
+            given(&self.tls_client_ca),
+        );
+        let (cert, key) = match (cert, key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) => {
+                if client_ca.is_some() {
+                    return Err(invalid(
+                        TLS_CLIENT_CA,
+                        format!("needs TLS: set {TLS_CERT} and {TLS_KEY} too"),
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(_), None) => {
+                return Err(invalid(TLS_KEY, format!("not set, but {TLS_CERT} is")));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(TLS_CERT, format!("not set, but {TLS_KEY} is")));
+            }
+        };
+        let files = TlsFiles {
+            cert,
+            key,
+            client_ca,
+        };
+        crate::tls::load(&files).map_err(|problem| {
+            let setting = match problem.file {
+                crate::tls::TlsFile::Cert => TLS_CERT,
+                crate::tls::TlsFile::Key => TLS_KEY,
+                crate::tls::TlsFile::ClientCa => TLS_CLIENT_CA,
+            };
+            invalid(setting, problem.problem)
+        })?;
+        Ok(Some(files))
+    }
+
+    /// The apps (none with the sandbox, the TOML file's, or the one app of the flags) and the
+    /// callers (the TOML file's, also beside the sandbox).
     fn apps(
         &self,
         defaults: &AppDefaults,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Vec<AppConfig>, ConfigError> {
+    ) -> Result<(Vec<AppConfig>, CallersConfig), ConfigError> {
         use settings::*;
 
         // An empty value counts as unset: templated environments often produce `NAME=`.
@@ -554,17 +649,19 @@ impl ServeArgs {
         .collect();
 
         if self.sandbox {
-            let mut given = single_app_settings;
-            if config.is_some() {
-                given.push(CONFIG);
-            }
+            let given = single_app_settings;
             if !given.is_empty() {
                 return Err(ConfigError::Conflict(format!(
                     "{SANDBOX} configures the sandbox's apps itself; remove {}",
                     list(&given)
                 )));
             }
-            return Ok(Vec::new());
+            // Beside the sandbox, the file may configure callers (and only callers).
+            let callers = match config {
+                Some(path) => file::load(path, defaults, env, false)?.callers,
+                None => CallersConfig::default(),
+            };
+            return Ok((Vec::new(), callers));
         }
 
         if let Some(path) = config {
@@ -575,7 +672,8 @@ impl ServeArgs {
                     list(&single_app_settings)
                 )));
             }
-            return file::load_apps(path, defaults, env);
+            let loaded = file::load(path, defaults, env, true)?;
+            return Ok((loaded.apps, loaded.callers));
         }
 
         let Some(appid) = appid else {
@@ -608,11 +706,10 @@ impl ServeArgs {
                 ));
             }
         };
-        Ok(vec![defaults.app(
-            appid.to_owned(),
-            appid.to_owned(),
-            secret,
-        )])
+        Ok((
+            vec![defaults.app(appid.to_owned(), appid.to_owned(), secret)],
+            CallersConfig::default(),
+        ))
     }
 }
 

@@ -4,6 +4,7 @@
 //! Modules, with imports pointing one way (top to bottom):
 //! - [`server`]: composition root (health, reflection, metrics, shutdown).
 //! - [`grpc`]: protobuf <-> domain translation; [`error`]: the one place that picks a gRPC code.
+//! - [`callers`]: who is calling and what it may do; [`tls`]: TLS on the gRPC port.
 //! - [`service`]: decides (validation, idempotency, retries, batch fan-out); knows no tonic.
 //! - [`validation`], [`idempotency`], [`token`], [`wechat`]: the pieces it decides with.
 //! - [`sandbox`]: the fake WeChat API; only the composition root and tests use it.
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod callers;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -24,6 +26,7 @@ pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod templates;
+pub mod tls;
 pub mod token;
 pub mod validation;
 pub mod wechat;

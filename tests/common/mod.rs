@@ -88,6 +88,8 @@ pub fn serve_config() -> ServeConfig {
         },
         template_checks: true,
         template_refresh: Duration::from_secs(600),
+        callers: Default::default(),
+        tls: None,
     }
 }
 
