@@ -39,9 +39,10 @@ impl Ca {
         self.issuer.pem()
     }
 
-    /// A server certificate for [`SERVER_NAME`].
+    /// A server certificate for [`SERVER_NAME`] and 127.0.0.1.
     pub fn server(&self) -> Leaf {
-        let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()]).unwrap();
+        let names = vec![SERVER_NAME.to_owned(), "127.0.0.1".to_owned()];
+        let mut params = CertificateParams::new(names).unwrap();
         params
             .distinguished_name
             .push(DnType::CommonName, SERVER_NAME);
