@@ -86,6 +86,18 @@ struct LoadArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Speak TLS to the service, trusting this CA certificate (PEM) for the name `localhost`
+    /// (use an https:// --target).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// A caller's bearer token, sent on every call (docs/callers.md)
+    #[arg(
+        long,
+        env = "NOTIFY_BENCH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -137,8 +149,16 @@ fn parse_pid(value: &str) -> Result<(String, u32), String> {
 }
 
 impl LoadArgs {
-    fn into_options(self, scenario: Scenario) -> LoadOptions {
-        LoadOptions {
+    fn into_options(self, scenario: Scenario) -> Result<LoadOptions, String> {
+        let tls_ca = self
+            .ca_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .map_err(|error| format!("--ca-file {}: {error}", path.display()))
+            })
+            .transpose()?;
+        Ok(LoadOptions {
             scenario,
             target: self.target,
             concurrency: self.concurrency.max(1),
@@ -150,7 +170,9 @@ impl LoadArgs {
             app: self.app,
             watch: self.pids,
             reset_peak: self.reset_peak,
-        }
+            tls_ca,
+            token: self.token.map(crate::secret::Secret::new),
+        })
     }
 }
 
@@ -193,6 +215,13 @@ pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
                 batch.load.into_options(Scenario::Batch { recipients }),
                 json,
             )
+        }
+    };
+    let options = match options {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("wechat-notify bench: {error}");
+            return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run_load(&options)) {
