@@ -283,3 +283,45 @@ fn node_example_speaks_tls_with_a_certificate_or_a_token() {
         by_token.describe()
     );
 }
+
+#[test]
+fn an_open_service_says_so_and_require_callers_refuses_to_start_open() {
+    let service = Service::start("callers-open");
+    let warnings: Vec<String> = service
+        .log()
+        .lines()
+        .filter(|line| line.contains("no callers configured"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning line:\n{}", service.log());
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    drop(service);
+
+    let refused = run({
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wechat-notify"));
+        command
+            .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
+            .args([
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--sandbox-listen",
+                "127.0.0.1:0",
+            ])
+            .env("NOTIFY_REQUIRE_CALLERS", "true");
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            if name.starts_with("NOTIFY_") && name != "NOTIFY_REQUIRE_CALLERS" {
+                command.env_remove(name);
+            }
+        }
+        command
+    });
+    assert_eq!(refused.status.code(), Some(64), "{}", refused.describe());
+    assert!(
+        refused
+            .stderr
+            .contains("NOTIFY_REQUIRE_CALLERS (--require-callers): no caller is configured"),
+        "{}",
+        refused.describe()
+    );
+}

@@ -22,6 +22,8 @@ mod upstream;
 
 use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
 
+use crate::secret::Secret;
+
 pub use forwarder::{Forwarder, serve_forwarder};
 pub use load::{LoadOptions, Scenario, run_load};
 pub use process::ProcessWatch;
@@ -90,14 +92,16 @@ struct LoadArgs {
     /// (use an https:// --target).
     #[arg(long, value_name = "FILE")]
     ca_file: Option<std::path::PathBuf>,
-    /// A caller's bearer token, sent on every call (docs/callers.md)
+    /// A caller's bearer token, sent on every call (docs/callers.md); prefer the environment
+    /// variable, since arguments show in the process list
     #[arg(
         long,
         env = "NOTIFY_BENCH_TOKEN",
         hide_env_values = true,
-        value_name = "TOKEN"
+        value_name = "TOKEN",
+        value_parser = parse_secret
     )]
-    token: Option<String>,
+    token: Option<Secret>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,6 +144,10 @@ async fn stop_signal(exit_after: Duration) {
     }
 }
 
+fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(value))
+}
+
 fn parse_pid(value: &str) -> Result<(String, u32), String> {
     let (label, pid) = value.split_once('=').unwrap_or(("service", value));
     let pid = pid
@@ -171,7 +179,7 @@ impl LoadArgs {
             watch: self.pids,
             reset_peak: self.reset_peak,
             tls_ca,
-            token: self.token.map(crate::secret::Secret::new),
+            token: self.token,
         })
     }
 }
