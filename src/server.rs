@@ -4,7 +4,8 @@
 //!
 //! Lifecycle:
 //! 1. Config is valid (the CLI checked it), the listeners are bound and gRPC is served with
-//!    health NOT_SERVING.
+//!    health NOT_SERVING (over TLS when configured: `crate::tls`, whose files are then
+//!    checked for changes until shutdown; callers identified by `crate::callers`).
 //! 2. With `warm_tokens`, every app fetches its token; a failure stops the start (the CLI
 //!    exits non-zero).
 //! 3. SERVING.

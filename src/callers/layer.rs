@@ -1,24 +1,22 @@
 //! The tower layer that identifies every `notify.v1.*` call before its handler runs.
 //!
 //! It sits inside `telemetry::RpcTelemetryLayer`, so a refused call is still counted and
-//! logged: it records the caller's name into the call's span (`caller`) and puts the caller's
-//! RPC metric handles into the response extensions, where the telemetry layer finds them.
-//! Calls outside `notify.v1` (health, reflection) pass untouched.
+//! logged: it records the caller's name into the call's span (`caller`) and hands the caller's
+//! RPC metric handles to the telemetry layer (`telemetry::attribute_rpc`). The handler gets a
+//! [`Grant`] in the request extensions: the one allocation the check adds. Calls outside
+//! `notify.v1` (health, reflection) pass untouched.
 
 use std::{
     sync::Arc,
     task::{Context, Poll},
 };
 
-use futures::{
-    TryFutureExt,
-    future::{Either, Ready, ready},
-};
+use futures::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 use tracing::field::display;
 
 use super::{Callers, Grant, Refusal, rpc_of};
-use crate::tls::TlsConnectInfo;
+use crate::{telemetry::attribute_rpc, tls::TlsConnectInfo};
 
 /// Header of the bearer token.
 pub const AUTHORIZATION_HEADER: &str = "authorization";
@@ -65,14 +63,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    #[allow(clippy::type_complexity)]
-    type Future = Either<
-        Ready<Result<Self::Response, Self::Error>>,
-        futures::future::MapOk<
-            S::Future,
-            Box<dyn FnOnce(http::Response<ResponseBody>) -> http::Response<ResponseBody> + Send>,
-        >,
-    >;
+    type Future = Either<Ready<Result<Self::Response, Self::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -80,20 +71,10 @@ where
 
     fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
         let path = request.uri().path();
-        if !path.starts_with(NOTIFY_PREFIX) {
-            return Either::Right(
-                self.inner
-                    .call(request)
-                    .map_ok(Box::new(|response| response)),
-            );
-        }
-        if self.callers.is_open() {
-            request.extensions_mut().insert(Grant::Open);
-            return Either::Right(
-                self.inner
-                    .call(request)
-                    .map_ok(Box::new(|response| response)),
-            );
+        // Not notify.v1 (health, reflection), or no callers: nothing to check or hand over (a
+        // handler that finds no grant takes the call as open).
+        if !path.starts_with(NOTIFY_PREFIX) || self.callers.is_open() {
+            return Either::Right(self.inner.call(request));
         }
         let rpc = rpc_of(path);
         let headers = request.headers();
@@ -114,25 +95,14 @@ where
             Err(refusal) => return Either::Left(ready(Ok(refuse(&refusal)))),
         };
         tracing::Span::current().record("caller", display(&caller.name));
+        attribute_rpc(caller.rpc_metrics());
         if let Some(rpc) = rpc
             && let Err(refusal) = caller.check_rpc(rpc)
         {
-            let mut response = refuse(&refusal);
-            response
-                .extensions_mut()
-                .insert(caller.rpc_metrics().clone());
-            return Either::Left(ready(Ok(response)));
+            return Either::Left(ready(Ok(refuse(&refusal))));
         }
-        let metrics = caller.rpc_metrics().clone();
         request.extensions_mut().insert(Grant::Caller(caller));
-        Either::Right(
-            self.inner
-                .call(request)
-                .map_ok(Box::new(move |mut response| {
-                    response.extensions_mut().insert(metrics);
-                    response
-                })),
-        )
+        Either::Right(self.inner.call(request))
     }
 }
 

@@ -61,7 +61,8 @@ impl std::fmt::Debug for Caller {
 /// What the layer found out about a call, for its handler.
 #[derive(Clone, Debug)]
 pub enum Grant {
-    /// No caller is configured: anything goes, counted as `anonymous`.
+    /// No caller is configured: anything goes, counted as `anonymous`. (The layer puts
+    /// nothing in the extensions then; a handler reads no grant as this.)
     Open,
     /// The call is this caller's; its RPC is allowed, the rest is for the handler to check.
     Caller(Arc<Caller>),

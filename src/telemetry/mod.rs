@@ -27,7 +27,7 @@ mod writer;
 
 pub use catalog::count_wechat_error;
 pub use json::FlatJson;
-pub use rpc::{CallerRpcMetrics, REQUEST_ID_HEADER, RpcTelemetryLayer, code_name};
+pub use rpc::{CallerRpcMetrics, REQUEST_ID_HEADER, RpcTelemetryLayer, attribute_rpc, code_name};
 use time::Rfc3339Micros;
 pub use upstream::{CountTemplateErrcodes, CountTokenErrcodes};
 

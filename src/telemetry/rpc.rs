@@ -4,6 +4,7 @@
 //! method, gRPC code and caller, and an in-flight gauge by method.
 
 use std::{
+    cell::Cell,
     sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Instant,
@@ -104,6 +105,18 @@ impl CallerRpcMetrics {
             }
         })
     }
+}
+
+tokio::task_local! {
+    /// The caller of the call being handled, set by `crate::callers` through [`attribute_rpc`]:
+    /// a slot in the call's own future, so handing it over allocates nothing.
+    static CALL_CALLER: Cell<Option<Arc<CallerRpcMetrics>>>;
+}
+
+/// Counts the call being handled under `caller` in the RPC metrics. Called by the callers
+/// layer, inside [`RpcTelemetryLayer`]; elsewhere it does nothing.
+pub fn attribute_rpc(caller: &Arc<CallerRpcMetrics>) {
+    let _ = CALL_CALLER.try_with(|slot| slot.set(Some(caller.clone())));
 }
 
 /// The in-flight gauge by method (the caller is not known yet when a call starts).
@@ -235,26 +248,24 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(
-            async move {
-                // Decremented on drop too: a call the client cancels is dropped mid-flight.
-                let _in_flight = InFlight::enter(method_row);
-                let started = Instant::now();
-                let result = inner.call(request).await;
-                let (code, caller) = match &result {
-                    // `crate::callers` leaves the caller's handles on the answer.
-                    Ok(response) => (
-                        code_index(response),
-                        response.extensions().get::<Arc<CallerRpcMetrics>>(),
-                    ),
-                    Err(_) => (INTERNAL, None),
-                };
-                let caller = caller.map_or(CallerRpcMetrics::anonymous(), |caller| &**caller);
-                let finished = caller.finished(method_row, code);
-                finished.requests.increment(1);
-                finished.duration.record(started.elapsed().as_secs_f64());
-                result
-            }
-            .instrument(span),
+            CALL_CALLER
+                .scope(Cell::new(None), async move {
+                    // Decremented on drop too: a call the client cancels is dropped mid-flight.
+                    let _in_flight = InFlight::enter(method_row);
+                    let started = Instant::now();
+                    let result = inner.call(request).await;
+                    let code = match &result {
+                        Ok(response) => code_index(response),
+                        Err(_) => INTERNAL,
+                    };
+                    let caller = CALL_CALLER.with(Cell::take);
+                    let caller = caller.as_deref().unwrap_or(CallerRpcMetrics::anonymous());
+                    let finished = caller.finished(method_row, code);
+                    finished.requests.increment(1);
+                    finished.duration.record(started.elapsed().as_secs_f64());
+                    result
+                })
+                .instrument(span),
         )
     }
 }
