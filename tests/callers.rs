@@ -251,8 +251,44 @@ async fn each_permission_is_allowed_and_refused() {
     assert!(status.metadata().get("retry-after").is_some());
     let sent_before_refusal = harness.sandbox().send_requests().len();
 
-    // RPC: mesh may not BatchSend (identified by its forwarded SAN only when trusted: below);
-    // shop may call everything, crm not the subscriptions service.
+    // RPC: crm may not call the subscriptions service (refused by its path prefix, whatever
+    // methods that service has); shop, allowed every RPC, gets through to the service (and
+    // batches). BatchSend refused by RPC: `an_rpc_outside_...` below.
+    let addr = harness.server.grpc_addr;
+    let subscriptions = |token: &str| {
+        let token = token.to_owned();
+        async move {
+            let mut grpc = tonic::client::Grpc::new(
+                tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+            grpc.ready().await.unwrap();
+            grpc.unary(
+                with_token((), &token),
+                http::uri::PathAndQuery::from_static(
+                    "/notify.v1.SubscriptionService/GetSubscriptions",
+                ),
+                tonic_prost::ProstCodec::<(), ()>::default(),
+            )
+            .await
+        }
+    };
+    let status = subscriptions(CRM_TOKEN).await.unwrap_err();
+    assert_eq!(
+        not_allowed(&status),
+        ("crm".to_owned(), "rpc subscriptions".to_owned())
+    );
+    let status = subscriptions(SHOP_TOKEN).await.unwrap_err();
+    assert!(
+        !matches!(
+            status.code(),
+            Code::PermissionDenied | Code::Unauthenticated
+        ),
+        "{status:?}"
+    );
     let mut shop_batch = with_token(batch_to("demo", 1), SHOP_TOKEN);
     shop_batch.set_timeout(std::time::Duration::from_secs(10));
     harness
