@@ -175,10 +175,7 @@ impl Callers {
         peer: Option<&PeerCertificate>,
         forwarded: Option<&str>,
     ) -> Result<Arc<Caller>, Refusal> {
-        let by_token = match authorization {
-            None => None,
-            Some(value) => Some(self.by_token(value)?),
-        };
+        let by_token = authorization.map(|value| self.by_token(value));
         let by_certificate = match peer {
             Some(peer) => self.by_names(&peer.common_names, &peer.sans)?,
             None if self.trust_forwarded_client_cert => match forwarded {
@@ -203,12 +200,16 @@ impl Callers {
             None => None,
         };
         match (by_token, by_certificate) {
-            (Some(token), Some(certificate)) if !Arc::ptr_eq(&token, &certificate) => {
+            (Some(Ok(token)), Some(certificate)) if !Arc::ptr_eq(&token, &certificate) => {
                 Err(Refusal::Unauthenticated(
                     "the bearer token and the certificate name different callers",
                 ))
             }
-            (Some(caller), _) | (None, Some(caller)) => Ok(caller),
+            (Some(Ok(caller)), _) => Ok(caller),
+            // A certificate names the caller; an `authorization` value that names no caller is
+            // not for us (an end user's JWT that a mesh passes along, say).
+            (_, Some(caller)) => Ok(caller),
+            (Some(Err(refusal)), None) => Err(refusal),
             (None, None) => Err(Refusal::Unauthenticated(
                 "no caller identity: send `authorization: Bearer <token>` or a client certificate \
                  of a configured caller",

@@ -111,6 +111,19 @@ fn certificate_names_identify_by_subject_or_san() {
             .identify(Some(&bearer(CRM_TOKEN)), Some(&by_cn), None)
             .is_err()
     );
+    // A token that names nobody beside a certificate that names a caller: not ours (an end
+    // user's JWT a mesh passes along); the certificate decides.
+    assert_eq!(
+        &*callers
+            .identify(
+                Some(b"Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
+                Some(&by_cn),
+                None
+            )
+            .unwrap()
+            .name,
+        "shop"
+    );
     // Both of one caller: fine.
     assert!(
         callers
