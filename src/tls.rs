@@ -420,3 +420,90 @@ pub fn incoming(
         Some((Ok(connection), receiver))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed() -> (String, String) {
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        (issued.cert.pem(), issued.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn a_change_is_loaded_once_and_a_broken_one_keeps_the_current_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            client_ca: None,
+        };
+        let write = |(cert, key): &(String, String)| {
+            std::fs::write(&files.cert, cert).unwrap();
+            std::fs::write(&files.key, key).unwrap();
+        };
+        let first = self_signed();
+        write(&first);
+        let tls = ReloadingTls::new(files.clone()).unwrap();
+        let loaded = tls.current.load_full();
+        assert!(!tls.reload_if_changed(), "nothing changed");
+
+        // Half-written, then a key that does not go with the certificate: both refused.
+        std::fs::write(&files.key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        assert!(!tls.reload_if_changed());
+        std::fs::write(&files.key, self_signed().1).unwrap();
+        assert!(!tls.reload_if_changed());
+        assert!(Arc::ptr_eq(&loaded, &tls.current.load_full()));
+
+        let second = self_signed();
+        write(&second);
+        assert!(tls.reload_if_changed());
+        assert!(!Arc::ptr_eq(&loaded, &tls.current.load_full()));
+        assert!(!tls.reload_if_changed(), "loaded once");
+    }
+
+    #[test]
+    fn problems_name_the_file_and_never_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = self_signed();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            client_ca: Some(dir.path().join("ca.crt")),
+        };
+        std::fs::write(&files.cert, &cert).unwrap();
+        std::fs::write(&files.key, "secret-key-material-not-pem").unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &cert).unwrap();
+        let problem = load(&files).unwrap_err();
+        assert_eq!(problem.file, TlsFile::Key);
+        assert!(
+            !problem.to_string().contains("secret-key-material"),
+            "{problem}"
+        );
+        std::fs::remove_file(dir.path().join("ca.crt")).unwrap();
+        std::fs::write(&files.key, self_signed().1).unwrap();
+        assert_eq!(load(&files).unwrap_err().file, TlsFile::ClientCa);
+    }
+
+    #[test]
+    fn a_certificates_names_are_read() {
+        let mut params = rcgen::CertificateParams::new(vec!["shop.example".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "shop");
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://cluster.local/ns/shop/sa/orders"
+                .try_into()
+                .unwrap(),
+        ));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let peer = PeerCertificate::from_der(cert.der()).unwrap();
+        assert_eq!(peer.common_names, vec!["shop"]);
+        assert_eq!(
+            peer.sans,
+            vec!["shop.example", "spiffe://cluster.local/ns/shop/sa/orders"]
+        );
+        assert_eq!(PeerCertificate::from_der(b"not a certificate"), None);
+    }
+}
