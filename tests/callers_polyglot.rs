@@ -83,7 +83,7 @@ fn callers_toml() -> String {
 fn callers_doc_grpcurl_walkthrough_runs_as_written() {
     let grpcurl = polyglot::grpcurl();
     let steps = polyglot::walkthrough("docs/callers.md", "Try it with grpcurl over TLS");
-    assert_eq!(steps.len(), 6, "the walkthrough changed; update this test");
+    assert_eq!(steps.len(), 7, "the walkthrough changed; update this test");
     let files = Files::new();
     let service = files.start("callers-grpcurl");
     let path = path_with(grpcurl.parent().unwrap());
@@ -107,7 +107,16 @@ fn callers_doc_grpcurl_walkthrough_runs_as_written() {
             outcome
         })
         .collect();
-    let [list, health, by_cert, by_token, anonymous, not_allowed] = outcomes.as_slice() else {
+    let [
+        list,
+        health,
+        by_cert,
+        by_token,
+        anonymous,
+        template,
+        not_allowed,
+    ] = outcomes.as_slice()
+    else {
         unreachable!()
     };
     for (outcome, what) in [
@@ -130,6 +139,12 @@ fn callers_doc_grpcurl_walkthrough_runs_as_written() {
         anonymous.describe()
     );
     assert!(anonymous.stderr.contains("Unauthenticated"));
+    assert_eq!(template.status.code(), Some(71), "{}", template.describe());
+    assert!(
+        template.stderr.contains("template `sandbox-order-shipped`"),
+        "{}",
+        template.describe()
+    );
     assert_eq!(
         not_allowed.status.code(),
         Some(71),
