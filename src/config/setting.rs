@@ -96,6 +96,14 @@ settings! {
     TEMPLATE_CHECKS = "NOTIFY_TEMPLATE_CHECKS", "--template-checks";
     /// Template list refresh interval.
     TEMPLATE_REFRESH = "NOTIFY_TEMPLATE_REFRESH", "--template-refresh";
+    /// The gRPC port's certificate chain (PEM).
+    TLS_CERT = "NOTIFY_TLS_CERT", "--tls-cert";
+    /// The gRPC port's private key (PEM).
+    TLS_KEY = "NOTIFY_TLS_KEY", "--tls-key";
+    /// CA certificates that client certificates must chain to (PEM).
+    TLS_CLIENT_CA = "NOTIFY_TLS_CLIENT_CA", "--tls-client-ca";
+    /// Refuse to start with no `[[callers]]` configured.
+    REQUIRE_CALLERS = "NOTIFY_REQUIRE_CALLERS", "--require-callers";
 }
 
 /// Where a setting's value came from.
