@@ -1,5 +1,6 @@
-//! The multi-app TOML file (`NOTIFY_CONFIG`): one `[[apps]]` table per app, and an optional
-//! `[redis]` table for the state shared by replicas.
+//! The multi-app TOML file (`NOTIFY_CONFIG`): one `[[apps]]` table per app, an optional
+//! `[redis]` table for the state shared by replicas, and the callers (`[[callers]]`,
+//! `trust_forwarded_client_cert`; see `callers.rs`).
 //!
 //! Read into a `toml::Table` and then key by key, rather than through serde, so that every
 //! message names its key (`apps[1].secret_env`), unknown keys are refused by name, and no
@@ -12,8 +13,10 @@ use toml::{Table, Value};
 use url::Url;
 
 use super::{
-    AppConfig, AppDefaults, ConfigError, MAX_IN_FLIGHT_RANGE, RATE_PER_SEC_RANGE, check_identifier,
-    check_secret, in_range, parse_api_base_list, parse_api_bases, read_secret_file,
+    AppConfig, AppDefaults, ConfigError, MAX_IN_FLIGHT_RANGE, RATE_PER_SEC_RANGE,
+    callers::{CallersConfig, load_callers},
+    check_identifier, check_secret, in_range, parse_api_base_list, parse_api_bases,
+    read_secret_file,
     redis::RedisSettings,
 };
 use crate::{secret::Secret, wechat::TokenMode};
@@ -37,14 +40,28 @@ const REDIS_KEYS: &[&str] = &["url", "key_prefix", "cluster"];
 /// The keys that give an app's secret; exactly one is required.
 const SECRET_KEYS: &[&str] = &["secret", "secret_env", "secret_file"];
 
-/// Reads and validates the apps of the TOML file at `path`, and its `[redis]` table as given.
-/// Keys an app leaves out come from `defaults`; `env` looks up the variables named by
-/// `secret_env`.
-pub(super) fn load_apps(
+/// The top-level keys of the file.
+const TOP_KEYS: &[&str] = &["apps", "redis", "callers", "trust_forwarded_client_cert"];
+
+/// What the file configures.
+pub(super) struct FileConfig {
+    /// The apps; empty only when they were not wanted (the sandbox configures its own).
+    pub apps: Vec<AppConfig>,
+    /// The callers.
+    pub callers: CallersConfig,
+    /// The `[redis]` table as given.
+    pub redis: RedisSettings,
+}
+
+/// Reads and validates the TOML file at `path`. Keys an app leaves out come from `defaults`;
+/// `env` looks up the variables named by `secret_env` and `token_env`. With `apps_wanted`
+/// false (the sandbox configures the apps), the file must not hold `[[apps]]`.
+pub(super) fn load(
     path: &Path,
     defaults: &AppDefaults,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Vec<AppConfig>, RedisSettings), ConfigError> {
+    apps_wanted: bool,
+) -> Result<FileConfig, ConfigError> {
     let file_error = |problem: String| ConfigError::File {
         path: path.to_owned(),
         problem,
@@ -68,11 +85,11 @@ pub(super) fn load_apps(
     };
     if let Some(key) = document
         .keys()
-        .find(|key| !matches!(key.as_str(), "apps" | "redis"))
+        .find(|key| !TOP_KEYS.contains(&key.as_str()))
     {
         return Err(reader.error(
             key,
-            "unknown key; the file holds [[apps]] tables and one [redis] table",
+            format!("unknown key; expected one of {}", TOP_KEYS.join(", ")),
         ));
     }
     let redis = match document.get("redis") {
@@ -85,6 +102,21 @@ pub(super) fn load_apps(
         }
         None => RedisSettings::default(),
     };
+    let callers = load_callers(path, reader.directory, &document, env)?;
+    if !apps_wanted {
+        if document.contains_key("apps") {
+            return Err(reader.error(
+                "apps",
+                "the sandbox configures its own apps; with NOTIFY_SANDBOX (--sandbox) the file \
+                 may hold only callers and [redis]",
+            ));
+        }
+        return Ok(FileConfig {
+            apps: Vec::new(),
+            callers,
+            redis,
+        });
+    }
     let tables = match document.get("apps") {
         Some(Value::Array(tables)) if !tables.is_empty() => tables,
         Some(Value::Array(_)) | None => {
@@ -105,7 +137,12 @@ pub(super) fn load_apps(
         apps.push(reader.app(index, table)?);
     }
     reader.check_unique(&apps)?;
-    Ok((apps, redis))
+    reader.check_caller_apps(&apps, &callers)?;
+    Ok(FileConfig {
+        apps,
+        callers,
+        redis,
+    })
 }
 
 /// ` at line L, column C` (both from 1) for a byte offset into `text`.
@@ -265,6 +302,33 @@ impl FileReader<'_> {
                     ));
                 }
                 owners.insert(identifier, index);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FileReader<'_> {
+    /// Every app a caller is allowed names a configured app (a typo would refuse every call).
+    fn check_caller_apps(
+        &self,
+        apps: &[AppConfig],
+        callers: &CallersConfig,
+    ) -> Result<(), ConfigError> {
+        for (index, caller) in callers.callers.iter().enumerate() {
+            for allowed in &caller.apps {
+                let known = apps
+                    .iter()
+                    .any(|app| app.name == *allowed || app.appid == *allowed);
+                if !known {
+                    return Err(self.error(
+                        &format!("callers[{index}].apps"),
+                        format!(
+                            "`{}` is not the name or appid of an app in this file",
+                            allowed.escape_debug()
+                        ),
+                    ));
+                }
             }
         }
         Ok(())

@@ -103,6 +103,14 @@ settings! {
     REDIS_KEY_PREFIX = "NOTIFY_REDIS_KEY_PREFIX", "--redis-key-prefix";
     /// Redis Cluster mode.
     REDIS_CLUSTER = "NOTIFY_REDIS_CLUSTER", "--redis-cluster";
+    /// The gRPC port's certificate chain (PEM).
+    TLS_CERT = "NOTIFY_TLS_CERT", "--tls-cert";
+    /// The gRPC port's private key (PEM).
+    TLS_KEY = "NOTIFY_TLS_KEY", "--tls-key";
+    /// CA certificates that client certificates must chain to (PEM).
+    TLS_CLIENT_CA = "NOTIFY_TLS_CLIENT_CA", "--tls-client-ca";
+    /// Refuse to start with no `[[callers]]` configured.
+    REQUIRE_CALLERS = "NOTIFY_REQUIRE_CALLERS", "--require-callers";
 }
 
 /// Where a setting's value came from.

@@ -592,7 +592,7 @@ fn the_sandbox_configures_its_own_apps() {
     assert_eq!(
         message,
         "NOTIFY_SANDBOX (--sandbox) configures the sandbox's apps itself; \
-         remove WECHAT_APPID (--appid), NOTIFY_CONFIG (--config)"
+         remove WECHAT_APPID (--appid)"
     );
     let message = error(&["--sandbox", "--secret", "s3cr3t-value"]);
     assert!(message.contains("WECHAT_SECRET (--secret)"), "{message}");
@@ -746,7 +746,7 @@ fn file_errors_name_the_key() {
         ),
         (
             "listen = \"0.0.0.0:1\"\n[[apps]]\nappid = \"wx1\"\nsecret = \"a\"\n",
-            "listen: unknown key; the file holds [[apps]] tables and one [redis] table",
+            "listen: unknown key; expected one of apps, redis, callers, trust_forwarded_client_cert",
         ),
         ("", "apps: at least one [[apps]] table is required"),
         (
@@ -991,3 +991,5 @@ fn the_file_configures_redis_and_flags_win() {
         "redis.cluster: must be true or false, got string"
     );
 }
+
+mod callers;

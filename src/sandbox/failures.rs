@@ -57,6 +57,9 @@ pub(crate) fn describe(errcode: Option<i64>, http_status: Option<u16>, injected:
         ),
         (Some(errcode), None) if injected => format!("injected fault: {}", cause_of(errcode)),
         (Some(errcode), None) => cause_of(errcode),
+        (None, None) if injected => {
+            "injected fault: the connection was reset before an answer was written".to_string()
+        }
         (None, None) => "no answer".to_string(),
     }
 }

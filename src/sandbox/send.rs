@@ -195,6 +195,8 @@ fn failed_send(
             None,
         ),
         Reply::Http { status, .. } => (None, None, Some(*status)),
+        // A reset is only ever injected: no errcode, no status, only a closed connection.
+        Reply::Reset => (None, None, None),
     };
     let openid = field("touser");
     let appid = token

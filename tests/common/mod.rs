@@ -2,6 +2,7 @@
 //! and a real gRPC client.
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod process;
 pub mod redis;
 
@@ -93,6 +94,8 @@ pub fn serve_config() -> ServeConfig {
         template_checks: true,
         template_refresh: Duration::from_secs(600),
         redis: None,
+        callers: Default::default(),
+        tls: None,
     }
 }
 
