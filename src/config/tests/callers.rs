@@ -178,7 +178,7 @@ fn the_sandbox_takes_a_file_of_callers_only() {
     assert!(
         message.ends_with(
             "apps: the sandbox configures its own apps; with NOTIFY_SANDBOX \
-        (--sandbox) the file may hold only callers"
+        (--sandbox) the file may hold only callers and [redis]"
         ),
         "{message}"
     );
