@@ -59,7 +59,7 @@ impl RedisIdempotencyStore {
                 .build(),
             claim: redis::Script::new(CLAIM_SCRIPT),
             finish: redis::Script::new(FINISH_SCRIPT),
-            release: redis::Script::new(RELEASE_SCRIPT),
+            release: redis::Script::new(super::RELEASE_AND_ANNOUNCE_SCRIPT),
             renew: redis::Script::new(RENEW_SCRIPT),
         }
     }
@@ -224,15 +224,6 @@ local value = redis.call('GET', KEYS[1])
 if value and string.sub(value, 1, 2) == 'r:' then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[4], KEYS[1])
-return 1
-";
-
-/// Drops the claim if `ARGV[1]` still holds it, and announces the key on channel `ARGV[2]`.
-const RELEASE_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-end
-redis.call('PUBLISH', ARGV[2], KEYS[1])
 return 1
 ";
 

@@ -25,3 +25,14 @@ pub mod token;
 mod wake;
 
 pub use self::redis::{Keys, RedisStore};
+
+/// Drops the lock or claim `KEYS[1]` if its owner `ARGV[1]` still holds it, and announces the
+/// key on channel `ARGV[2]` so that waiters on any replica look again. Shared by the token
+/// fetch lock and the idempotency claims.
+const RELEASE_AND_ANNOUNCE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[2], KEYS[1])
+return 1
+";

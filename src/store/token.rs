@@ -51,7 +51,7 @@ impl RedisTokenStore {
             load: redis::Script::new(LOAD_SCRIPT),
             save: redis::Script::new(SAVE_SCRIPT),
             invalidate: redis::Script::new(INVALIDATE_SCRIPT),
-            release: redis::Script::new(RELEASE_SCRIPT),
+            release: redis::Script::new(super::RELEASE_AND_ANNOUNCE_SCRIPT),
             lock_left: redis::Script::new(LOCK_LEFT_SCRIPT),
             force: redis::Script::new(FORCE_SCRIPT),
         }
@@ -198,15 +198,6 @@ if newline and string.sub(value, newline + 1) == ARGV[1] then
   return 1
 end
 return 0
-";
-
-/// Releases the fetch lock if `ARGV[1]` holds it, and announces it on channel `ARGV[2]`.
-const RELEASE_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-end
-redis.call('PUBLISH', ARGV[2], KEYS[1])
-return 1
 ";
 
 /// The fetch lock's remaining life in ms (<= 0: free).
