@@ -16,7 +16,9 @@ use std::{fmt, net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Durati
 use url::Url;
 
 use crate::{
+    push_crypto::{AesKey, PushMode},
     secret::Secret,
+    subscriptions::SubscriptionCheck,
     validation::MAX_ID_BYTES,
     wechat::{ClientOptions, TokenMode},
 };
@@ -77,6 +79,21 @@ pub struct AppConfig {
     pub max_in_flight: usize,
     /// Sustained sends per second, per app; bursts of at most one second's worth.
     pub rate_per_sec: u32,
+    /// What sends do with the subscription ledger.
+    pub subscription_check: SubscriptionCheck,
+    /// WeChat's event pushes to `/wechat/push/{app}`; `None` refuses them.
+    pub push: Option<PushSettings>,
+}
+
+/// An app's 消息推送 settings, as set in the mini program's admin.
+#[derive(Clone, Debug)]
+pub struct PushSettings {
+    /// The Token (only used for signatures; redacted in Debug).
+    pub token: Secret,
+    /// The key of the EncodingAESKey; `None` in plaintext mode.
+    pub aes_key: Option<AesKey>,
+    /// The encryption mode.
+    pub mode: PushMode,
 }
 
 /// The per-app settings given by flags (`WECHAT_API_BASE`, `WECHAT_TOKEN_MODE`,
@@ -93,6 +110,8 @@ pub struct AppDefaults {
     pub max_in_flight: usize,
     /// Sustained sends per second, per app.
     pub rate_per_sec: u32,
+    /// What sends do with the subscription ledger (`NOTIFY_SUBSCRIPTION_CHECK`).
+    pub subscription_check: SubscriptionCheck,
 }
 
 impl AppDefaults {
@@ -106,6 +125,8 @@ impl AppDefaults {
             token_mode: self.token_mode,
             max_in_flight: self.max_in_flight,
             rate_per_sec: self.rate_per_sec,
+            subscription_check: self.subscription_check,
+            push: None,
         }
     }
 }
@@ -150,6 +171,8 @@ pub struct ServeConfig {
     pub template_checks: bool,
     /// How often each app's template list is reloaded in the background.
     pub template_refresh: Duration,
+    /// Where WeChat's event pushes are received (HTTP); `None` for no push listener.
+    pub push_listen: Option<SocketAddr>,
 }
 
 /// A setting given by an environment variable or, equally, a flag of `serve`.
@@ -224,6 +247,10 @@ settings! {
     TEMPLATE_CHECKS = "NOTIFY_TEMPLATE_CHECKS", "--template-checks";
     /// Template list refresh interval.
     TEMPLATE_REFRESH = "NOTIFY_TEMPLATE_REFRESH", "--template-refresh";
+    /// Where WeChat's event pushes are received.
+    PUSH_LISTEN = "NOTIFY_PUSH_LISTEN", "--push-listen";
+    /// What sends do with the subscription ledger.
+    SUBSCRIPTION_CHECK = "NOTIFY_SUBSCRIPTION_CHECK", "--subscription-check";
 }
 
 /// Why the configuration was refused. Every message names the environment variable and flag,
@@ -429,6 +456,27 @@ pub struct ServeArgs {
         default_value_t = 600
     )]
     pub template_refresh: u64,
+
+    /// Where WeChat's event pushes are received (HTTP, /wechat/push/{app}); unset: no
+    /// push listener. Apps set push_token, push_aes_key and push_mode in the apps file
+    #[arg(long, env = "NOTIFY_PUSH_LISTEN", value_name = "ADDR")]
+    pub push_listen: Option<String>,
+
+    /// What sends do with the subscription ledger: off, observe (record, never block) or
+    /// enforce (refuse a send the ledger knows cannot be delivered); also the default of TOML apps
+    #[arg(long, env = "NOTIFY_SUBSCRIPTION_CHECK", value_name = "MODE", value_enum, default_value_t = SubscriptionCheck::Observe)]
+    pub subscription_check: SubscriptionCheck,
+}
+
+/// A socket address; empty counts as unset.
+fn parse_optional_addr(value: Option<&str>) -> Result<Option<SocketAddr>, String> {
+    let Some(value) = value.map(str::trim).filter(|value| !value.is_empty()) else {
+        return Ok(None);
+    };
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("`{value}` is not a socket address such as 0.0.0.0:8090"))
 }
 
 fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {
@@ -481,6 +529,7 @@ impl ServeArgs {
                 .map_err(|problem| invalid(MAX_IN_FLIGHT, problem))?,
             rate_per_sec: in_range(self.rate_per_sec, RATE_PER_SEC_RANGE)
                 .map_err(|problem| invalid(RATE_PER_SEC, problem))?,
+            subscription_check: self.subscription_check,
         };
         let max_batch_recipients = in_range(self.max_batch_recipients, MAX_BATCH_RECIPIENTS_RANGE)
             .map_err(|problem| invalid(MAX_BATCH_RECIPIENTS, problem))?;
@@ -498,6 +547,8 @@ impl ServeArgs {
         let template_refresh: u64 = in_range(self.template_refresh, TEMPLATE_REFRESH_RANGE)
             .map_err(|problem| invalid(TEMPLATE_REFRESH, problem))?;
 
+        let push_listen = parse_optional_addr(self.push_listen.as_deref())
+            .map_err(|problem| invalid(PUSH_LISTEN, problem))?;
         let apps = self.apps(&app_defaults, &env)?;
 
         Ok(ServeConfig {
@@ -521,6 +572,7 @@ impl ServeArgs {
             },
             template_checks: self.template_checks,
             template_refresh: Duration::from_secs(template_refresh),
+            push_listen,
         })
     }
 

@@ -25,10 +25,12 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::{
     config::ServeConfig,
-    grpc::NotifyGrpc,
+    grpc::{NotifyGrpc, SubscriptionsGrpc},
     idempotency::MemoryIdempotencyStore,
     pb,
+    push::PushEndpoint,
     service::{App, Notifier},
+    subscriptions::MemoryLedger,
     telemetry::{
         self, CountTemplateErrcodes, CountTokenErrcodes, REQUEST_ID_HEADER, RpcTelemetryLayer,
         catalog::UPSTREAM_IN_FLIGHT,
@@ -40,6 +42,8 @@ use crate::{
 
 /// The gRPC service name health answers for (besides `""`).
 pub const SERVICE_NAME: &str = "notify.v1.NotifyService";
+/// The subscriptions service, which health answers for too.
+pub const SUBSCRIPTION_SERVICE_NAME: &str = "notify.v1.SubscriptionService";
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,8 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// Where `GET /metrics` is served.
     pub metrics_addr: SocketAddr,
+    /// Where WeChat's pushes are received (`/wechat/push/{app}`), when configured.
+    pub push_addr: Option<SocketAddr>,
     notifier: Arc<Notifier>,
     begin_shutdown: Option<oneshot::Sender<()>>,
     done: JoinHandle<Result<(), ServeError>>,
@@ -126,16 +132,23 @@ pub async fn start(
         config.idempotency.ttl,
         config.idempotency.capacity,
     ));
-    let notifier = Arc::new(Notifier::new(
-        apps.clone(),
-        idempotency,
-        config.max_batch_recipients,
-    ));
+    let notifier = Arc::new(
+        Notifier::new(apps.clone(), idempotency, config.max_batch_recipients)
+            .with_ledger(Arc::new(MemoryLedger::default())),
+    );
 
     let grpc_listener = bind(config.listen).await?;
     let metrics_listener = bind(config.metrics_listen).await?;
     let grpc_addr = local_addr(&grpc_listener, config.listen)?;
     let metrics_addr = local_addr(&metrics_listener, config.metrics_listen)?;
+    let push_listener = match config.push_listen {
+        Some(addr) => Some((bind(addr).await?, addr)),
+        None => None,
+    };
+    let push_addr = match &push_listener {
+        Some((listener, addr)) => Some(local_addr(listener, *addr)?),
+        None => None,
+    };
 
     let health = HealthReporter::new();
     set_health(&health, ServingStatus::NotServing).await;
@@ -169,6 +182,7 @@ pub async fn start(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(NotifyGrpc::new(notifier.clone()).into_server())
+        .add_service(SubscriptionsGrpc::new(notifier.clone()).into_server())
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: a small answer must not wait for the client's delayed ACK (Nagle),
             // which showed as tens of milliseconds of p99 at moderate load.
@@ -186,6 +200,24 @@ pub async fn start(
             tracing::error!(%error, "metrics listener failed");
         }
     });
+    let push_task = push_listener.map(|(listener, _)| {
+        let pushing: Vec<_> = apps
+            .iter()
+            .zip(&config.apps)
+            .filter_map(|(app, settings)| Some((app.clone(), settings.push.clone()?)))
+            .collect();
+        if pushing.is_empty() {
+            tracing::warn!(
+                "the push listener is on, but no app sets push_token: every push is refused"
+            );
+        }
+        let router = PushEndpoint::new(notifier.clone(), pushing).router();
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "push listener failed");
+            }
+        })
+    });
     // Serving already, so probes get a clear NOT_SERVING (not a timeout) during the warm-up.
     let mut serve_task = tokio::spawn(grpc);
 
@@ -195,6 +227,9 @@ pub async fn start(
         drain.cancel();
         serve_task.abort();
         metrics_task.abort();
+        if let Some(push_task) = &push_task {
+            push_task.abort();
+        }
         return Err(error);
     }
     let refreshers: Vec<_> = apps
@@ -203,7 +238,7 @@ pub async fn start(
         .collect();
 
     set_health(&health, ServingStatus::Serving).await;
-    tracing::info!(%grpc_addr, %metrics_addr, apps = apps.len(), "serving");
+    tracing::info!(%grpc_addr, %metrics_addr, push_addr = ?push_addr, apps = apps.len(), "serving");
 
     let grace = config.shutdown_grace;
     let drained = notifier.clone();
@@ -249,6 +284,9 @@ pub async fn start(
         }
         metrics_task.abort();
         metrics_upkeep.abort();
+        if let Some(push_task) = push_task {
+            push_task.abort();
+        }
         tracing::info!("shutdown complete");
         failure.map_or(Ok(()), Err)
     });
@@ -256,6 +294,7 @@ pub async fn start(
     Ok(Running {
         grpc_addr,
         metrics_addr,
+        push_addr,
         notifier,
         begin_shutdown: Some(begin_shutdown),
         done,
@@ -293,7 +332,8 @@ fn build_apps(config: &ServeConfig, client: &WechatClient) -> Vec<Arc<App>> {
                 tokens,
                 app.max_in_flight,
                 app.rate_per_sec,
-            );
+            )
+            .with_subscription_check(app.subscription_check);
             Arc::new(match templates {
                 Some(templates) => built.with_templates(templates),
                 None => built,
@@ -354,6 +394,9 @@ fn sample_live_gauges(apps: &[Arc<App>]) {
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     health.set_service_status(SERVICE_NAME, status).await;
+    health
+        .set_service_status(SUBSCRIPTION_SERVICE_NAME, status)
+        .await;
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

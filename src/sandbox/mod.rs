@@ -14,6 +14,7 @@ pub mod config;
 mod control;
 mod endpoints;
 mod faults;
+mod push;
 mod reply;
 mod send;
 mod state;
@@ -32,6 +33,7 @@ use url::Url;
 pub use cli::{SandboxArgs, run};
 pub use config::{DEFAULT_APPID, DEFAULT_SECRET, DEMO_OPENID, SandboxApp, SandboxConfig};
 pub use faults::{ActiveFault, Fault, FaultEndpoint};
+pub use push::{PushFormat, PushRecord, PushTarget};
 pub use send::is_valid_openid;
 pub use state::{Grant, InboxMessage, RecordedSend, SandboxStats, TokenFetches};
 pub use templates::{Keyword, Template, TemplateKind};
@@ -45,6 +47,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Sandbox {
     inner: Arc<Inner>,
+    /// WeChat's pushes to the apps' push URLs (`push`).
+    pusher: Arc<push::Pusher>,
 }
 
 impl fmt::Debug for Sandbox {
@@ -66,6 +70,7 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Sandbox {
         Sandbox {
             inner: Arc::new(Inner::new(config)),
+            pusher: Arc::default(),
         }
     }
 
@@ -82,6 +87,7 @@ impl Sandbox {
             .route("/cgi-bin/message/subscribe/send", post(send::send))
             .route("/wxaapi/newtmpl/gettemplate", get(endpoints::get_template))
             .merge(control::routes())
+            .merge(push::routes())
             .fallback(endpoints::not_found)
             .method_not_allowed_fallback(endpoints::not_found)
             .with_state(self.clone())
@@ -150,6 +156,33 @@ impl Sandbox {
             template_id: template_id.to_string(),
         };
         self.inner.lock().subscribe(key, kind, grant);
+        // The popup push WeChat makes for the same answer: one per accepted message.
+        let (status, pushes) = match grant {
+            Grant::Accept { count } => ("accept", count),
+            Grant::Reject => ("reject", 1),
+        };
+        for _ in 0..pushes {
+            self.pusher.push(
+                appid,
+                openid,
+                template_id,
+                push::PushEvent::Popup { status },
+            );
+        }
+    }
+
+    /// The user turns the template off from the settings: every grant is gone (as a reject),
+    /// and WeChat pushes `subscribe_msg_change_event`.
+    pub fn revoke(&self, appid: &str, openid: &str, template_id: &str) {
+        let kind = self.inner.template(appid, template_id).map(|t| t.kind);
+        let key = SubscriptionKey {
+            appid: appid.to_string(),
+            openid: openid.to_string(),
+            template_id: template_id.to_string(),
+        };
+        self.inner.lock().subscribe(key, kind, Grant::Reject);
+        self.pusher
+            .push(appid, openid, template_id, push::PushEvent::Change);
     }
 
     /// Injects a fault; faults apply in injection order, the first matching one per call.

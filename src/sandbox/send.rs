@@ -45,6 +45,16 @@ pub(crate) async fn send(
     let _in_flight = inner.enter_send();
     let token = query_param(query.as_deref(), "access_token");
     let outcome = process(inner, token.as_deref(), &body, Instant::now());
+    if let Some(delivered) = &outcome.delivered {
+        sandbox.pusher.push(
+            &delivered.appid,
+            &delivered.openid,
+            &delivered.template_id,
+            super::push::PushEvent::Sent {
+                msgid: delivered.msgid,
+            },
+        );
+    }
     if let Some(latency) = outcome.latency {
         tokio::time::sleep(latency).await;
     }
@@ -55,6 +65,16 @@ struct Outcome {
     reply: Reply,
     /// Hold the answer back this long (an injected latency).
     latency: Option<Duration>,
+    /// The message delivered, for the `subscribe_msg_sent_event` push.
+    delivered: Option<Delivered>,
+}
+
+/// A message that reached the inbox.
+struct Delivered {
+    appid: String,
+    openid: String,
+    template_id: String,
+    msgid: u64,
 }
 
 fn process(inner: &Inner, token: Option<&str>, raw_body: &[u8], now: Instant) -> Outcome {
@@ -110,6 +130,7 @@ fn fixed_answer(
                 return Outcome {
                     reply: answer.into(),
                     latency: action.latency,
+                    delivered: None,
                 };
             }
             None => action.latency,
@@ -121,6 +142,7 @@ fn fixed_answer(
     Outcome {
         reply: ok_reply(inner, msgid),
         latency,
+        delivered: None,
     }
 }
 
@@ -138,6 +160,7 @@ fn check_and_deliver(
             return Outcome {
                 reply: Reply::errcode(rejected.errcode().unwrap_or(40014)),
                 latency: None,
+                delivered: None,
             };
         }
     };
@@ -148,18 +171,23 @@ fn check_and_deliver(
             return Outcome {
                 reply: answer.into(),
                 latency,
+                delivered: None,
             };
         }
     }
-    let reply = match state.use_quota(&inner.config, &appid, inner.since_start(now)) {
-        Err(QuotaExceeded::Daily) => Reply::errcode(45009),
-        Err(QuotaExceeded::Minute) => Reply::errcode(45011),
+    let (reply, delivered) = match state.use_quota(&inner.config, &appid, inner.since_start(now)) {
+        Err(QuotaExceeded::Daily) => (Reply::errcode(45009), None),
+        Err(QuotaExceeded::Minute) => (Reply::errcode(45011), None),
         Ok(()) => match check_message(inner, &appid, body) {
-            Err(reply) => reply,
+            Err(reply) => (reply, None),
             Ok(message) => deliver(inner, state, appid, message),
         },
     };
-    Outcome { reply, latency }
+    Outcome {
+        reply,
+        latency,
+        delivered,
+    }
 }
 
 /// A send body that passed every check but the subscription.
@@ -290,7 +318,12 @@ fn check_choice(
     }
 }
 
-fn deliver(inner: &Inner, state: &mut Mutable, appid: String, message: Message) -> Reply {
+fn deliver(
+    inner: &Inner,
+    state: &mut Mutable,
+    appid: String,
+    message: Message,
+) -> (Reply, Option<Delivered>) {
     let key = SubscriptionKey {
         appid,
         openid: message.touser,
@@ -298,9 +331,15 @@ fn deliver(inner: &Inner, state: &mut Mutable, appid: String, message: Message) 
     };
     let auto_accept = inner.auto_accept.load(std::sync::atomic::Ordering::SeqCst);
     if !state.consume_grant(&key, message.template.kind, auto_accept) {
-        return Reply::errcode(43101);
+        return (Reply::errcode(43101), None);
     }
     let msgid = state.next_msgid();
+    let delivered = Delivered {
+        appid: key.appid.clone(),
+        openid: key.openid.clone(),
+        template_id: key.template_id.clone(),
+        msgid,
+    };
     state.deliver(InboxMessage {
         text: message.template.render(&message.data),
         title: message.template.title.clone(),
@@ -314,7 +353,7 @@ fn deliver(inner: &Inner, state: &mut Mutable, appid: String, message: Message) 
         msgid,
         time_unix_ms: unix_ms(),
     });
-    ok_reply(inner, msgid)
+    (ok_reply(inner, msgid), Some(delivered))
 }
 
 fn ok_reply(inner: &Inner, msgid: u64) -> Reply {

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::{ErrorKind, NotStarted, SendError};
 use crate::{
     idempotency::Record,
+    subscriptions::SubscriptionCheck,
     telemetry::{self, catalog::MessageCounters},
     templates::TemplateCache,
     token::TokenCache,
@@ -110,6 +111,8 @@ pub struct App {
     pub name: String,
     /// The AppID.
     pub appid: String,
+    /// What sends do with the subscription ledger.
+    pub subscription_check: SubscriptionCheck,
     /// Concurrent upstream sends at most.
     pub max_in_flight: usize,
     api: AppApi,
@@ -138,6 +141,7 @@ impl App {
         Self {
             name,
             appid: api.appid().to_owned(),
+            subscription_check: SubscriptionCheck::default(),
             max_in_flight,
             api,
             tokens,
@@ -155,6 +159,12 @@ impl App {
         self.messages
             .get_or_init(|| MessageCounters::new(&self.name))
             .count(outcome);
+    }
+
+    /// The same app, doing `check` with the subscription ledger on every send.
+    pub fn with_subscription_check(mut self, check: SubscriptionCheck) -> Self {
+        self.subscription_check = check;
+        self
     }
 
     /// The same app, checking messages against its template list from `templates`.

@@ -233,7 +233,7 @@ impl Notifier {
             .idempotency_key
             .as_ref()
             .map(|key| format!("batch\n{key}\n{}", message.touser));
-        self.deliver_once(&shared.app, message, key, &admission)
+        self.deliver_recorded(&shared.app, message, key, &admission)
             .await
     }
 }

@@ -29,6 +29,13 @@ pub enum ErrorKind {
     /// The send was never started.
     #[error("not sent: {0}")]
     NotStarted(NotStarted),
+    /// Under `subscription_check = enforce`, the ledger knows WeChat would answer 43101;
+    /// nothing was sent.
+    #[error("not sent: {0}")]
+    NotSubscribed(&'static str),
+    /// The subscription ledger's store could not be used.
+    #[error("{0}")]
+    LedgerUnavailable(String),
 }
 
 /// Why a send was never started.

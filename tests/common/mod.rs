@@ -12,6 +12,7 @@ use wechat_notify::{
     sandbox::{Sandbox, SandboxApp, SandboxConfig, SandboxServer},
     secret::Secret,
     server::{self, Running},
+    subscriptions::SubscriptionCheck,
     wechat::{ClientOptions, TokenMode},
 };
 
@@ -57,6 +58,8 @@ pub fn app_config(name: &str, app: &SandboxApp, bases: Vec<Url>) -> AppConfig {
         token_mode: TokenMode::Stable,
         max_in_flight: 64,
         rate_per_sec: 100_000,
+        subscription_check: SubscriptionCheck::Observe,
+        push: None,
     }
 }
 
@@ -72,6 +75,7 @@ pub fn serve_config() -> ServeConfig {
             token_mode: TokenMode::Stable,
             max_in_flight: 64,
             rate_per_sec: 100_000,
+            subscription_check: SubscriptionCheck::Observe,
         },
         sandbox: false,
         sandbox_listen: loopback(),
@@ -88,6 +92,7 @@ pub fn serve_config() -> ServeConfig {
         },
         template_checks: true,
         template_refresh: Duration::from_secs(600),
+        push_listen: None,
     }
 }
 
