@@ -113,7 +113,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> ExitCode {
     // Kept alive until the service has shut down.
-    let sandbox = if config.sandbox {
+    let _sandbox = if config.sandbox {
         match start_embedded_sandbox(&mut config).await {
             Ok(sandbox) => Some(sandbox),
             Err(error) => {
@@ -125,15 +125,10 @@ pub async fn serve(
         None
     };
     match server::start(config, shutdown).await {
-        Ok(running) => {
-            if let (Some(sandbox), Some(push_addr)) = (&sandbox, running.push_addr) {
-                wire_sandbox_pushes(sandbox, push_addr);
-            }
-            match running.wait().await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(_already_logged) => ExitCode::from(EXIT_FAILURE),
-            }
-        }
+        Ok(running) => match running.wait().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_already_logged) => ExitCode::from(EXIT_FAILURE),
+        },
         Err(error) => {
             tracing::error!(%error, "cannot start");
             ExitCode::from(EXIT_FAILURE)
@@ -221,20 +216,28 @@ async fn start_embedded_sandbox(config: &mut ServeConfig) -> std::io::Result<Emb
         aes_key: AesKey::from_encoding_key(&push.encoding_aes_key).ok(),
         mode: PushMode::Safe,
     });
-    config
+    // The sandbox must know the push URL before the service says SERVING (a first popup would
+    // otherwise go nowhere), so port 0 is resolved to a free port here.
+    let mut push_listen = config
         .push_listen
-        .get_or_insert_with(|| std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)));
+        .unwrap_or_else(|| std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)));
+    if push_listen.port() == 0 {
+        push_listen = std::net::TcpListener::bind(push_listen)?.local_addr()?;
+    }
+    config.push_listen = Some(push_listen);
     tracing::info!(
         base_url = %running.base_url(),
         inbox = %format!("{}sandbox/inbox", running.base_url()),
         "embedded sandbox listening (a fake WeChat API for development)"
     );
     config.apps = vec![app];
-    Ok(EmbeddedSandbox {
+    let sandbox = EmbeddedSandbox {
         server: running,
         appid,
         push,
-    })
+    };
+    wire_sandbox_pushes(&sandbox, push_listen);
+    Ok(sandbox)
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed by this call, not on
