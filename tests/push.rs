@@ -141,12 +141,12 @@ impl PushHarness {
 
     /// Posts `message` as WeChat would in plaintext mode, signed with the independent vector.
     async fn post_plain(&self, message: &str, nonce: &str) -> (u16, String) {
-        let timestamp = "1700000000";
-        let vectors = vectors(timestamp, nonce, None);
+        let timestamp = now();
+        let vectors = vectors(&timestamp, nonce, None);
         self.post(
             &[
                 ("signature", &vectors.signature),
-                ("timestamp", timestamp),
+                ("timestamp", &timestamp),
                 ("nonce", nonce),
             ],
             message.to_owned(),
@@ -180,6 +180,15 @@ impl PushHarness {
     }
 }
 
+/// Now, in unix seconds, as WeChat stamps a push.
+fn now() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string()
+}
+
 fn popup_xml(openid: &str, create_time: u64, lists: &[(&str, &str)]) -> String {
     let lists: String = lists
         .iter()
@@ -202,14 +211,15 @@ fn popup_xml(openid: &str, create_time: u64, lists: &[(&str, &str)]) -> String {
 #[tokio::test]
 async fn url_verification_answers_echostr_verbatim_and_refuses_a_bad_signature() {
     let push = start(PushMode::Safe).await;
-    let vectors = vectors("1700000001", "42", None);
+    let timestamp = now();
+    let vectors = vectors(&timestamp, "42", None);
     let echostr = "7293547712345678901";
     let answer = push
         .http
         .get(&push.base)
         .query(&[
             ("signature", vectors.signature.as_str()),
-            ("timestamp", "1700000001"),
+            ("timestamp", timestamp.as_str()),
             ("nonce", "42"),
             ("echostr", echostr),
         ])
@@ -251,7 +261,8 @@ async fn an_encrypted_push_built_independently_is_applied() {
     while 32 - (20 + message.len() + DEFAULT_APPID.len()) % 32 <= 16 {
         message.push(' ');
     }
-    let (timestamp, nonce) = ("1700000100", "998877");
+    let (timestamp, nonce) = (now(), "998877");
+    let timestamp = timestamp.as_str();
     let vectors = vectors(timestamp, nonce, Some((&message, DEFAULT_APPID)));
     assert!(vectors.pad.unwrap() > 16, "pad {:?}", vectors.pad);
     let encrypt = vectors.encrypt.unwrap();
@@ -289,7 +300,8 @@ async fn a_push_failing_any_check_is_refused_and_nothing_is_recorded() {
     let push = start(PushMode::Safe).await;
     let openid = openid(2);
     let message = popup_xml(&openid, 1_700_000_200, &[(ONE_TIME, "accept")]);
-    let (timestamp, nonce) = ("1700000200", "5151");
+    let (timestamp, nonce) = (now(), "5151");
+    let timestamp = timestamp.as_str();
     let encrypted_for = |appid: &str| {
         let vectors = vectors(timestamp, nonce, Some((&message, appid)));
         let encrypt = vectors.encrypt.unwrap();
@@ -327,6 +339,21 @@ async fn a_push_failing_any_check_is_refused_and_nothing_is_recorded() {
     );
     assert_eq!(post(query(&signature, &forged), body.clone()).await, 401);
     assert_eq!(post(Vec::new(), body.clone()).await, 401);
+    // Genuinely signed, but an hour ago: a replay.
+    let hour_ago = (timestamp.parse::<u64>().unwrap() - 3_600).to_string();
+    let old = vectors(&hour_ago, nonce, Some((&message, DEFAULT_APPID)));
+    let stale_query = vec![
+        ("signature", old.signature),
+        ("timestamp", hour_ago),
+        ("nonce", nonce.to_owned()),
+        ("encrypt_type", "aes".to_owned()),
+        ("msg_signature", old.msg_signature.unwrap()),
+    ];
+    let stale_body = format!(
+        "<xml><Encrypt><![CDATA[{}]]></Encrypt></xml>",
+        old.encrypt.unwrap()
+    );
+    assert_eq!(post(stale_query, stale_body).await, 401);
     // The body tampered with after signing.
     let tampered = body.replacen("<Encrypt><![CDATA[", "<Encrypt><![CDATA[AAAA", 1);
     assert_eq!(post(query(&signature, &msg_signature), tampered).await, 401);

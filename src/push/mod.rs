@@ -4,7 +4,8 @@
 //! `GET` is WeChat's URL check: a valid `signature` is answered with `echostr`, verbatim.
 //! `POST` is checked before anything else is read from it: `signature` over the app's Token,
 //! then (encrypted modes) `msg_signature` over the `Encrypt` field, the AES-256-CBC ciphertext
-//! and its trailing appid. A push that passes is deduplicated (WeChat retries a push it got no
+//! and its trailing appid. A `timestamp` more than 5 minutes from now is refused (a replay; one
+//! within that window is caught by the dedupe key). A push that passes is deduplicated (WeChat retries a push it got no
 //! answer to within 5 s, 3 attempts in all), answered `success` at once, and applied to the
 //! ledger after the answer. One that fails is answered 401 (signature) or 400 (anything else)
 //! and counted in `wechat_notify_push_requests_total{result}`; the log names the reason, never
@@ -15,7 +16,11 @@
 
 mod event;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use axum::{
     Router,
@@ -33,6 +38,7 @@ use crate::{
     config::PushSettings,
     push_crypto::{self, PushMode},
     service::{App, Notifier},
+    subscriptions::PUSH_DEDUPE_TTL,
     telemetry::catalog::PUSH_REQUESTS_TOTAL,
 };
 
@@ -40,11 +46,12 @@ use crate::{
 pub const MAX_PUSH_BODY_BYTES: usize = 64 * 1024;
 
 /// Every `result` of [`PUSH_REQUESTS_TOTAL`].
-pub const PUSH_RESULTS: [&str; 6] = [
+pub const PUSH_RESULTS: [&str; 7] = [
     "verified",
     "accepted",
     "duplicate",
     "bad_signature",
+    "stale",
     "bad_request",
     "unknown_app",
 ];
@@ -197,7 +204,19 @@ fn check_signature(settings: &PushSettings, query: &PushQuery) -> Result<(), Ref
             "signature does not match the app's push token",
         ));
     }
-    Ok(())
+    // A push signed long ago is a replay: one within the window is caught by its dedupe key.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    match query.timestamp.parse::<u64>() {
+        Ok(signed) if signed.abs_diff(now) <= PUSH_DEDUPE_TTL.as_secs() => Ok(()),
+        _ => Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            "stale",
+            "timestamp is more than 5 minutes away from now",
+        )),
+    }
 }
 
 /// Verifies, decrypts and parses one push, in that order.

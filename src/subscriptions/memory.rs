@@ -19,7 +19,9 @@ use super::{EventHub, Ledger, LedgerError, LedgerEvent, Subscription, Update, Wa
 pub const MEMORY_LEDGER_USERS: u64 = 1_000_000;
 /// Templates kept per user at most (WeChat allows an app 25 templates of its own).
 pub const MAX_TEMPLATES_PER_USER: usize = 64;
-/// How long a push's dedupe key is remembered.
+/// How long a push's dedupe key is remembered; the push listener accepts no push signed longer
+/// ago than this, so a replayed push is always within reach of its key (every store keeps keys
+/// at least this long).
 pub const PUSH_DEDUPE_TTL: Duration = Duration::from_secs(300);
 /// Push dedupe keys kept at most.
 const PUSH_DEDUPE_CAPACITY: u64 = 100_000;

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use events::{EventHub, WatchItem, Watcher};
-pub use memory::MemoryLedger;
+pub use memory::{MemoryLedger, PUSH_DEDUPE_TTL};
 pub use rules::{Verdict, verdict};
 
 /// What an app's sends do with the ledger (`subscription_check`).

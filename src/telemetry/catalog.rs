@@ -157,7 +157,8 @@ pub(crate) fn describe_all() {
     describe_counter!(
         PUSH_REQUESTS_TOTAL,
         "Requests to the push listener by result: verified (GET URL check), accepted, \
-         duplicate (a retry of a push already accepted), bad_signature, bad_request (bad mode, \
+         duplicate (a retry of a push already accepted), bad_signature, stale (signed more \
+         than 5 minutes away from now), bad_request (bad mode, \
          body, ciphertext or appid), unknown_app."
     );
     describe_gauge!(
