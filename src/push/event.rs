@@ -312,3 +312,92 @@ fn other_name(msg_type: Option<&str>, event: &str) -> String {
         .take(64)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_with_one_or_several_lists_and_cdata() {
+        let one = br#"<xml><ToUserName><![CDATA[gh_1]]></ToUserName>
+            <FromUserName><![CDATA[oUser]]></FromUserName><CreateTime>1620963428</CreateTime>
+            <MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe_msg_change_event]]></Event>
+            <SubscribeMsgChangeEvent><List><TemplateId><![CDATA[T1]]></TemplateId>
+            <SubscribeStatusString><![CDATA[reject]]></SubscribeStatusString></List>
+            </SubscribeMsgChangeEvent></xml>"#;
+        let event = parse(one).unwrap();
+        assert_eq!(event.openid, "oUser");
+        assert_eq!(event.create_time, "1620963428");
+        assert_eq!(
+            event.kind,
+            EventKind::Change(vec![("T1".into(), "reject".into())])
+        );
+
+        let two = b"<xml><FromUserName>oUser</FromUserName><CreateTime>1</CreateTime>\
+            <MsgType>event</MsgType><Event>subscribe_msg_popup_event</Event>\
+            <SubscribeMsgPopupEvent>\
+            <List><TemplateId>T1</TemplateId><SubscribeStatusString>accept</SubscribeStatusString><PopupScene>0</PopupScene></List>\
+            <List><TemplateId>T2</TemplateId><SubscribeStatusString>reject</SubscribeStatusString><PopupScene>0</PopupScene></List>\
+            </SubscribeMsgPopupEvent></xml>";
+        assert_eq!(
+            parse(two).unwrap().kind,
+            EventKind::Popup(vec![
+                ("T1".into(), "accept".into()),
+                ("T2".into(), "reject".into())
+            ])
+        );
+    }
+
+    #[test]
+    fn json_list_as_object_or_array_and_numbers_either_way() {
+        let object = br#"{"FromUserName":"oUser","CreateTime":"1620963428","MsgType":"event",
+            "Event":"subscribe_msg_sent_event","List":{"TemplateId":"T1",
+            "MsgID":"1864323726461255680","ErrorCode":"0","ErrorStatus":"success"}}"#;
+        let array = br#"{"FromUserName":"oUser","CreateTime":1620963428,"MsgType":"event",
+            "Event":"subscribe_msg_sent_event","List":[{"TemplateId":"T1",
+            "MsgID":1864323726461255680,"ErrorCode":0,"ErrorStatus":"success"}]}"#;
+        let expected = EventKind::Sent(vec![SentItem {
+            template_id: "T1".into(),
+            msgid: 1_864_323_726_461_255_680,
+            errcode: 0,
+            status: "success".into(),
+        }]);
+        let from_object = parse(object).unwrap();
+        let from_array = parse(array).unwrap();
+        assert_eq!(from_object.kind, expected);
+        assert_eq!(from_array.kind, expected);
+        // The same event, however written, has the same dedupe key.
+        assert_eq!(from_object.dedupe_key(), from_array.dedupe_key());
+    }
+
+    #[test]
+    fn other_events_are_named_and_broken_bodies_refused() {
+        let text = b"<xml><FromUserName>oUser</FromUserName><CreateTime>1</CreateTime>\
+            <MsgType>text</MsgType><Content>hello</Content></xml>";
+        assert_eq!(parse(text).unwrap().kind, EventKind::Other("text/".into()));
+        let no_user = br#"{"MsgType":"event","Event":"subscribe_msg_popup_event"}"#;
+        assert_eq!(parse(no_user), Err(ParseError::Field("FromUserName")));
+        let no_template = br#"{"FromUserName":"o","MsgType":"event",
+            "Event":"subscribe_msg_popup_event","List":{"SubscribeStatusString":"accept"}}"#;
+        assert_eq!(parse(no_template), Err(ParseError::Field("TemplateId")));
+        let bad_msgid =
+            br#"{"FromUserName":"o","MsgType":"event","Event":"subscribe_msg_sent_event",
+            "List":{"TemplateId":"T","MsgID":"x","ErrorCode":0}}"#;
+        assert_eq!(parse(bad_msgid), Err(ParseError::Field("MsgID")));
+        assert!(matches!(parse(b"hello"), Err(ParseError::Malformed(_))));
+        assert!(matches!(
+            parse(b"<xml><unclosed></xml>"),
+            Err(ParseError::Malformed(_))
+        ));
+        assert!(matches!(parse(b"[1,2]"), Err(ParseError::Malformed(_))));
+    }
+
+    #[test]
+    fn the_encrypt_field_is_found_in_either_format() {
+        let xml = b"<xml><ToUserName>gh</ToUserName><Encrypt><![CDATA[abc=]]></Encrypt></xml>";
+        assert_eq!(encrypted_field(xml).unwrap().as_deref(), Some("abc="));
+        let json = br#"{"ToUserName":"gh","Encrypt":"abc="}"#;
+        assert_eq!(encrypted_field(json).unwrap().as_deref(), Some("abc="));
+        assert_eq!(encrypted_field(br#"{"ToUserName":"gh"}"#).unwrap(), None);
+    }
+}
