@@ -9,6 +9,7 @@
 use std::{io::IsTerminal, sync::OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{
     EnvFilter,
     fmt::{self, MakeWriter, format::JsonFields},
@@ -18,12 +19,10 @@ use tracing_subscriber::{
 use crate::{config::LogFormat, wechat::UPSTREAM_REQUEST_DURATION};
 
 pub mod catalog;
-mod fields;
 mod json;
 mod rpc;
 mod time;
 mod upstream;
-mod writer;
 
 pub use catalog::count_wechat_error;
 pub use json::FlatJson;
@@ -35,19 +34,21 @@ pub use upstream::{CountTemplateErrcodes, CountTokenErrcodes};
 /// until the process is done logging.
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
-    _writer: Option<writer::WriterGuard>,
+    _writer: Option<WorkerGuard>,
 }
 
 /// Installs the global tracing subscriber on stderr: `RUST_LOG` filters (default `info`),
 /// `format` picks text or JSON lines. Later calls are no-ops.
 ///
-/// Lines are formatted on the calling thread and written by one writer thread in chunks (a
-/// lone line at once, lines under load every 20 ms; see [`writer`]), so the
-/// one-line-per-RPC log costs neither a write syscall nor a thread wake-up per call. Nothing is
-/// dropped: when stderr cannot keep up, callers wait, as they would on a direct write.
+/// Lines are formatted on the calling thread and written by tracing-appender's writer thread,
+/// so a call never waits on a write syscall. It is built not lossy: when stderr cannot keep up,
+/// callers wait, as they would on a direct write, rather than lines being dropped.
 pub fn init_logging(format: LogFormat) -> LogGuard {
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = writer::ChunkedWriter::new(std::io::stderr(), "log-writer");
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     // Already installed (a test harness or an earlier call): keep that one, stop this writer.
     let installed = init_logging_to(format, writer, ansi);
     LogGuard {
@@ -67,7 +68,6 @@ where
         LogFormat::Text => registry
             .with(
                 fmt::layer()
-                    .fmt_fields(fields::PlainFields)
                     .with_ansi(ansi)
                     .with_timer(Rfc3339Micros)
                     .with_writer(writer),
