@@ -13,6 +13,7 @@
 pub mod events;
 mod memory;
 pub mod rules;
+pub mod wire;
 
 use std::time::SystemTime;
 
