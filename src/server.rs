@@ -182,7 +182,7 @@ pub async fn start(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(NotifyGrpc::new(notifier.clone()).into_server())
-        .add_service(SubscriptionsGrpc::new(notifier.clone()).into_server())
+        .add_service(SubscriptionsGrpc::new(notifier.clone(), drain.clone()).into_server())
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: a small answer must not wait for the client's delayed ACK (Nagle),
             // which showed as tens of milliseconds of p99 at moderate load.

@@ -400,3 +400,34 @@ async fn next_change(
         }
     }
 }
+
+#[tokio::test]
+async fn watch_streams_end_cleanly_when_shutdown_begins() {
+    let (harness, mut client) = start_with(SubscriptionCheck::Observe, true, |config| {
+        // Long enough that a stream left open would show as a timeout below.
+        config.shutdown_grace = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let mut watch = client
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let Harness {
+        server, sandbox, ..
+    } = harness;
+    let shutdown = tokio::spawn(server.shutdown());
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+        .await
+        .expect("the stream ends when shutdown begins");
+    assert!(
+        matches!(end, Ok(None)),
+        "a clean end of stream, got {end:?}"
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown completes")
+        .unwrap()
+        .unwrap();
+    drop(sandbox);
+}

@@ -3,7 +3,8 @@
 
 use std::{pin::Pin, sync::Arc, time::SystemTime};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -17,12 +18,15 @@ use crate::{
 #[derive(Clone)]
 pub struct SubscriptionsGrpc {
     notifier: Arc<Notifier>,
+    /// Cancelled when shutdown begins: WatchEvents streams end then, so they never hold the
+    /// drain up until its grace period runs out.
+    shutdown: CancellationToken,
 }
 
 impl SubscriptionsGrpc {
-    /// Serves `notifier`'s ledger.
-    pub fn new(notifier: Arc<Notifier>) -> Self {
-        Self { notifier }
+    /// Serves `notifier`'s ledger; watch streams end once `shutdown` is cancelled.
+    pub fn new(notifier: Arc<Notifier>, shutdown: CancellationToken) -> Self {
+        Self { notifier, shutdown }
     }
 
     /// The tonic service, ready to add to a router.
@@ -109,7 +113,9 @@ impl SubscriptionService for SubscriptionsGrpc {
                 Some((Ok(event(&name, &item)), watcher))
             }
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(
+            stream.take_until(self.shutdown.clone().cancelled_owned()),
+        )))
     }
 }
 
