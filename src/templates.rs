@@ -15,8 +15,8 @@
 //!   [`Lookup::Unavailable`] says to send unchecked. The first failure of a streak is logged as
 //!   a warning; loads are retried with backoff from [`TemplateOptions::retry_min`] up to
 //!   [`TemplateOptions::retry_max`], and no send waits for a load before then.
-//! - **Tokens** come from the app's [`TokenCache`]; a token WeChat rejects here is invalidated
-//!   the same compare-and-invalidate way as after a send, and the load counts as failed.
+//! - **Tokens** come from the app's [`TokenCache`]; a token WeChat rejects here is reported to
+//!   [`TokenCache::reject`] the same way as after a send, and the load counts as failed.
 //!
 //! Only `tokio::time` is used, so all of this is testable with paused time.
 
@@ -332,8 +332,10 @@ impl TemplateCache {
         if let Err(error) = &result
             && error.class() == Some(ErrorClass::TokenRejected)
         {
-            // Like a send would: drop that token (only if still cached) and skip this round.
-            self.tokens.invalidate(&token).await;
+            // The same rule as after a send (the token cache decides whether to fetch), then
+            // skip this round; a fetch failure is the token cache's to report.
+            let errcode = error.errcode().unwrap_or_default();
+            let _ = self.tokens.reject(&token, errcode).await;
         }
         result
     }

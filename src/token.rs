@@ -9,11 +9,18 @@
 //!   [`TokenOptions::safety_margin_fraction`] of its lifetime), and the background refresher
 //!   renews it at [`TokenOptions::refresh_at_fraction`] of its lifetime, so in steady state no
 //!   request ever waits for a fetch.
-//! - **Rejections**: [`TokenCache::invalidate`] drops the token only if it is still the one that
-//!   was rejected. In stable mode the next fetch is a normal one; `force_refresh` is used only when
-//!   WeChat hands back the very token it just rejected, at most once per
-//!   [`TokenOptions::force_refresh_interval`] and [`TokenOptions::force_refresh_daily_limit`]
-//!   times in any rolling 24 hours.
+//! - **Rejections**: [`TokenCache::reject`] handles WeChat rejecting a token T (40001, 42001,
+//!   40014) on a send or a template list. It drops T only if it is still the cached token
+//!   (compare-and-invalidate) and runs one single-flight fetch: a different token is installed
+//!   (a real revocation or rotation is followed at once); T handed back again is revoked with
+//!   `force_refresh` only while the budget allows (one per
+//!   [`TokenOptions::force_refresh_interval`], [`TokenOptions::force_refresh_daily_limit`] in any
+//!   rolling 24 hours), and otherwise **kept**: the app is never left without a token while
+//!   WeChat answers the token endpoint. Each token value gets at most one rejection fetch per
+//!   [`TokenOptions::force_refresh_interval`]; a further rejection of it within that time is
+//!   answered "kept" without a fetch, so a storm of rejections the token did not deserve (a stale
+//!   edge node, one user's fault) never burns the token endpoint's quota. The caller retries its
+//!   message once either way. Counted in [`TOKEN_REJECTIONS_TOTAL`].
 //! - **Failures**: -1 (busy) and transport failures are retried inside one fetch with exponential
 //!   backoff and jitter. Any other errcode from the token endpoint (credentials, IP whitelist,
 //!   quota) is remembered for [`TokenOptions::failure_cooldown`] and answered from memory, so a
@@ -21,6 +28,7 @@
 //!
 //! Only `tokio::time` is used, so all of this is testable with paused time.
 
+mod rejection;
 mod store;
 
 use std::{
@@ -37,12 +45,15 @@ use tokio::{
     sync::{Mutex, Notify},
     time::{Duration, Instant},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-pub use self::store::{MemoryTokenStore, StoredToken, TokenStore, TokenStoreError};
+pub use self::{
+    rejection::{RejectionAction, TOKEN_REJECTIONS_TOTAL},
+    store::{MemoryTokenStore, StoredToken, TokenStore, TokenStoreError},
+};
 use crate::{
     secret::Secret,
-    wechat::{AppApi, Endpoint, ErrorClass, FetchedToken, TokenMode, WechatError},
+    wechat::{AppApi, ErrorClass, FetchedToken, TokenMode, WechatError},
 };
 
 /// Counter of token fetches from WeChat (every attempt), labelled `app`.
@@ -52,12 +63,6 @@ pub const TOKEN_FETCH_FAILURES_TOTAL: &str = "wechat_notify_token_fetch_failures
 /// Gauge of the stored token's `expires_in` (seconds), set whenever a token is stored, labelled
 /// `app`. [`TokenCache::time_to_expiry`] gives the live value.
 pub const TOKEN_EXPIRES_IN_SECONDS: &str = "wechat_notify_token_expires_in_seconds";
-
-/// Rejected tokens remembered at most (a handful: only the latest few can come back).
-const REJECTED_REMEMBERED: usize = 8;
-
-/// The window of the force-refresh daily limit (rolling, stricter than a calendar day).
-const FORCE_REFRESH_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Where tokens come from: WeChat (via [`AppApi`]) in production, a fake in unit tests.
 #[async_trait]
@@ -177,6 +182,9 @@ struct RefreshState {
     cooldown: Option<(Instant, WechatError)>,
     /// When `force_refresh` was used, within the rolling window.
     forced_at: VecDeque<Instant>,
+    /// Token values that had a rejection fetch, and when: at most one per value per
+    /// [`TokenOptions::force_refresh_interval`].
+    rejection_fetches: VecDeque<(Secret, Instant)>,
 }
 
 /// One app's token cache. Shared by every RPC for that app.
@@ -193,9 +201,6 @@ pub struct TokenCache {
     /// Refreshes completed (either way), so callers that waited on the mutex can tell that a
     /// refresh ran while they waited and share its failure instead of repeating it.
     refreshes_done: AtomicU64,
-    /// Tokens WeChat rejected, newest last, until a different token is installed: a fetch
-    /// handing one of them back must not be cached.
-    rejected: std::sync::Mutex<VecDeque<Secret>>,
     /// Wakes the refresher when a token is installed or the cache is dropped.
     wake_refresher: Arc<Notify>,
 }
@@ -231,7 +236,6 @@ impl TokenCache {
             current: ArcSwapOption::empty(),
             refresh: Mutex::new(RefreshState::default()),
             refreshes_done: AtomicU64::new(0),
-            rejected: std::sync::Mutex::new(VecDeque::new()),
             wake_refresher: Arc::new(Notify::new()),
         })
     }
@@ -264,43 +268,6 @@ impl TokenCache {
             .map(|cached| cached.token().clone())
     }
 
-    /// Drops `rejected` if it is still the cached token (compare-and-invalidate). Concurrent
-    /// rejections of one token drop it once; a rejection of an older token is a no-op.
-    pub async fn invalidate(&self, rejected: &Secret) {
-        let current = self.current.load_full();
-        match &current {
-            Some(cached) if cached.token() != rejected => {
-                debug!(app = %self.app, "ignoring the rejection of a token that is no longer cached");
-                return;
-            }
-            _ => {}
-        }
-        // Recorded before the swap, so a fetch racing with it already knows the token is bad.
-        {
-            let mut remembered = self.rejected_slot();
-            if !remembered.contains(rejected) {
-                if remembered.len() == REJECTED_REMEMBERED {
-                    remembered.pop_front();
-                }
-                remembered.push_back(rejected.clone());
-            }
-        }
-        if current.is_some() {
-            let previous = self.current.compare_and_swap(&current, None);
-            let dropped = match (previous.as_ref(), current.as_ref()) {
-                (Some(previous), Some(current)) => Arc::ptr_eq(previous, current),
-                _ => false,
-            };
-            if !dropped {
-                return;
-            }
-            info!(app = %self.app, "wechat rejected the access token; dropped it");
-        }
-        if let Err(error) = self.store.invalidate_if(rejected).await {
-            warn!(app = %self.app, %error, "could not drop the rejected token from the store");
-        }
-    }
-
     /// Time left before the cached token expires, if one is cached.
     pub fn time_to_expiry(&self) -> Option<Duration> {
         self.current
@@ -323,16 +290,6 @@ impl TokenCache {
             Some(cached) if now < cached.usable_until => Some(cached.token().clone()),
             _ => None,
         }
-    }
-
-    fn rejected_slot(&self) -> std::sync::MutexGuard<'_, VecDeque<Secret>> {
-        self.rejected
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn is_rejected(&self, token: &Secret) -> bool {
-        self.rejected_slot().contains(token)
     }
 
     /// One background renewal, unless another caller renewed the token meanwhile.
@@ -373,9 +330,9 @@ impl TokenCache {
         match self.store.load().await {
             Ok(Some(stored)) => {
                 let cached = CachedToken::new(stored, &self.options);
-                if now < cached.refresh_at && !self.is_rejected(cached.token()) {
+                if now < cached.refresh_at {
                     debug!(app = %self.app, "using the token from the store");
-                    return Ok(self.install(cached));
+                    return Ok(self.install(Arc::new(cached)));
                 }
             }
             Ok(None) => {}
@@ -391,68 +348,7 @@ impl TokenCache {
                 return Err(error);
             }
         };
-        let (started, fetched) = if self.is_rejected(&fetched.token) {
-            self.force_after_rejection(state, &fetched.token).await?
-        } else {
-            (started, fetched)
-        };
         Ok(self.save_and_install(started, fetched).await)
-    }
-
-    /// WeChat answered a normal fetch with the token it just rejected: in stable mode, revoke
-    /// it with one `force_refresh` if the limits allow; otherwise fail (the caller answers
-    /// UNAVAILABLE) and answer from memory until a force is allowed again.
-    async fn force_after_rejection(
-        &self,
-        state: &mut RefreshState,
-        rejected: &Secret,
-    ) -> Result<(Instant, FetchedToken), WechatError> {
-        let now = Instant::now();
-        if self.source.mode() == TokenMode::Classic {
-            // Classic fetches always issue a new token; this answer is broken.
-            let error = token_error("the token endpoint returned the token that was just rejected");
-            return Err(self.cool_down(state, now, self.options.failure_cooldown, error));
-        }
-        while let Some(first) = state.forced_at.front()
-            && now.duration_since(*first) >= FORCE_REFRESH_WINDOW
-        {
-            state.forced_at.pop_front();
-        }
-        let wait = match (state.forced_at.front(), state.forced_at.back()) {
-            (_, Some(last)) if now.duration_since(*last) < self.options.force_refresh_interval => {
-                Some(self.options.force_refresh_interval - now.duration_since(*last))
-            }
-            (Some(first), _) if state.forced_at.len() >= self.options.force_refresh_daily_limit => {
-                Some(FORCE_REFRESH_WINDOW - now.duration_since(*first))
-            }
-            _ => None,
-        };
-        if let Some(wait) = wait {
-            let error = token_error(format!(
-                "stable_token returned the token that was just rejected and force_refresh is not \
-                 allowed for another {}s",
-                wait.as_secs().max(1)
-            ));
-            warn!(app = %self.app, wait_secs = wait.as_secs(), "token rejected but force refresh not allowed yet");
-            let cooldown = wait.min(self.options.failure_cooldown);
-            return Err(self.cool_down(state, now, cooldown, error));
-        }
-
-        state.forced_at.push_back(now);
-        warn!(app = %self.app, forced_today = state.forced_at.len(), "stable_token returned the rejected token; forcing a refresh");
-        let started = Instant::now();
-        match self.fetch_once(true).await {
-            Ok(fetched) if fetched.token == *rejected => {
-                let error =
-                    token_error("stable_token force_refresh returned the rejected token again");
-                Err(self.cool_down(state, now, self.options.force_refresh_interval, error))
-            }
-            Ok(fetched) => Ok((started, fetched)),
-            Err(error) => {
-                self.start_cooldown_if_needed(state, &error);
-                Err(error)
-            }
-        }
     }
 
     /// One fetch with retries of the transient failures.
@@ -522,19 +418,14 @@ impl TokenCache {
         if let Err(error) = self.store.save(&stored).await {
             warn!(app = %self.app, %error, "could not save the token to the store; keeping it in-process");
         }
-        self.install(CachedToken::new(stored, &self.options))
+        self.install(Arc::new(CachedToken::new(stored, &self.options)))
     }
 
-    fn install(&self, cached: CachedToken) -> Arc<CachedToken> {
-        let cached = Arc::new(cached);
+    fn install(&self, cached: Arc<CachedToken>) -> Arc<CachedToken> {
         let lifetime = cached.stored.lifetime;
         metrics::gauge!(TOKEN_EXPIRES_IN_SECONDS, "app" => self.app.clone())
             .set(lifetime.as_secs_f64());
         self.current.store(Some(cached.clone()));
-        // WeChat moved on: the rejected tokens cannot come back (a rejection racing with this
-        // install of the very same token stays recorded).
-        self.rejected_slot()
-            .retain(|rejected| rejected == cached.token());
         self.wake_refresher.notify_one();
         debug!(app = %self.app, expires_in_secs = lifetime.as_secs(), "access token cached");
         cached
@@ -619,14 +510,6 @@ fn jittered_backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
     let half = exponential / 2;
     let jitter_nanos = fastrand::u64(0..=half.as_nanos().min(u64::MAX as u128) as u64);
     half + Duration::from_nanos(jitter_nanos)
-}
-
-/// A token-endpoint failure produced by the cache itself (no errcode from WeChat).
-fn token_error(detail: impl Into<String>) -> WechatError {
-    WechatError::InvalidResponse {
-        endpoint: Endpoint::Token,
-        detail: detail.into(),
-    }
 }
 
 #[cfg(test)]

@@ -4,15 +4,10 @@
 
 mod common;
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::*;
-use tonic::{Request, transport::Channel};
+use common::{process::*, *};
+use tonic::Request;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -20,9 +15,6 @@ use wechat_notify::{
     pb,
     sandbox::{DEFAULT_APPID, Sandbox, SandboxConfig},
 };
-
-const SERVICE: &str = "notify.v1.NotifyService";
-const BINARY: &str = env!("CARGO_BIN_EXE_wechat-notify");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() {
@@ -197,99 +189,6 @@ async fn warm_tokens_with_a_refused_secret_exits_non_zero_without_the_secret() {
     assert!(!logs.contains(secret), "the secret was printed:\n{logs}");
     assert!(!logs.contains(" serving"), "never served:\n{logs}");
     assert_eq!(sandbox.sandbox().stats().send_requests, 0);
-}
-
-/// The binary with a clean environment (nothing of the caller's configuration leaks in), text
-/// logs at info to `logs`.
-fn command(logs: &Path) -> Command {
-    let mut command = Command::new(BINARY);
-    command
-        .env_clear()
-        .env("RUST_LOG", "info")
-        .env("NOTIFY_LOG_FORMAT", "text")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(logs).unwrap());
-    command
-}
-
-/// Free loopback addresses: bound, read and released (`--listen 127.0.0.1:0` would not tell
-/// the test its port).
-fn free_addrs<const N: usize>() -> [SocketAddr; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|index| listeners[index].local_addr().unwrap())
-}
-
-/// The child process, killed if the test fails before it exits.
-struct Process(Child);
-
-impl Process {
-    fn spawn(mut command: Command) -> Self {
-        Self(command.spawn().expect("the binary starts"))
-    }
-
-    fn signal(&self, signal: &str) {
-        let sent = Command::new("kill")
-            .args([signal, &self.0.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-    }
-
-    /// Polls for the exit (a blocking wait could not be bounded).
-    fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the process did not exit in {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn exited(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_some()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if !self.exited() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Connects and checks health until the service is SERVING; the connection stays open.
-async fn wait_until_serving(addr: SocketAddr, process: &mut Process) -> Channel {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(!process.exited(), "the server exited while starting");
-        assert!(Instant::now() < deadline, "not SERVING within 30 s");
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            let checked = HealthClient::new(channel.clone())
-                .check(HealthCheckRequest {
-                    service: SERVICE.to_owned(),
-                })
-                .await;
-            if checked.is_ok_and(|answer| answer.get_ref().status == ServingStatus::Serving as i32)
-            {
-                return channel;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Polls `probe` until it answers `Some`, for at most 20 s.

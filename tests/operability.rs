@@ -190,6 +190,15 @@ async fn metrics_match_what_the_sandbox_counted() {
         Some(fetched as f64)
     );
     assert_eq!(metrics.value(TOKEN_FAILURES, &[("app", APP)]), Some(0.0));
+    // The revocation: one rejection, and WeChat handed out a new token.
+    assert_eq!(
+        metrics.value(
+            TOKEN_REJECTIONS,
+            &[("app", APP), ("errcode", "40001"), ("action", "refreshed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metrics.sum(TOKEN_REJECTIONS, &[("app", APP)]), 1.0);
     let expires_in = metrics.value(TOKEN_EXPIRES, &[("app", APP)]).unwrap();
     assert!(
         expires_in > 7_000.0 && expires_in <= 7_200.0,
@@ -268,6 +277,7 @@ async fn metrics_match_what_the_sandbox_counted() {
         (WECHAT_ERRORS, "counter"),
         (TOKEN_FETCHES, "counter"),
         (TOKEN_FAILURES, "counter"),
+        (TOKEN_REJECTIONS, "counter"),
         (TOKEN_EXPIRES, "gauge"),
         (UPSTREAM_DURATION, "histogram"),
         (UPSTREAM_IN_FLIGHT, "gauge"),
@@ -306,6 +316,7 @@ const MESSAGES: &str = "wechat_notify_messages_total";
 const WECHAT_ERRORS: &str = "wechat_notify_wechat_errors_total";
 const TOKEN_FETCHES: &str = "wechat_notify_token_fetches_total";
 const TOKEN_FAILURES: &str = "wechat_notify_token_fetch_failures_total";
+const TOKEN_REJECTIONS: &str = "wechat_notify_token_rejections_total";
 const TOKEN_EXPIRES: &str = "wechat_notify_token_expires_in_seconds";
 const UPSTREAM_DURATION: &str = "wechat_notify_upstream_request_duration_seconds";
 const UPSTREAM_IN_FLIGHT: &str = "wechat_notify_upstream_in_flight";

@@ -85,7 +85,7 @@ async fn a_given_request_id_is_on_every_line_of_the_call_and_comes_back() {
         .filter_map(|line| line["message"].as_str())
         .collect();
     assert!(
-        messages.contains(&"token rejected, refreshing once"),
+        messages.contains(&"wechat rejected the access token"),
         "the delivery task's lines carry the id: {messages:?}"
     );
     let done = call

@@ -6,7 +6,15 @@ use std::time::Duration;
 
 use common::*;
 use futures::future::join_all;
-use wechat_notify::{pb, sandbox::SandboxConfig, wechat::TokenMode};
+use tonic::Code;
+use tonic_types::StatusExt;
+use wechat_notify::{
+    pb,
+    sandbox::{Fault, SandboxConfig},
+    wechat::TokenMode,
+};
+
+const APPID: &str = "wxsandbox000000001";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_concurrent_cold_calls_fetch_one_token() {
@@ -55,6 +63,78 @@ async fn a_token_revoked_mid_traffic_is_refreshed_once_and_every_message_goes_on
     recipients.sort();
     recipients.dedup();
     assert_eq!(recipients.len(), 200, "every message exactly once");
+}
+
+/// The answer to a send whose token WeChat rejected twice (the fault is the user's, not the
+/// token's): UNAVAILABLE, with the send's errcode as trailer, ErrorInfo and in the message.
+fn assert_rejected_twice(status: &tonic::Status, wechat_errcode: i32) {
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(errcode(status), Some(wechat_errcode));
+    let info = status.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "TOKEN_REJECTED");
+    assert_eq!(info.metadata["errcode"], wechat_errcode.to_string());
+    assert!(info.metadata.contains_key("rid"), "{info:?}");
+    assert!(
+        status
+            .message()
+            .starts_with(&format!("wechat send answered errcode {wechat_errcode}: ")),
+        "{}",
+        status.message()
+    );
+    assert!(status.message().contains("rid: "), "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_for_one_user_never_cut_the_app_off() {
+    // The token is fine; WeChat rejects it only for two users (a stale edge node, say).
+    let mut harness = Harness::start().await;
+    let started = tokio::time::Instant::now();
+    harness.send_course(&openid(0)).await.expect("warm-up send");
+    let (user_a, user_b) = (openid(1), openid(2));
+    harness
+        .sandbox()
+        .inject(Fault::errcode(40001).for_openid(&user_a));
+    harness
+        .sandbox()
+        .inject(Fault::errcode(42001).for_openid(&user_b));
+
+    // The first rejection forces a new token; the second, within 30 s, keeps that one.
+    assert_rejected_twice(&harness.send_course(&user_a).await.unwrap_err(), 40001);
+    assert_rejected_twice(&harness.send_course(&user_b).await.unwrap_err(), 42001);
+    for index in 10..30 {
+        harness
+            .send_course(&openid(index))
+            .await
+            .expect("users without a fault are served");
+    }
+    // A storm of further rejections: each answered with its own errcode, no token fetch.
+    let storm = (0..40).map(|index| {
+        let mut client = harness.client.clone();
+        let user = if index % 2 == 0 { &user_a } else { &user_b };
+        async move { client.send_subscribe(course_request(user)).await }
+    });
+    for (index, result) in join_all(storm).await.into_iter().enumerate() {
+        let wechat_errcode = if index % 2 == 0 { 40001 } else { 42001 };
+        assert_rejected_twice(&result.unwrap_err(), wechat_errcode);
+    }
+    for index in 30..50 {
+        harness
+            .send_course(&openid(index))
+            .await
+            .expect("users without a fault are still served");
+    }
+
+    let stats = harness.sandbox().stats();
+    assert_eq!(stats.delivered, 41);
+    let fetches = &stats.token_fetches[APPID];
+    // The first fetch; then a fetch and a force for the first token's rejection; then one fetch
+    // for the second token's. Each further 30 s (a slow machine) allows one more of each.
+    let windows = started.elapsed().as_secs() / 30;
+    assert!(
+        fetches.stable <= 4 + 2 * windows,
+        "token fetches bounded: {fetches:?}"
+    );
+    assert!(fetches.force_refreshes <= 1 + windows, "{fetches:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

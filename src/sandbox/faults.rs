@@ -1,4 +1,5 @@
-//! Injected faults: an errcode, an HTTP status with a non-JSON body, or latency, on the send,
+//! Injected faults: an errcode, an HTTP status with a non-JSON body, a connection reset, or
+//! latency, on the send,
 //! the token or the template list endpoint, for the next N calls or until cleared, optionally for one openid or app.
 
 use std::time::Duration;
@@ -18,11 +19,12 @@ pub enum FaultEndpoint {
     Templates,
 }
 
-/// A fault to inject. Build one with [`Fault::errcode`], [`Fault::http_status`] or
-/// [`Fault::latency`] and narrow it with the chained helpers.
+/// A fault to inject. Build one with [`Fault::errcode`], [`Fault::http_status`],
+/// [`Fault::reset`] or [`Fault::latency`] and narrow it with the chained helpers.
 ///
-/// A matching call first waits `latency` (if any); then, with `http_status`, it is answered
-/// with that status and a non-JSON body; else, with `errcode`, with that errcode; else (latency
+/// A matching call first waits `latency` (if any); then, with `reset`, its connection is closed
+/// without an answer; with `http_status`, it is answered with that status and a non-JSON body;
+/// else, with `errcode`, with that errcode; else (latency
 /// only) the call is processed normally and its answer held back by `latency`, so a client
 /// that times out sees "outcome unknown" while the sandbox did act on the request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,6 +39,9 @@ pub struct Fault {
     pub http_status: Option<u16>,
     /// Body for `http_status`.
     pub body: Option<String>,
+    /// Close the connection without an answer (the request was read; nothing is delivered),
+    /// as a reset or a proxy dropping the connection does.
+    pub reset: bool,
     /// Delay before answering.
     pub latency: Option<Duration>,
     /// Apply to this many matching calls, then disappear; `None`: until cleared.
@@ -60,6 +65,14 @@ impl Fault {
     pub fn http_status(status: u16) -> Self {
         Self {
             http_status: Some(status),
+            ..Self::default()
+        }
+    }
+
+    /// Close the connection of send calls without an answer, until cleared.
+    pub fn reset() -> Self {
+        Self {
+            reset: true,
             ..Self::default()
         }
     }
@@ -122,8 +135,15 @@ impl Fault {
 
     /// Checks the fault can ever do something.
     pub fn validate(&self) -> Result<(), String> {
-        if self.errcode.is_none() && self.http_status.is_none() && self.latency.is_none() {
-            return Err("a fault needs an errcode, an http_status or a latency".to_string());
+        if self.errcode.is_none()
+            && self.http_status.is_none()
+            && !self.reset
+            && self.latency.is_none()
+        {
+            return Err("a fault needs an errcode, an http_status, reset or a latency".to_string());
+        }
+        if self.reset && (self.errcode.is_some() || self.http_status.is_some()) {
+            return Err("reset answers nothing: it takes no errcode or http_status".to_string());
         }
         if self.errcode == Some(0) {
             return Err("errcode 0 is not a fault".to_string());
@@ -160,6 +180,8 @@ pub(crate) struct FaultAction {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum FaultAnswer {
+    /// Close the connection without an answer.
+    Reset,
     Http {
         status: u16,
         body: Option<String>,
@@ -223,6 +245,7 @@ impl FaultSet {
         let action = FaultAction {
             latency: fault.latency,
             answer: match (fault.http_status, fault.errcode) {
+                _ if fault.reset => Some(FaultAnswer::Reset),
                 (Some(status), _) => Some(FaultAnswer::Http {
                     status,
                     body: fault.body.clone(),
@@ -261,6 +284,8 @@ pub(crate) mod fault_json {
         pub http_status: Option<u16>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub body: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub reset: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub latency_ms: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,6 +304,7 @@ pub(crate) mod fault_json {
                 errmsg: json.errmsg,
                 http_status: json.http_status,
                 body: json.body,
+                reset: json.reset,
                 latency: json.latency_ms.map(Duration::from_millis),
                 times: json.times,
                 openid: json.openid,
@@ -297,6 +323,7 @@ pub(crate) mod fault_json {
             errmsg: fault.errmsg.clone(),
             http_status: fault.http_status,
             body: fault.body.clone(),
+            reset: fault.reset,
             latency_ms: fault.latency.map(|d| d.as_millis() as u64),
             times: fault.times,
             openid: fault.openid.clone(),
@@ -376,5 +403,23 @@ mod tests {
                 .is_err()
         );
         assert!(Fault::http_status(502).validate().is_ok());
+        assert!(Fault::reset().validate().is_ok());
+        assert!(
+            Fault {
+                errcode: Some(-1),
+                ..Fault::reset()
+            }
+            .validate()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_reset_fault_answers_nothing() {
+        let mut set = FaultSet::default();
+        set.add(Fault::reset().on_token_endpoint().times(1));
+        let action = set.take(FaultEndpoint::Token, None, None).unwrap();
+        assert_eq!(action.answer, Some(FaultAnswer::Reset));
+        assert_eq!(set.take(FaultEndpoint::Token, None, None), None);
     }
 }

@@ -4,6 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::{
     Json,
+    body::{Body, Bytes},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -18,6 +19,8 @@ pub(crate) enum Reply {
     Json(Value),
     /// Another HTTP status (an injected fault), with a non-JSON body.
     Http { status: u16, body: Option<String> },
+    /// No answer: the connection is closed (an injected fault).
+    Reset,
 }
 
 impl Reply {
@@ -43,7 +46,7 @@ impl Reply {
     pub fn errcode_of(&self) -> Option<i64> {
         match self {
             Reply::Json(value) => Some(value.get("errcode").and_then(Value::as_i64).unwrap_or(0)),
-            Reply::Http { .. } => None,
+            Reply::Http { .. } | Reply::Reset => None,
         }
     }
 }
@@ -51,6 +54,7 @@ impl Reply {
 impl From<FaultAnswer> for Reply {
     fn from(answer: FaultAnswer) -> Self {
         match answer {
+            FaultAnswer::Reset => Reply::Reset,
             FaultAnswer::Http { status, body } => Reply::Http { status, body },
             FaultAnswer::Errcode {
                 errcode,
@@ -79,6 +83,14 @@ impl IntoResponse for Reply {
                 )
                     .into_response()
             }
+            // A body that fails before its first byte makes hyper close the connection with
+            // no complete answer: the client sees a reset, whatever it had read so far.
+            Reply::Reset => Response::new(Body::from_stream(futures::stream::once(async {
+                Err::<Bytes, _>(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "sandbox injected a connection reset",
+                ))
+            }))),
         }
     }
 }

@@ -99,6 +99,7 @@ fn process(inner: &Inner, token: Option<&str>, raw_body: &[u8], now: Instant) ->
     match outcome.reply.errcode_of() {
         Some(0) => {}
         Some(errcode) => *state.stats.rejected.entry(errcode).or_default() += 1,
+        None if outcome.reply == Reply::Reset => state.stats.resets += 1,
         None => state.stats.http_errors += 1,
     }
     drop(state);

@@ -101,6 +101,8 @@ pub struct SandboxStats {
     pub rejected: BTreeMap<i64, u64>,
     /// Send requests answered with an injected HTTP status.
     pub http_errors: u64,
+    /// Send requests whose connection was closed without an answer (an injected reset).
+    pub resets: u64,
     /// Template list (`gettemplate`) requests received, whatever became of them.
     pub template_requests: u64,
     /// Most send requests ever in flight at once.

@@ -192,7 +192,7 @@ impl App {
     }
 
     /// Delivers one message, retrying only where WeChat provably did not take it: errcode -1
-    /// (with backoff) and one token rejection (after dropping that token). A connect failure is
+    /// (with backoff) and one token rejection (after [`TokenCache::reject`] handled it). A connect failure is
     /// retried on the next API base inside the client. Everything else is final.
     pub(crate) async fn deliver(
         &self,
@@ -200,7 +200,7 @@ impl App {
         admission: &Admission,
     ) -> Result<Record, SendError> {
         let mut attempts = 0;
-        let mut token_refreshed = false;
+        let mut token_retried = false;
         let mut busy_retries = 0;
         loop {
             let permit = self
@@ -233,10 +233,15 @@ impl App {
                 Err(error) => error,
             };
             match error.class() {
-                Some(ErrorClass::TokenRejected) if !token_refreshed => {
-                    token_refreshed = true;
-                    tracing::warn!(app = %self.name, errcode = error.errcode(), "token rejected, refreshing once");
-                    self.tokens.invalidate(&token).await;
+                Some(ErrorClass::TokenRejected) if !token_retried => {
+                    // One retry whatever the cache did (refreshed, forced, or kept the token
+                    // because it already had its fetch); a second rejection is final and
+                    // answered with its errcode.
+                    token_retried = true;
+                    let errcode = error.errcode().unwrap_or_default();
+                    if let Err(fetch) = self.tokens.reject(&token, errcode).await {
+                        return Err(SendError::new(ErrorKind::Token(fetch), attempts));
+                    }
                 }
                 Some(ErrorClass::Busy) if busy_retries < BUSY_RETRIES => {
                     busy_retries += 1;

@@ -15,7 +15,10 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 use crate::{
     templates::TEMPLATE_FETCHES_TOTAL,
-    token::{TOKEN_EXPIRES_IN_SECONDS, TOKEN_FETCH_FAILURES_TOTAL, TOKEN_FETCHES_TOTAL},
+    token::{
+        TOKEN_EXPIRES_IN_SECONDS, TOKEN_FETCH_FAILURES_TOTAL, TOKEN_FETCHES_TOTAL,
+        TOKEN_REJECTIONS_TOTAL,
+    },
     wechat::{UPSTREAM_REQUEST_DURATION, WechatError},
 };
 
@@ -102,6 +105,13 @@ pub(crate) fn describe_all() {
     describe_counter!(
         TOKEN_FETCH_FAILURES_TOTAL,
         "Access token requests to WeChat that failed (errcode, HTTP error, no answer)."
+    );
+    describe_counter!(
+        TOKEN_REJECTIONS_TOTAL,
+        "Access tokens WeChat rejected (40001, 42001, 40014) on a send or template list, by \
+         errcode and action: refreshed (another token now), force_refreshed (revoked with \
+         force_refresh), kept (the token stays: handed back with no force allowed, or already \
+         fetched for in the last 30 s)."
     );
     describe_gauge!(
         TOKEN_EXPIRES_IN_SECONDS,

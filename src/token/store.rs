@@ -44,6 +44,13 @@ pub struct TokenStoreError(pub String);
 
 /// One app's token storage. Object-safe; every method is called only on the cache's slow path
 /// (misses, refreshes and rejections), never on the hot read path.
+///
+/// On a rejection of token T the cache calls `invalidate_if(T)`, then `load` (another replica
+/// may have stored a new token), then `save` with whatever it installs: a new token, or T again
+/// when WeChat hands T back and no force refresh is allowed (T is *kept*) or the fetch fails.
+/// So a store never stays empty after a rejection while the token endpoint answers. The
+/// rejection bookkeeping (one fetch per token value per 30 s, the force-refresh budget) lives
+/// in the cache, per process, not here.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
     /// The stored token, if any (it may be expired; the cache judges).

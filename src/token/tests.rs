@@ -3,6 +3,7 @@
 use std::{collections::VecDeque, sync::Mutex as StdMutex};
 
 use super::*;
+use crate::wechat::Endpoint;
 
 /// What the fake answers to one fetch.
 enum Reply {
@@ -218,20 +219,27 @@ async fn a_failed_background_refresh_keeps_the_current_token_and_retries() {
     refresher.abort();
 }
 
+/// Reports a rejection of `token` with 40001 (the errcode only labels the metric).
+async fn reject(cache: &TokenCache, token: &Secret) -> Result<RejectionAction, WechatError> {
+    cache.reject(token, 40001).await
+}
+
 #[tokio::test(start_paused = true)]
-async fn invalidating_the_current_token_refetches_once() {
+async fn a_rejection_fetches_once_and_installs_the_new_token() {
     let source = FakeSource::new(TokenMode::Classic, 7200, vec![]);
     let cache = cache(&source);
     let first = cache.get().await.unwrap();
-    cache.invalidate(&first).await;
-    assert_eq!(cache.time_to_expiry(), None);
+    assert_eq!(
+        reject(&cache, &first).await.unwrap(),
+        RejectionAction::Refreshed
+    );
     assert_eq!(cache.get().await.unwrap().expose(), "token-2");
     assert_eq!(cache.get().await.unwrap().expose(), "token-2");
     assert_eq!(source.calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]
-async fn concurrent_invalidations_of_one_token_refetch_once() {
+async fn concurrent_rejections_of_one_token_fetch_once() {
     let source = FakeSource::new(TokenMode::Stable, 7200, vec![]);
     let cache = cache(&source);
     let first = cache.get().await.unwrap();
@@ -240,7 +248,10 @@ async fn concurrent_invalidations_of_one_token_refetch_once() {
             let cache = cache.clone();
             let first = first.clone();
             tokio::spawn(async move {
-                cache.invalidate(&first).await;
+                assert_eq!(
+                    reject(&cache, &first).await.unwrap(),
+                    RejectionAction::Refreshed
+                );
                 cache.get().await
             })
         })
@@ -253,16 +264,16 @@ async fn concurrent_invalidations_of_one_token_refetch_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn invalidating_a_stale_token_is_a_no_op() {
+async fn rejecting_a_token_no_longer_cached_fetches_nothing() {
     let source = FakeSource::new(TokenMode::Stable, 7200, vec![]);
     let cache = cache(&source);
     let first = cache.get().await.unwrap();
-    cache.invalidate(&first).await;
+    reject(&cache, &first).await.unwrap();
     let second = cache.get().await.unwrap();
     // A late rejection of the first token must not drop the second.
-    cache.invalidate(&first).await;
+    reject(&cache, &first).await.unwrap();
     assert_eq!(cache.get().await.unwrap(), second);
-    cache.invalidate(&Secret::new("never-cached")).await;
+    reject(&cache, &Secret::new("never-cached")).await.unwrap();
     assert_eq!(cache.get().await.unwrap(), second);
     assert_eq!(source.calls(), 2);
 }
@@ -279,40 +290,83 @@ async fn stable_mode_forces_only_when_the_rejected_token_comes_back_and_within_l
             Reply::Token("t2", 7200),
             // After the second rejection (10 s later): the normal fetch hands back t2 again.
             Reply::Token("t2", 7190),
-            // 30 s after the force: t2 again, and the force now allowed gives t3.
-            Reply::Token("t2", 7170),
+            // 30 s after t2's rejection fetch: t2 again, and the force now allowed gives t3.
+            Reply::Token("t2", 7160),
             Reply::Token("t3", 7200),
         ],
     );
     let cache = cache(&source);
     let t1 = cache.get().await.unwrap();
-    cache.invalidate(&t1).await;
+    assert_eq!(
+        reject(&cache, &t1).await.unwrap(),
+        RejectionAction::ForceRefreshed
+    );
     let t2 = cache.get().await.unwrap();
     assert_eq!(t2.expose(), "t2");
     assert_eq!(*source.calls.lock().unwrap(), vec![false, false, true]);
 
+    // No force within 30 s of the last: t2 is kept, never leaving the app without a token.
     sleep_secs(10.0).await;
-    cache.invalidate(&t2).await;
-    let error = cache.get().await.unwrap_err();
-    assert_eq!(error.endpoint(), Endpoint::Token);
-    assert!(
-        matches!(error, WechatError::InvalidResponse { .. }),
-        "{error:?}"
-    );
+    assert_eq!(reject(&cache, &t2).await.unwrap(), RejectionAction::Kept);
+    assert_eq!(cache.get().await.unwrap(), t2);
     assert_eq!(source.calls(), 4);
     assert_eq!(source.forced(), 1, "no second force within 30 s");
-    // Answered from memory meanwhile: no loop against WeChat.
+    // Further rejections of t2 within 30 s of its fetch cost no fetch at all.
     for _ in 0..10 {
-        assert_eq!(cache.get().await.unwrap_err(), error);
+        assert_eq!(reject(&cache, &t2).await.unwrap(), RejectionAction::Kept);
+        assert_eq!(cache.get().await.unwrap(), t2);
     }
     assert_eq!(source.calls(), 4);
 
-    sleep_secs(21.0).await;
+    sleep_secs(30.0).await;
+    assert_eq!(
+        reject(&cache, &t2).await.unwrap(),
+        RejectionAction::ForceRefreshed
+    );
     assert_eq!(cache.get().await.unwrap().expose(), "t3");
     assert_eq!(
         *source.calls.lock().unwrap(),
         vec![false, false, true, false, false, true]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revocation_is_followed_at_once_every_time() {
+    // Each rejection's fetch hands out a new token (rotated elsewhere): no 30 s wait applies.
+    let source = FakeSource::new(TokenMode::Stable, 7200, vec![]);
+    let cache = cache(&source);
+    for expected in 2..=6 {
+        let token = cache.get().await.unwrap();
+        assert_eq!(
+            reject(&cache, &token).await.unwrap(),
+            RejectionAction::Refreshed
+        );
+        assert_eq!(
+            cache.get().await.unwrap().expose(),
+            format!("token-{expected}")
+        );
+    }
+    assert_eq!(source.calls(), 6);
+    assert_eq!(source.forced(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_fetch_after_a_rejection_keeps_the_token_for_everyone() {
+    let source = FakeSource::new(
+        TokenMode::Stable,
+        7200,
+        vec![Reply::Token("t1", 7200), busy(), busy(), busy()],
+    );
+    let cache = cache(&source);
+    let t1 = cache.get().await.unwrap();
+    let error = reject(&cache, &t1).await.unwrap_err();
+    assert_eq!(error, api_error(-1));
+    // Other callers are not cut off: they still get t1, without a fetch.
+    assert_eq!(cache.get().await.unwrap(), t1);
+    assert_eq!(source.calls(), 4);
+    // And t1 had its fetch: another rejection within 30 s makes none.
+    assert_eq!(reject(&cache, &t1).await.unwrap(), RejectionAction::Kept);
+    assert_eq!(source.calls(), 4);
 }
 
 #[tokio::test(start_paused = true)]
@@ -329,12 +383,18 @@ async fn a_late_rejection_of_an_older_token_does_not_hide_the_latest_one() {
     );
     let cache = cache(&source);
     let t0 = cache.get().await.unwrap();
-    cache.invalidate(&t0).await;
+    reject(&cache, &t0).await.unwrap();
     let t1 = cache.get().await.unwrap();
-    cache.invalidate(&t1).await;
-    // A request that used t0 reports its rejection late, while the cache is empty.
-    cache.invalidate(&t0).await;
-    // The normal fetch hands t1 back: it must be forced out, not cached.
+    // The normal fetch hands t1 back: it is forced out.
+    assert_eq!(
+        reject(&cache, &t1).await.unwrap(),
+        RejectionAction::ForceRefreshed
+    );
+    // A request that used t0 reports its rejection late.
+    assert_eq!(
+        reject(&cache, &t0).await.unwrap(),
+        RejectionAction::Refreshed
+    );
     assert_eq!(cache.get().await.unwrap().expose(), "t2");
     assert_eq!(
         *source.calls.lock().unwrap(),
@@ -347,7 +407,7 @@ async fn stable_mode_normal_fetch_of_a_new_token_needs_no_force() {
     let source = FakeSource::new(TokenMode::Stable, 7200, vec![]);
     let cache = cache(&source);
     let first = cache.get().await.unwrap();
-    cache.invalidate(&first).await;
+    reject(&cache, &first).await.unwrap();
     assert_eq!(cache.get().await.unwrap().expose(), "token-2");
     assert_eq!(source.forced(), 0);
 }
@@ -366,30 +426,40 @@ async fn the_force_refresh_daily_limit_holds_over_a_rolling_day() {
         Reply::Token("b", 7200),
         Reply::Token("c", 7200),
         Reply::Token("c", 7200),
-        // A day later, still c from the normal fetch.
+        // A day later (c has expired): c again, from the renewal and from the rejection's fetch.
+        Reply::Token("c", 7200),
         Reply::Token("c", 7200),
     ];
     let source = FakeSource::new(TokenMode::Stable, 7200, script);
     let cache = TokenCache::new("test-app", source.clone(), options);
     for expected in ["b", "c"] {
         let token = cache.get().await.unwrap();
-        cache.invalidate(&token).await;
+        reject(&cache, &token).await.unwrap();
         sleep_secs(60.0).await;
         assert_eq!(cache.get().await.unwrap().expose(), expected);
         sleep_secs(60.0).await;
     }
     let c = cache.get().await.unwrap();
-    cache.invalidate(&c).await;
-    assert!(cache.get().await.is_err(), "a third force within 24 h");
+    assert_eq!(
+        reject(&cache, &c).await.unwrap(),
+        RejectionAction::Kept,
+        "a third force within 24 h"
+    );
+    assert_eq!(cache.get().await.unwrap(), c);
     assert_eq!(source.forced(), 2);
     // A day after the first force, one is allowed again.
     sleep_secs(24.0 * 3600.0).await;
-    assert_eq!(cache.get().await.unwrap().expose(), "token-8");
+    let c = cache.get().await.unwrap();
+    assert_eq!(
+        reject(&cache, &c).await.unwrap(),
+        RejectionAction::ForceRefreshed
+    );
+    assert_eq!(cache.get().await.unwrap().expose(), "token-9");
     assert_eq!(source.forced(), 3);
 }
 
 #[tokio::test(start_paused = true)]
-async fn classic_mode_never_forces() {
+async fn classic_mode_never_forces_and_keeps_a_token_handed_back() {
     let source = FakeSource::new(
         TokenMode::Classic,
         7200,
@@ -397,8 +467,8 @@ async fn classic_mode_never_forces() {
     );
     let cache = cache(&source);
     let t1 = cache.get().await.unwrap();
-    cache.invalidate(&t1).await;
-    assert!(cache.get().await.is_err());
+    assert_eq!(reject(&cache, &t1).await.unwrap(), RejectionAction::Kept);
+    assert_eq!(cache.get().await.unwrap(), t1);
     assert_eq!(source.forced(), 0);
 }
 
@@ -521,9 +591,8 @@ async fn a_fresh_token_in_the_store_is_used_without_fetching() {
     );
     assert_eq!(cache.get().await.unwrap().expose(), "shared");
     assert_eq!(source.calls(), 0);
-    // A rejected token is dropped from the store too.
-    cache.invalidate(&Secret::new("shared")).await;
-    assert_eq!(store.load().await.unwrap(), None);
+    // A rejected token is replaced in the store too.
+    reject(&cache, &Secret::new("shared")).await.unwrap();
     assert_eq!(cache.get().await.unwrap().expose(), "token-1");
     assert_eq!(
         store.load().await.unwrap().unwrap().token.expose(),

@@ -54,8 +54,10 @@ pub enum WechatError {
     /// not have acted on it.
     #[error("wechat {endpoint} outcome unknown: {detail}")]
     OutcomeUnknown { endpoint: Endpoint, detail: String },
-    /// WeChat answered 200 with a body that is not the expected JSON.
-    #[error("wechat {endpoint} answered an unreadable body: {detail}")]
+    /// WeChat answered 200 with a body that is not the JSON its API documents (not JSON, a
+    /// field missing or of the wrong type, a value out of range). Only the client's parsers
+    /// produce it, so it always describes a body that was actually received.
+    #[error("wechat {endpoint} answered a malformed body: {detail}")]
     InvalidResponse { endpoint: Endpoint, detail: String },
 }
 

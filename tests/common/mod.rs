@@ -2,6 +2,8 @@
 //! and a real gRPC client.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use tonic::transport::Channel;
