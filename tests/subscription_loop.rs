@@ -5,64 +5,31 @@
 
 mod common;
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
 use tonic::{Code, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 use tonic_types::StatusExt;
 use wechat_notify::pb::{self, subscription_service_client::SubscriptionServiceClient};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_wechat-notify");
-
-/// The child process, killed when the test ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_pushes_feed_the_ledger_and_enforce_refuses_without_a_call() {
-    let listeners: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let [grpc_addr, metrics_addr, sandbox_addr]: [SocketAddr; 3] =
-        std::array::from_fn(|index| listeners[index].local_addr().unwrap());
-    drop(listeners);
+    let [grpc_addr, metrics_addr, sandbox_addr] = process::free_addrs();
     let logs = tempfile::NamedTempFile::new().unwrap();
-    let mut process = Process(
-        Command::new(BINARY)
-            .env_clear()
-            .env("RUST_LOG", "info")
-            .env("NOTIFY_SUBSCRIPTION_CHECK", "enforce")
-            .args([
-                "serve",
-                "--sandbox",
-                "--listen",
-                &grpc_addr.to_string(),
-                "--metrics-listen",
-                &metrics_addr.to_string(),
-                "--sandbox-listen",
-                &sandbox_addr.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(logs.path()).unwrap())
-            .spawn()
-            .expect("the binary starts"),
-    );
-    let channel = wait_until_serving(grpc_addr, &mut process).await;
+    let mut command = process::command(logs.path());
+    command.env("NOTIFY_SUBSCRIPTION_CHECK", "enforce").args([
+        "serve",
+        "--sandbox",
+        "--listen",
+        &grpc_addr.to_string(),
+        "--metrics-listen",
+        &metrics_addr.to_string(),
+        "--sandbox-listen",
+        &sandbox_addr.to_string(),
+    ]);
+    let mut process = process::Process::spawn(command);
+    let channel = process::wait_until_serving(grpc_addr, &mut process).await;
     let mut notify = pb::notify_service_client::NotifyServiceClient::new(channel.clone());
     let mut subscriptions = SubscriptionServiceClient::new(channel);
     let http = reqwest::Client::new();
@@ -177,32 +144,5 @@ async fn wait_for_entry(
             "ledger never got there: {entries:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_until_serving(addr: SocketAddr, process: &mut Process) -> Channel {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(
-            process.0.try_wait().unwrap().is_none(),
-            "the server exited while starting"
-        );
-        assert!(Instant::now() < deadline, "not SERVING within 30 s");
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            let checked = HealthClient::new(channel.clone())
-                .check(HealthCheckRequest {
-                    service: "notify.v1.SubscriptionService".to_owned(),
-                })
-                .await;
-            if checked.is_ok_and(|answer| answer.get_ref().status == ServingStatus::Serving as i32)
-            {
-                return channel;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
