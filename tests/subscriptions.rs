@@ -431,3 +431,66 @@ async fn watch_streams_end_cleanly_when_shutdown_begins() {
         .unwrap();
     drop(sandbox);
 }
+
+#[tokio::test]
+async fn the_sandbox_control_api_sets_where_pushes_go() {
+    let (harness, client) = start_with(SubscriptionCheck::Observe, true, |config| {
+        config.push_listen = Some(loopback());
+        config.apps[0].push = Some(PushSettings {
+            token: Secret::new("PlainTok3n"),
+            aes_key: None,
+            mode: PushMode::Plaintext,
+        });
+    })
+    .await;
+    let control = format!("{}sandbox", harness.sandbox.base_url());
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{control}/{path}")).json(&body).send()
+    };
+    let refused = post(
+        "push-target",
+        serde_json::json!({"url": "http://127.0.0.1:1/x", "token": "PlainTok3n", "mode": "safe"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), 400, "safe mode needs a key");
+    let url = format!(
+        "http://{}/wechat/push/demo",
+        harness.server.push_addr.unwrap()
+    );
+    let set = post(
+        "push-target",
+        serde_json::json!({"url": url, "token": "PlainTok3n", "format": "json"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(set.status(), 200);
+    let user = openid(9);
+    let recorded = post(
+        "subscriptions",
+        serde_json::json!({"openid": user, "template_id": COURSE_REMINDER, "status": "accept"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(recorded.status(), 200);
+    let entry = eventually("the popup push", || {
+        let mut client = client.clone();
+        let user = user.clone();
+        async move {
+            let found = client
+                .get_subscriptions(pb::GetSubscriptionsRequest {
+                    openid: user,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .subscriptions;
+            found.into_iter().next()
+        }
+    })
+    .await;
+    assert_eq!(entry.source, pb::SubscriptionSource::PopupEvent as i32);
+    assert_eq!(entry.remaining, 1);
+}

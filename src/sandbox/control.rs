@@ -100,7 +100,7 @@ async fn overview(State(sandbox): State<Sandbox>) -> Json<Value> {
             "GET|POST /sandbox/auto-accept", "GET|DELETE /sandbox/inbox",
             "GET|POST|DELETE /sandbox/faults", "POST /sandbox/tokens/revoke",
             "GET /sandbox/stats", "GET /sandbox/templates", "GET /sandbox/sends",
-            "GET /sandbox/pushes",
+            "GET /sandbox/pushes", "POST /sandbox/push-target",
         ],
     }))
 }

@@ -14,8 +14,14 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use axum::{Json, Router, extract::State, routing::get};
-use serde::Serialize;
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use url::Url;
 
@@ -386,9 +392,102 @@ impl Sandbox {
     }
 }
 
-/// `GET /sandbox/pushes`.
+/// `GET /sandbox/pushes` and `POST /sandbox/push-target`.
 pub(crate) fn routes() -> Router<Sandbox> {
-    Router::new().route("/sandbox/pushes", get(list_pushes))
+    Router::new()
+        .route("/sandbox/pushes", get(list_pushes))
+        .route("/sandbox/push-target", post(set_target))
+}
+
+/// The body of `POST /sandbox/push-target`: the app's 消息推送 settings, as in WeChat's admin.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetRequest {
+    appid: Option<String>,
+    /// Where to push; `null` (or absent) stops the app's pushes.
+    url: Option<String>,
+    #[serde(default)]
+    token: String,
+    encoding_aes_key: Option<String>,
+    /// `plaintext`, `compatible` or `safe` (the default with a key; plaintext without).
+    mode: Option<String>,
+    /// `xml` (the default) or `json`.
+    format: Option<String>,
+}
+
+type Answer = (StatusCode, Json<Value>);
+
+fn refused(message: impl Into<String>) -> Answer {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": message.into()})),
+    )
+}
+
+async fn set_target(State(sandbox): State<Sandbox>, body: Bytes) -> Answer {
+    let request: TargetRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => return refused(format!("bad json: {error}")),
+    };
+    let apps = &sandbox.config().apps;
+    let appid = match request.appid {
+        Some(appid) if apps.iter().any(|app| app.appid == appid) => appid,
+        Some(appid) => return refused(format!("unknown appid {appid}")),
+        None if apps.len() == 1 => apps[0].appid.clone(),
+        None => return refused("appid is required when several apps are configured"),
+    };
+    let Some(url) = request.url else {
+        sandbox.set_push_target(&appid, None);
+        return (
+            StatusCode::OK,
+            Json(json!({"appid": appid, "pushing": false})),
+        );
+    };
+    let Ok(url) = Url::parse(&url) else {
+        return refused("url must be an absolute http(s) URL");
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return refused("url must be an absolute http(s) URL");
+    }
+    if !(3..=32).contains(&request.token.len())
+        || !request.token.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return refused("token must be 3 to 32 letters and digits");
+    }
+    let mode = match request.mode.as_deref() {
+        Some(mode) => match PushMode::parse(mode) {
+            Some(mode) => mode,
+            None => return refused("mode must be plaintext, compatible or safe"),
+        },
+        None if request.encoding_aes_key.is_some() => PushMode::Safe,
+        None => PushMode::Plaintext,
+    };
+    match (&request.encoding_aes_key, mode) {
+        (None, PushMode::Compatible | PushMode::Safe) => {
+            return refused("compatible and safe modes need encoding_aes_key");
+        }
+        (Some(key), _) if AesKey::from_encoding_key(key).is_err() => {
+            return refused("encoding_aes_key must be 43 characters of base64");
+        }
+        _ => {}
+    }
+    let format = match request.format.as_deref() {
+        None | Some("xml") => PushFormat::Xml,
+        Some("json") => PushFormat::Json,
+        Some(_) => return refused("format must be xml or json"),
+    };
+    let answer = json!({"appid": appid, "pushing": true, "url": url.as_str(), "format": format});
+    sandbox.set_push_target(
+        &appid,
+        Some(PushTarget {
+            url,
+            token: request.token,
+            encoding_aes_key: request.encoding_aes_key,
+            mode,
+            format,
+        }),
+    );
+    (StatusCode::OK, Json(answer))
 }
 
 async fn list_pushes(State(sandbox): State<Sandbox>) -> Json<Value> {
