@@ -3,14 +3,16 @@
 
 use std::{future::Future, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind};
 
 use crate::{
     config::{PushSettings, ServeArgs, ServeConfig},
     push_crypto::{AesKey, PushMode},
     sandbox::{self, PushFormat, PushTarget, Sandbox, SandboxApp, SandboxArgs, SandboxConfig},
     secret::Secret,
-    server, telemetry,
+    server,
+    signal::{Shutdown, shutdown_signal},
+    telemetry,
 };
 
 /// Exit code for a configuration the service refuses (EX_USAGE), before any port is bound.
@@ -40,7 +42,10 @@ enum Command {
 
 /// Parses the command line and runs the chosen command to completion.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     match worker_threads(std::env::var_os(WORKER_THREADS_ENV)) {
         Ok(workers) => {
@@ -73,7 +78,10 @@ pub fn main() -> ExitCode {
         }
         Command::Sandbox(args) => {
             let _logs = telemetry::init_logging(crate::config::LogFormat::Text);
-            match runtime.block_on(async { sandbox::run(*args, shutdown_signal()).await }) {
+            let stopped = async {
+                shutdown_signal().await;
+            };
+            match runtime.block_on(async { sandbox::run(*args, stopped).await }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(%error, "sandbox failed");
@@ -81,6 +89,27 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// The command line, with where each of `serve`'s settings came from (flag or environment).
+fn parse_command_line() -> Result<Cli, clap::Error> {
+    let matches = Cli::command().try_get_matches()?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let (Command::Serve(args), Some(("serve", serve))) = (&mut cli.command, matches.subcommand())
+    {
+        args.sources = crate::config::Sources::from_matches(serve);
+    }
+    Ok(cli)
+}
+
+/// Help and version go to stdout with status 0; any other command line the service cannot
+/// take is a usage error, which exits 64 like every other configuration error.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    let _ = error.print();
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+        _ => ExitCode::from(EXIT_CONFIG),
     }
 }
 
@@ -110,7 +139,7 @@ fn worker_threads(value: Option<std::ffi::OsString>) -> Result<usize, String> {
 /// Runs the service until `shutdown` resolves, with the embedded sandbox when configured.
 pub async fn serve(
     mut config: ServeConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = Shutdown> + Send + 'static,
 ) -> ExitCode {
     // Kept alive until the service has shut down.
     let _sandbox = if config.sandbox {
@@ -238,49 +267,6 @@ async fn start_embedded_sandbox(config: &mut ServeConfig) -> std::io::Result<Emb
     };
     wire_sandbox_pushes(&sandbox, push_listen);
     Ok(sandbox)
-}
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed by this call, not on
-/// first poll, so a signal that arrives while the server is still starting (during a token
-/// warm-up) is not lost to the default action; it begins the shutdown as soon as the server is
-/// up. Must be called inside the runtime.
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let listen = |kind: SignalKind, name: &'static str| {
-            signal(kind)
-                .inspect_err(|error| tracing::error!(%error, signal = name, "cannot listen for it"))
-                .ok()
-        };
-        let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
-        let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
-        async move {
-            tokio::select! {
-                _ = received(terminate.as_mut()) => tracing::info!("SIGTERM received"),
-                _ = received(interrupt.as_mut()) => tracing::info!("SIGINT received"),
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-        tracing::info!("Ctrl-C received");
-    }
-}
-
-/// The next delivery of `signal`; never, when it could not be listened for.
-#[cfg(unix)]
-async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
-    match signal {
-        Some(signal) => {
-            signal.recv().await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

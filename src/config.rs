@@ -1,19 +1,24 @@
 //! Typed, validated configuration: command line, environment and the multi-app TOML file.
 //!
-//! Two steps. clap turns flags and environment variables into [`ServeArgs`]; a value of the
-//! wrong shape (not a number, not a socket address, not one of an enum's values) is a usage
-//! error there. [`ServeArgs::into_config`] then checks ranges and consistency, reads secret files
-//! and the TOML file, and returns a [`ServeConfig`], or a [`ConfigError`] whose message names the
-//! environment variable and flag, or the TOML key, at fault. It binds and starts nothing, so
-//! `main` can exit 64 before any port is bound. docs/configuration.md is the operator's reference.
+//! Two steps. clap gathers flags and environment variables into [`ServeArgs`] as text, and
+//! records where each came from ([`Sources`]). [`ServeArgs::into_config`] then parses every
+//! value and checks ranges and consistency, reads secret files and the TOML file, and returns a
+//! [`ServeConfig`], or a [`ConfigError`] whose message names what the user set
+//! (`NOTIFY_LISTEN=localhost:5006x`, `--max-in-flight 0`, or the TOML key) and what was expected.
+//! It binds and starts nothing, so `main` can exit 64 before any port is bound.
+//! docs/configuration.md is the operator's reference.
 
 mod file;
+mod setting;
 #[cfg(test)]
 mod tests;
 
-use std::{fmt, net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use url::Url;
+
+pub use setting::{BOOLEAN_SPELLINGS, Given, Setting, Source, Sources, settings};
+use setting::{parse_bool, parse_choice, parse_listen, parse_number};
 
 use crate::{
     push_crypto::{AesKey, PushMode},
@@ -29,6 +34,10 @@ pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
 /// Default metrics listen address.
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9464";
+/// Default gRPC listen address of `serve --sandbox`, a local development run: loopback only.
+pub const DEFAULT_SANDBOX_MODE_LISTEN: &str = "127.0.0.1:50051";
+/// Default metrics listen address of `serve --sandbox`.
+pub const DEFAULT_SANDBOX_MODE_METRICS_LISTEN: &str = "127.0.0.1:9464";
 /// Default address of the embedded sandbox of `serve --sandbox`.
 pub const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:8089";
 
@@ -40,6 +49,8 @@ pub const RATE_PER_SEC_RANGE: RangeInclusive<u64> = 1..=1_000_000;
 pub const MAX_BATCH_RECIPIENTS_RANGE: RangeInclusive<u64> = 1..=100_000;
 /// Allowed shutdown grace, in seconds.
 pub const SHUTDOWN_GRACE_RANGE: RangeInclusive<u64> = 0..=3_600;
+/// Allowed shutdown delay, in seconds.
+pub const SHUTDOWN_DELAY_RANGE: RangeInclusive<u64> = 0..=3_600;
 /// Allowed idempotency TTL, in seconds: at least the promised 24 hours, at most 30 days.
 pub const IDEMPOTENCY_TTL_RANGE: RangeInclusive<u64> = 86_400..=2_592_000;
 /// Allowed idempotency records kept.
@@ -161,7 +172,10 @@ pub struct ServeConfig {
     pub warm_tokens: bool,
     /// BatchSend recipients per call at most.
     pub max_batch_recipients: usize,
-    /// How long in-flight calls may take to drain after shutdown begins.
+    /// How long the server keeps accepting and serving after SIGTERM, with health
+    /// NOT_SERVING, so that load balancers see it leave before its port closes.
+    pub shutdown_delay: Duration,
+    /// How long in-flight calls may take to drain once the server stops accepting.
     pub shutdown_grace: Duration,
     /// Idempotency record keeping.
     pub idempotency: IdempotencyOptions,
@@ -175,89 +189,19 @@ pub struct ServeConfig {
     pub push_listen: Option<SocketAddr>,
 }
 
-/// A setting given by an environment variable or, equally, a flag of `serve`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Setting {
-    /// The environment variable.
-    pub env: &'static str,
-    /// The `serve` flag.
-    pub flag: &'static str,
-}
-
-impl fmt::Display for Setting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.env, self.flag)
-    }
-}
-
-macro_rules! settings {
-    ($($(#[$doc:meta])* $name:ident = $env:literal, $flag:literal;)*) => {
-        /// Every setting of `serve`, by environment variable and flag.
-        pub mod settings {
-            use super::Setting;
-            $($(#[$doc])* pub const $name: Setting = Setting { env: $env, flag: $flag };)*
-            /// All of them, in `--help` order.
-            pub const ALL: &[Setting] = &[$($name),*];
-        }
-    };
-}
-
-settings! {
-    /// The single app's AppID.
-    APPID = "WECHAT_APPID", "--appid";
-    /// The single app's AppSecret.
-    SECRET = "WECHAT_SECRET", "--secret";
-    /// A file holding the single app's AppSecret.
-    SECRET_FILE = "WECHAT_SECRET_FILE", "--secret-file";
-    /// API bases, comma-separated, in failover order.
-    API_BASE = "WECHAT_API_BASE", "--api-base";
-    /// Token endpoint family.
-    TOKEN_MODE = "WECHAT_TOKEN_MODE", "--token-mode";
-    /// The multi-app TOML file.
-    CONFIG = "NOTIFY_CONFIG", "--config";
-    /// gRPC listen address.
-    LISTEN = "NOTIFY_LISTEN", "--listen";
-    /// Metrics listen address.
-    METRICS_LISTEN = "NOTIFY_METRICS_LISTEN", "--metrics-listen";
-    /// Log line format.
-    LOG_FORMAT = "NOTIFY_LOG_FORMAT", "--log-format";
-    /// Concurrent upstream sends per app.
-    MAX_IN_FLIGHT = "NOTIFY_MAX_IN_FLIGHT", "--max-in-flight";
-    /// Sustained sends per second per app.
-    RATE_PER_SEC = "NOTIFY_RATE_PER_SEC", "--rate-per-sec";
-    /// BatchSend recipients per call.
-    MAX_BATCH_RECIPIENTS = "NOTIFY_MAX_BATCH_RECIPIENTS", "--max-batch-recipients";
-    /// Drain time after shutdown begins.
-    SHUTDOWN_GRACE = "NOTIFY_SHUTDOWN_GRACE", "--shutdown-grace";
-    /// Idempotency record lifetime.
-    IDEMPOTENCY_TTL = "NOTIFY_IDEMPOTENCY_TTL", "--idempotency-ttl";
-    /// Idempotency records kept.
-    IDEMPOTENCY_CAPACITY = "NOTIFY_IDEMPOTENCY_CAPACITY", "--idempotency-capacity";
-    /// Upstream connect timeout.
-    CONNECT_TIMEOUT_MS = "WECHAT_CONNECT_TIMEOUT_MS", "--connect-timeout-ms";
-    /// Upstream request timeout.
-    REQUEST_TIMEOUT_MS = "WECHAT_REQUEST_TIMEOUT_MS", "--request-timeout-ms";
-    /// Run the embedded sandbox.
-    SANDBOX = "NOTIFY_SANDBOX", "--sandbox";
-    /// Where the embedded sandbox listens.
-    SANDBOX_LISTEN = "NOTIFY_SANDBOX_LISTEN", "--sandbox-listen";
-    /// Fetch tokens before serving.
-    WARM_TOKENS = "NOTIFY_WARM_TOKENS", "--warm-tokens";
-    /// Check messages against the apps' template lists.
-    TEMPLATE_CHECKS = "NOTIFY_TEMPLATE_CHECKS", "--template-checks";
-    /// Template list refresh interval.
-    TEMPLATE_REFRESH = "NOTIFY_TEMPLATE_REFRESH", "--template-refresh";
-    /// Where WeChat's event pushes are received.
-    PUSH_LISTEN = "NOTIFY_PUSH_LISTEN", "--push-listen";
-    /// What sends do with the subscription ledger.
-    SUBSCRIPTION_CHECK = "NOTIFY_SUBSCRIPTION_CHECK", "--subscription-check";
-}
-
 /// Why the configuration was refused. Every message names the environment variable and flag,
 /// or the TOML file and key, at fault; none contains a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A flag or environment variable has a bad value.
+    /// A flag or environment variable has a malformed or out-of-range value.
+    #[error("{given}: {problem}")]
+    Value {
+        /// The setting and its value, as the user gave it.
+        given: Given,
+        /// What is wrong and what was expected, lowercase.
+        problem: String,
+    },
+    /// A flag or environment variable is missing or cannot be used.
     #[error("{setting}: {problem}")]
     Invalid {
         /// The setting at fault.
@@ -296,7 +240,9 @@ pub enum ConfigError {
     },
 }
 
-/// The flags (and environment variables) of `serve`.
+/// The flags (and environment variables) of `serve`, as text: [`ServeArgs::into_config`]
+/// parses each value, so that a malformed one is refused with the value as the user wrote it
+/// and the expected form (exit 64), whichever way it was given.
 ///
 /// `Debug` is safe to print: the secret is a [`Secret`].
 #[derive(clap::Args, Debug)]
@@ -326,100 +272,130 @@ pub struct ServeArgs {
 
     /// Token endpoint: stable (POST /cgi-bin/stable_token) or classic (GET /cgi-bin/token);
     /// also the default of TOML apps
-    #[arg(long, env = "WECHAT_TOKEN_MODE", value_name = "MODE", value_enum, default_value_t = TokenMode::Stable)]
-    pub token_mode: TokenMode,
+    #[arg(
+        long,
+        env = "WECHAT_TOKEN_MODE",
+        value_name = "MODE",
+        default_value = "stable"
+    )]
+    pub token_mode: String,
 
     /// TOML file configuring several apps, one [[apps]] table each
     #[arg(long = "config", env = "NOTIFY_CONFIG", value_name = "FILE", value_parser = parse_path)]
     pub config: Option<PathBuf>,
 
-    /// gRPC listen address
-    #[arg(long, env = "NOTIFY_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    /// gRPC listen address, IP:PORT or localhost:PORT [default: 0.0.0.0:50051; with --sandbox
+    /// 127.0.0.1:50051]
+    #[arg(long, env = "NOTIFY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
 
-    /// Metrics (Prometheus, GET /metrics) listen address
-    #[arg(long, env = "NOTIFY_METRICS_LISTEN", value_name = "ADDR", default_value = DEFAULT_METRICS_LISTEN)]
-    pub metrics_listen: SocketAddr,
+    /// Metrics (Prometheus, GET /metrics) listen address [default: 0.0.0.0:9464; with
+    /// --sandbox 127.0.0.1:9464]
+    #[arg(long, env = "NOTIFY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 
-    /// Log line format
-    #[arg(long, env = "NOTIFY_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log line format: text or json
+    #[arg(
+        long,
+        env = "NOTIFY_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: String,
 
     /// Concurrent upstream sends at most, per app (1-10000); also the default of TOML apps
     #[arg(
         long,
         env = "NOTIFY_MAX_IN_FLIGHT",
         value_name = "N",
-        default_value_t = 64
+        default_value = "64"
     )]
-    pub max_in_flight: u64,
+    pub max_in_flight: String,
 
     /// Sustained sends per second, per app (1-1000000); also the default of TOML apps
     #[arg(
         long,
         env = "NOTIFY_RATE_PER_SEC",
         value_name = "N",
-        default_value_t = 500
+        default_value = "500"
     )]
-    pub rate_per_sec: u64,
+    pub rate_per_sec: String,
 
     /// BatchSend recipients per call at most (1-100000)
     #[arg(
         long,
         env = "NOTIFY_MAX_BATCH_RECIPIENTS",
         value_name = "N",
-        default_value_t = 10_000
+        default_value = "10000"
     )]
-    pub max_batch_recipients: u64,
+    pub max_batch_recipients: String,
 
-    /// Seconds in-flight calls may take to finish once shutdown begins (0-3600)
+    /// Seconds to keep serving after SIGTERM, with health NOT_SERVING, before the listener
+    /// closes (0-3600); SIGINT (Ctrl-C) skips it
+    #[arg(
+        long,
+        env = "NOTIFY_SHUTDOWN_DELAY",
+        value_name = "SECONDS",
+        default_value = "5"
+    )]
+    pub shutdown_delay: String,
+
+    /// Seconds in-flight calls may take to finish once the listener closed (0-3600)
     #[arg(
         long,
         env = "NOTIFY_SHUTDOWN_GRACE",
         value_name = "SECONDS",
-        default_value_t = 25
+        default_value = "25"
     )]
-    pub shutdown_grace: u64,
+    pub shutdown_grace: String,
 
     /// Seconds a successful send is remembered by its idempotency key (86400-2592000)
     #[arg(
         long,
         env = "NOTIFY_IDEMPOTENCY_TTL",
         value_name = "SECONDS",
-        default_value_t = 86_400
+        default_value = "86400"
     )]
-    pub idempotency_ttl: u64,
+    pub idempotency_ttl: String,
 
     /// Idempotency records kept at most; the oldest go first (1-100000000)
     #[arg(
         long,
         env = "NOTIFY_IDEMPOTENCY_CAPACITY",
         value_name = "N",
-        default_value_t = 1_000_000
+        default_value = "1000000"
     )]
-    pub idempotency_capacity: u64,
+    pub idempotency_capacity: String,
 
     /// Milliseconds allowed to connect to a WeChat API base (1-60000)
     #[arg(
         long,
         env = "WECHAT_CONNECT_TIMEOUT_MS",
         value_name = "MS",
-        default_value_t = 3_000
+        default_value = "3000"
     )]
-    pub connect_timeout_ms: u64,
+    pub connect_timeout_ms: String,
 
     /// Milliseconds allowed for a whole WeChat request once connected (1-600000)
     #[arg(
         long,
         env = "WECHAT_REQUEST_TIMEOUT_MS",
         value_name = "MS",
-        default_value_t = 10_000
+        default_value = "10000"
     )]
-    pub request_timeout_ms: u64,
+    pub request_timeout_ms: String,
 
-    /// Run the embedded fake WeChat API and send to it; no credentials needed
-    #[arg(long, env = "NOTIFY_SANDBOX", value_parser = parse_bool_env)]
-    pub sandbox: bool,
+    /// Run the embedded fake WeChat API and send to it, all on loopback; no credentials needed
+    #[arg(
+        long,
+        env = "NOTIFY_SANDBOX",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub sandbox: String,
 
     /// Where the embedded sandbox listens with --sandbox (keep it loopback)
     #[arg(
@@ -428,11 +404,19 @@ pub struct ServeArgs {
         value_name = "ADDR",
         default_value = DEFAULT_SANDBOX_LISTEN
     )]
-    pub sandbox_listen: SocketAddr,
+    pub sandbox_listen: String,
 
     /// Fetch every app's token before reporting SERVING; exit non-zero on bad credentials
-    #[arg(long, env = "NOTIFY_WARM_TOKENS", value_parser = parse_bool_env)]
-    pub warm_tokens: bool,
+    #[arg(
+        long,
+        env = "NOTIFY_WARM_TOKENS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub warm_tokens: String,
 
     /// Check messages against each app's template list (gettemplate) before sending; false
     /// never calls gettemplate and leaves keyword and template checks to WeChat
@@ -443,19 +427,18 @@ pub struct ServeArgs {
         num_args = 0..=1,
         require_equals = true,
         default_value = "true",
-        default_missing_value = "true",
-        value_parser = parse_bool_default_true
+        default_missing_value = "true"
     )]
-    pub template_checks: bool,
+    pub template_checks: String,
 
     /// Seconds between background reloads of each app's template list (60-86400)
     #[arg(
         long,
         env = "NOTIFY_TEMPLATE_REFRESH",
         value_name = "SECONDS",
-        default_value_t = 600
+        default_value = "600"
     )]
-    pub template_refresh: u64,
+    pub template_refresh: String,
 
     /// Where WeChat's event pushes are received (HTTP, /wechat/push/{app}); unset: no
     /// push listener. Apps set push_token, push_aes_key and push_mode in the apps file
@@ -464,19 +447,18 @@ pub struct ServeArgs {
 
     /// What sends do with the subscription ledger: off, observe (record, never block) or
     /// enforce (refuse a send the ledger knows cannot be delivered); also the default of TOML apps
-    #[arg(long, env = "NOTIFY_SUBSCRIPTION_CHECK", value_name = "MODE", value_enum, default_value_t = SubscriptionCheck::Observe)]
-    pub subscription_check: SubscriptionCheck,
-}
+    #[arg(
+        long,
+        env = "NOTIFY_SUBSCRIPTION_CHECK",
+        value_name = "MODE",
+        default_value = "observe"
+    )]
+    pub subscription_check: String,
 
-/// A socket address; empty counts as unset.
-fn parse_optional_addr(value: Option<&str>) -> Result<Option<SocketAddr>, String> {
-    let Some(value) = value.map(str::trim).filter(|value| !value.is_empty()) else {
-        return Ok(None);
-    };
-    value
-        .parse()
-        .map(Some)
-        .map_err(|_| format!("`{value}` is not a socket address such as 0.0.0.0:8090"))
+    /// Where each value came from, for error messages: [`Sources::from_matches`] of `serve`'s
+    /// parsed arguments (unknown, and both names shown, when left empty).
+    #[arg(skip)]
+    pub sources: Sources,
 }
 
 fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {
@@ -486,25 +468,6 @@ fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {
 /// A path; unlike clap's own parser, it lets an empty value through, to count as unset.
 fn parse_path(value: &str) -> Result<PathBuf, std::convert::Infallible> {
     Ok(PathBuf::from(value))
-}
-
-/// A boolean flag's environment variable: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`
-/// (any case); empty counts as unset, so as false.
-fn parse_bool_env(value: &str) -> Result<bool, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "y" | "on" => Ok(true),
-        "false" | "0" | "no" | "n" | "off" | "" => Ok(false),
-        _ => Err("expected true or false".to_owned()),
-    }
-}
-
-/// A boolean that is on unless turned off: like [`parse_bool_env`], but empty counts as unset,
-/// so as true.
-fn parse_bool_default_true(value: &str) -> Result<bool, String> {
-    if value.is_empty() {
-        return Ok(true);
-    }
-    parse_bool_env(value)
 }
 
 impl ServeArgs {
@@ -521,46 +484,137 @@ impl ServeArgs {
     ) -> Result<ServeConfig, ConfigError> {
         use settings::*;
 
-        let app_defaults = AppDefaults {
-            api_bases: parse_api_base_list(&self.api_base)
-                .map_err(|problem| invalid(API_BASE, problem))?,
-            token_mode: self.token_mode,
-            max_in_flight: in_range(self.max_in_flight, MAX_IN_FLIGHT_RANGE)
-                .map_err(|problem| invalid(MAX_IN_FLIGHT, problem))?,
-            rate_per_sec: in_range(self.rate_per_sec, RATE_PER_SEC_RANGE)
-                .map_err(|problem| invalid(RATE_PER_SEC, problem))?,
-            subscription_check: self.subscription_check,
+        let sources = &self.sources;
+        let number = |setting: Setting, text: &str, range: RangeInclusive<u64>| {
+            checked(sources, setting, text, parse_number::<u64>(text, range))
         };
-        let max_batch_recipients = in_range(self.max_batch_recipients, MAX_BATCH_RECIPIENTS_RANGE)
-            .map_err(|problem| invalid(MAX_BATCH_RECIPIENTS, problem))?;
-        let shutdown_grace: u64 = in_range(self.shutdown_grace, SHUTDOWN_GRACE_RANGE)
-            .map_err(|problem| invalid(SHUTDOWN_GRACE, problem))?;
-        let idempotency_ttl: u64 = in_range(self.idempotency_ttl, IDEMPOTENCY_TTL_RANGE)
-            .map_err(|problem| invalid(IDEMPOTENCY_TTL, problem))?;
-        let idempotency_capacity: u64 =
-            in_range(self.idempotency_capacity, IDEMPOTENCY_CAPACITY_RANGE)
-                .map_err(|problem| invalid(IDEMPOTENCY_CAPACITY, problem))?;
-        let connect_timeout_ms: u64 = in_range(self.connect_timeout_ms, CONNECT_TIMEOUT_MS_RANGE)
-            .map_err(|problem| invalid(CONNECT_TIMEOUT_MS, problem))?;
-        let request_timeout_ms: u64 = in_range(self.request_timeout_ms, REQUEST_TIMEOUT_MS_RANGE)
-            .map_err(|problem| invalid(REQUEST_TIMEOUT_MS, problem))?;
-        let template_refresh: u64 = in_range(self.template_refresh, TEMPLATE_REFRESH_RANGE)
-            .map_err(|problem| invalid(TEMPLATE_REFRESH, problem))?;
+        let boolean = |setting: Setting, text: &str, default: bool| {
+            checked(sources, setting, text, parse_bool(text, default))
+        };
 
-        let push_listen = parse_optional_addr(self.push_listen.as_deref())
-            .map_err(|problem| invalid(PUSH_LISTEN, problem))?;
-        let apps = self.apps(&app_defaults, &env)?;
+        let sandbox = boolean(SANDBOX, &self.sandbox, false)?;
+        // `serve --sandbox` is a local development run: loopback unless told otherwise.
+        let (default_listen, default_metrics_listen) = if sandbox {
+            (
+                DEFAULT_SANDBOX_MODE_LISTEN,
+                DEFAULT_SANDBOX_MODE_METRICS_LISTEN,
+            )
+        } else {
+            (DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN)
+        };
+        let listen_text = self.listen.as_deref().unwrap_or(default_listen);
+        let listen = checked(
+            sources,
+            LISTEN,
+            listen_text,
+            parse_listen(listen_text, DEFAULT_LISTEN),
+        )?;
+        let metrics_listen_text = self
+            .metrics_listen
+            .as_deref()
+            .unwrap_or(default_metrics_listen);
+        let metrics_listen = checked(
+            sources,
+            METRICS_LISTEN,
+            metrics_listen_text,
+            parse_listen(metrics_listen_text, DEFAULT_METRICS_LISTEN),
+        )?;
+        let sandbox_listen = checked(
+            sources,
+            SANDBOX_LISTEN,
+            &self.sandbox_listen,
+            parse_listen(&self.sandbox_listen, DEFAULT_SANDBOX_LISTEN),
+        )?;
+        let log_format = checked(
+            sources,
+            LOG_FORMAT,
+            &self.log_format,
+            parse_choice(&self.log_format),
+        )?;
+
+        let app_defaults = AppDefaults {
+            // Named, not quoted: a URL may hold credentials (the parser never repeats them).
+            api_bases: parse_api_base_list(&self.api_base)
+                .map_err(|problem| named(sources, API_BASE, problem))?,
+            token_mode: checked(
+                sources,
+                TOKEN_MODE,
+                &self.token_mode,
+                parse_choice(&self.token_mode),
+            )?,
+            max_in_flight: as_usize(number(
+                MAX_IN_FLIGHT,
+                &self.max_in_flight,
+                MAX_IN_FLIGHT_RANGE,
+            )?),
+            rate_per_sec: number(RATE_PER_SEC, &self.rate_per_sec, RATE_PER_SEC_RANGE)?
+                .try_into()
+                .unwrap_or(u32::MAX),
+            subscription_check: checked(
+                sources,
+                SUBSCRIPTION_CHECK,
+                &self.subscription_check,
+                parse_choice(&self.subscription_check),
+            )?,
+        };
+        let max_batch_recipients = as_usize(number(
+            MAX_BATCH_RECIPIENTS,
+            &self.max_batch_recipients,
+            MAX_BATCH_RECIPIENTS_RANGE,
+        )?);
+        let shutdown_delay = number(SHUTDOWN_DELAY, &self.shutdown_delay, SHUTDOWN_DELAY_RANGE)?;
+        let shutdown_grace = number(SHUTDOWN_GRACE, &self.shutdown_grace, SHUTDOWN_GRACE_RANGE)?;
+        let idempotency_ttl = number(
+            IDEMPOTENCY_TTL,
+            &self.idempotency_ttl,
+            IDEMPOTENCY_TTL_RANGE,
+        )?;
+        let idempotency_capacity = number(
+            IDEMPOTENCY_CAPACITY,
+            &self.idempotency_capacity,
+            IDEMPOTENCY_CAPACITY_RANGE,
+        )?;
+        let connect_timeout_ms = number(
+            CONNECT_TIMEOUT_MS,
+            &self.connect_timeout_ms,
+            CONNECT_TIMEOUT_MS_RANGE,
+        )?;
+        let request_timeout_ms = number(
+            REQUEST_TIMEOUT_MS,
+            &self.request_timeout_ms,
+            REQUEST_TIMEOUT_MS_RANGE,
+        )?;
+        let template_refresh = number(
+            TEMPLATE_REFRESH,
+            &self.template_refresh,
+            TEMPLATE_REFRESH_RANGE,
+        )?;
+        let warm_tokens = boolean(WARM_TOKENS, &self.warm_tokens, false)?;
+        let template_checks = boolean(TEMPLATE_CHECKS, &self.template_checks, true)?;
+
+        // Empty counts as unset: no push listener.
+        let push_listen = match self.push_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(checked(
+                sources,
+                PUSH_LISTEN,
+                text,
+                parse_listen(text, "0.0.0.0:8090"),
+            )?),
+        };
+        let apps = self.apps(sandbox, &app_defaults, &env)?;
 
         Ok(ServeConfig {
-            listen: self.listen,
-            metrics_listen: self.metrics_listen,
-            log_format: self.log_format,
+            listen,
+            metrics_listen,
+            log_format,
             apps,
             app_defaults,
-            sandbox: self.sandbox,
-            sandbox_listen: self.sandbox_listen,
-            warm_tokens: self.warm_tokens,
+            sandbox,
+            sandbox_listen,
+            warm_tokens,
             max_batch_recipients,
+            shutdown_delay: Duration::from_secs(shutdown_delay),
             shutdown_grace: Duration::from_secs(shutdown_grace),
             idempotency: IdempotencyOptions {
                 ttl: Duration::from_secs(idempotency_ttl),
@@ -570,7 +624,7 @@ impl ServeArgs {
                 connect_timeout: Duration::from_millis(connect_timeout_ms),
                 request_timeout: Duration::from_millis(request_timeout_ms),
             },
-            template_checks: self.template_checks,
+            template_checks,
             template_refresh: Duration::from_secs(template_refresh),
             push_listen,
         })
@@ -579,6 +633,7 @@ impl ServeArgs {
     /// The apps: none with the sandbox, the TOML file's, or the one app of the flags.
     fn apps(
         &self,
+        sandbox: bool,
         defaults: &AppDefaults,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Vec<AppConfig>, ConfigError> {
@@ -605,7 +660,7 @@ impl ServeArgs {
         .filter_map(|(setting, given)| given.then_some(setting))
         .collect();
 
-        if self.sandbox {
+        if sandbox {
             let mut given = single_app_settings;
             if config.is_some() {
                 given.push(CONFIG);
@@ -639,7 +694,8 @@ impl ServeArgs {
                 format!("not set, but {} is", list(&single_app_settings)),
             ));
         };
-        check_identifier(appid).map_err(|problem| invalid(APPID, problem))?;
+        let sources = &self.sources;
+        check_identifier(appid).map_err(|problem| named(sources, APPID, problem))?;
         let secret = match (secret, secret_file) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Conflict(format!(
@@ -647,11 +703,11 @@ impl ServeArgs {
                 )));
             }
             (Some(secret), None) => {
-                check_secret(secret.expose()).map_err(|problem| invalid(SECRET, problem))?;
+                check_secret(secret.expose()).map_err(|problem| named(sources, SECRET, problem))?;
                 secret.clone()
             }
             (None, Some(path)) => {
-                read_secret_file(path).map_err(|problem| invalid(SECRET_FILE, problem))?
+                read_secret_file(path).map_err(|problem| named(sources, SECRET_FILE, problem))?
             }
             (None, None) => {
                 return Err(invalid(
@@ -668,6 +724,27 @@ impl ServeArgs {
     }
 }
 
+/// `parsed`, or the error that quotes `text` as the user gave it for `setting`.
+fn checked<T>(
+    sources: &Sources,
+    setting: Setting,
+    text: &str,
+    parsed: Result<T, String>,
+) -> Result<T, ConfigError> {
+    parsed.map_err(|problem| ConfigError::Value {
+        given: sources.given(setting, text),
+        problem,
+    })
+}
+
+/// The error of `setting`, named as the user gave it but without its value.
+fn named(sources: &Sources, setting: Setting, problem: String) -> ConfigError {
+    ConfigError::Value {
+        given: sources.named(setting),
+        problem,
+    }
+}
+
 fn invalid(setting: Setting, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting,
@@ -679,6 +756,11 @@ fn invalid(setting: Setting, problem: impl Into<String>) -> ConfigError {
 fn list(settings: &[Setting]) -> String {
     let names: Vec<String> = settings.iter().map(Setting::to_string).collect();
     names.join(", ")
+}
+
+/// A count that fits in memory: the ranges above keep every one far below `usize::MAX`.
+fn as_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
 }
 
 /// `value` when it lies in `range`, converted to the type the configuration keeps.

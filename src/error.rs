@@ -95,6 +95,24 @@ fn reason(class: ErrorClass) -> &'static str {
     }
 }
 
+/// The status for a request that cannot be decoded (a string that is not UTF-8, malformed
+/// protobuf): the caller's fault, so INVALID_ARGUMENT, with a BadRequest naming the field when
+/// it is known.
+pub fn undecodable_status(field: Option<&str>, description: &str) -> Status {
+    let Some(field) = field else {
+        return Status::invalid_argument(format!("the request cannot be decoded: {description}"));
+    };
+    let details = ErrorDetails::with_bad_request(vec![FieldViolation::new(
+        field,
+        format!("cannot be decoded: {description}"),
+    )]);
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("the request cannot be decoded: {field}: {description}"),
+        details,
+    )
+}
+
 /// The full status for a failed SendSubscribe.
 pub fn status_of(error: &SendError) -> Status {
     let code = code_of(error);

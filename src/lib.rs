@@ -3,16 +3,19 @@
 //!
 //! Modules, with imports pointing one way (top to bottom):
 //! - [`server`]: composition root (health, reflection, metrics, shutdown).
-//! - [`grpc`]: protobuf <-> domain translation; [`error`]: the one place that picks a gRPC code.
+//! - [`grpc`]: protobuf <-> domain translation ([`codec`]: undecodable requests are
+//!   INVALID_ARGUMENT); [`error`]: the one place that picks a gRPC code.
 //! - [`service`]: decides (validation, idempotency, retries, batch fan-out); knows no tonic.
 //! - [`validation`], [`idempotency`], [`token`], [`wechat`]: the pieces it decides with.
 //! - [`sandbox`]: the fake WeChat API; only the composition root and tests use it.
 //! - [`bench`]: the load generator and fixed-answer upstream of `wechat-notify bench`.
+//! - [`signal`]: the shutdown signals every command waits for (below them all).
 
 #![forbid(unsafe_code)]
 
 pub mod bench;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -24,6 +27,7 @@ pub mod sandbox;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod signal;
 pub mod subscriptions;
 pub mod telemetry;
 pub mod templates;

@@ -8,11 +8,14 @@
 //! 2. With `warm_tokens`, every app fetches its token; a failure stops the start (the CLI
 //!    exits non-zero).
 //! 3. SERVING.
-//! 4. When shutdown begins: NOT_SERVING first, then the server stops accepting, health Watch
-//!    streams end, and in-flight calls (and sends whose caller went away) drain for at most
-//!    `shutdown_grace`.
+//! 4. When shutdown begins: NOT_SERVING first. After SIGTERM the server keeps accepting
+//!    connections and serving calls for `shutdown_delay` (a second signal ends the delay), so
+//!    that probes and load balancers see it leave before its port closes; after SIGINT, or
+//!    [`Running::shutdown`], there is no delay.
+//! 5. Then the server stops accepting, health Watch streams end, and in-flight calls (and sends
+//!    whose caller went away) drain for at most `shutdown_grace`.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::HeaderName;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -30,6 +33,7 @@ use crate::{
     pb,
     push::PushEndpoint,
     service::{App, Notifier},
+    signal::{Shutdown, Signal},
     subscriptions::MemoryLedger,
     telemetry::{
         self, CountTemplateErrcodes, CountTokenErrcodes, REQUEST_ID_HEADER, RpcTelemetryLayer,
@@ -89,7 +93,8 @@ impl Running {
         &self.notifier
     }
 
-    /// Begins shutdown and waits until it is complete.
+    /// Begins shutdown at once (no shutdown delay: for tests and embedding) and waits until it
+    /// is complete.
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
         if let Some(begin) = self.begin_shutdown.take() {
             let _ = begin.send(());
@@ -122,7 +127,7 @@ impl Drop for Running {
 /// [`Running::shutdown`] is called.
 pub async fn start(
     config: ServeConfig,
-    shutdown_signal: impl Future<Output = ()> + Send + 'static,
+    shutdown_signal: impl Future<Output = Shutdown> + Send + 'static,
 ) -> Result<Running, StartError> {
     // First, so that every series below lands in the one recorder `/metrics` renders.
     let metrics_handle = telemetry::metrics_handle();
@@ -241,10 +246,15 @@ pub async fn start(
     tracing::info!(%grpc_addr, %metrics_addr, push_addr = ?push_addr, apps = apps.len(), "serving");
 
     let grace = config.shutdown_grace;
+    let configured_delay = config.shutdown_delay;
     let drained = notifier.clone();
     let done = tokio::spawn(async move {
+        let mut signalled = None;
         let failure = tokio::select! {
-            () = shutdown_signal => None,
+            shutdown = shutdown_signal => {
+                signalled = Some(shutdown);
+                None
+            }
             _ = shutdown_requested => None,
             served = &mut serve_task => Some(ServeError(match served {
                 Ok(Ok(())) => "it stopped serving".to_owned(),
@@ -255,12 +265,31 @@ pub async fn start(
         if let Some(failure) = &failure {
             tracing::error!(%failure, "grpc server failed");
         }
-        // NOT_SERVING first, so the mesh stops routing here, then stop accepting and let the
-        // calls in flight finish, within one grace period in all.
+        // NOT_SERVING first, so the mesh stops routing here. After SIGTERM keep serving for the
+        // delay: a load balancer that has not yet seen this endpoint leave still gets answers,
+        // and a new probe gets NOT_SERVING rather than a refused connection. Then stop
+        // accepting and let the calls in flight finish, within the grace period.
         set_health(&health, ServingStatus::NotServing).await;
+        let (delay, next_signal) = match signalled {
+            Some(Shutdown {
+                signal: Signal::Terminate,
+                next_signal,
+            }) => (configured_delay, Some(next_signal)),
+            _ => (Duration::ZERO, None),
+        };
+        tracing::info!(
+            delay_secs = delay.as_secs(),
+            "shutdown begun: health is NOT_SERVING; serving on for the delay, then draining"
+        );
+        if let Some(next_signal) = next_signal.filter(|_| !delay.is_zero()) {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = next_signal => tracing::info!("second signal: the delay ends now"),
+            }
+        }
         tracing::info!(
             grace_secs = grace.as_secs(),
-            "shutdown begun: health is NOT_SERVING, draining"
+            "no longer accepting; draining the calls in flight"
         );
         drain.cancel();
         let deadline = tokio::time::Instant::now() + grace;

@@ -1,6 +1,6 @@
 //! Pure checks of request fields and template keyword values, before anything is sent.
 //!
-//! The keyword rules follow WeChat's table (shared/docs/wechat.md, section 2), with one guiding
+//! The keyword rules follow WeChat's table (docs/wechat.md, section 2), with one guiding
 //! principle: **a value WeChat would accept is never rejected here**. Where WeChat's description
 //! is vague, the check is permissive and leaves the final word to WeChat (which answers 47003).
 //! Characters are counted as Unicode scalar values (`str::chars`).
@@ -87,7 +87,7 @@ struct KeywordRule {
     check: fn(&str) -> Result<(), String>,
 }
 
-/// The WeChat rules, one per keyword type (wechat.md section 2). `enum` values come from the
+/// The WeChat rules, one per keyword type (docs/wechat.md, section 2). `enum` values come from the
 /// template's own list (checked by `service` when the app's template list is to be had), so
 /// `enum`/`enum_string` are not here.
 const RULES: &[KeywordRule] = &[

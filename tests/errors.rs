@@ -1,4 +1,4 @@
-//! The error table (README, "Errors"): each upstream row provoked through gRPC against the
+//! The error table (docs/api.md, "Errors"): each upstream row provoked through gRPC against the
 //! sandbox, checking that the message says what actually happened (the endpoint, the errcode
 //! and errmsg with its `rid`, or the transport failure), beside the code the table gives. The
 //! codes alone are also checked in tests/send.rs; local validation in tests/send.rs and

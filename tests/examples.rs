@@ -148,14 +148,15 @@ struct Step {
     command: String,
 }
 
-/// The commands of the ```sh blocks in README.md's "Try it with grpcurl" section, in order.
+/// The commands of the ```sh blocks in README.md's "Quick tour" section, in order (the output
+/// blocks shown after them are ```json or ```text, and skipped).
 /// A command ends at a line end outside quotes that is not escaped with `\`.
 fn walkthrough() -> Vec<Step> {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     let section = readme
         .split("\n## ")
-        .find(|section| section.starts_with("Try it with grpcurl\n"))
-        .expect("README.md has a \"## Try it with grpcurl\" section");
+        .find(|section| section.starts_with("Quick tour\n"))
+        .expect("README.md has a \"## Quick tour\" section");
     let mut steps = Vec::new();
     let mut in_sh_block = false;
     let (mut comment, mut command) = (String::new(), String::new());
@@ -239,7 +240,7 @@ fn json(outcome: &Outcome) -> Value {
         .unwrap_or_else(|error| panic!("not JSON ({error}):\n{}", outcome.describe()))
 }
 
-/// The README's grpcurl walkthrough, command for command, against a real server: the README
+/// The README's quick tour, command for command, against a real server: the README
 /// and this test cannot drift. The commands run on the service's free ports (not the README's
 /// fixed defaults), so the test neither collides with a `cargo run -- serve --sandbox` the
 /// developer keeps running nor with a parallel test.

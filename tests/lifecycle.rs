@@ -1,13 +1,15 @@
 //! The process lifecycle, through the real binary: SIGTERM in the middle of a BatchSend turns
-//! health NOT_SERVING at once, lets the batch finish and exits 0; `--warm-tokens` with a secret
-//! WeChat refuses exits non-zero without printing the secret.
+//! health NOT_SERVING at once, lets the batch finish and exits 0; during the shutdown delay new
+//! connections are still accepted and served while health says NOT_SERVING, and SIGINT skips
+//! the delay; `--warm-tokens` with a secret WeChat refuses exits non-zero without printing the
+//! secret.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{process::*, *};
-use tonic::Request;
+use tonic::{Request, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -30,6 +32,8 @@ async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() 
         &metrics_addr.to_string(),
         "--sandbox-listen",
         &sandbox_addr.to_string(),
+        "--shutdown-delay",
+        "0",
         "--shutdown-grace",
         "20",
     ]);
@@ -132,7 +136,8 @@ async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() 
     let logs = std::fs::read_to_string(logs.path()).unwrap();
     for expected in [
         "SIGTERM received",
-        "shutdown begun: health is NOT_SERVING, draining",
+        "shutdown begun: health is NOT_SERVING",
+        "no longer accepting; draining the calls in flight",
         "shutdown complete",
     ] {
         assert!(logs.contains(expected), "no {expected:?} in:\n{logs}");
@@ -144,6 +149,109 @@ async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() 
         .expect("the batch's line");
     assert!(batch_line.contains("ops-shutdown-batch"), "{batch_line}");
     assert!(batch_line.contains("method=\"BatchSend\"") || batch_line.contains("method=BatchSend"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_new_connections_are_served_for_the_delay_with_health_not_serving() {
+    let [grpc_addr, metrics_addr, sandbox_addr] = free_addrs();
+    let logs = tempfile::NamedTempFile::new().unwrap();
+    let mut command = command(logs.path());
+    command.args([
+        "serve",
+        "--sandbox",
+        "--listen",
+        &grpc_addr.to_string(),
+        "--metrics-listen",
+        &metrics_addr.to_string(),
+        "--sandbox-listen",
+        &sandbox_addr.to_string(),
+        // Far longer than the test needs: the second signal below ends it.
+        "--shutdown-delay",
+        "300",
+    ]);
+    let mut process = Process::spawn(command);
+    wait_until_serving(grpc_addr, &mut process).await;
+
+    process.signal("-TERM");
+
+    // A probe on a new connection, as a kubelet makes one per probe, is answered NOT_SERVING
+    // (not refused) once the signal has been handled.
+    wait_for(|| async {
+        let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("the listener still accepts during the delay");
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: SERVICE.to_owned(),
+            })
+            .await
+            .expect("health answers during the delay");
+        (answer.get_ref().status == ServingStatus::NotServing as i32).then_some(())
+    })
+    .await;
+    // A caller whose load balancer has not yet seen the endpoint leave is still served.
+    let mut client = connect(grpc_addr).await;
+    let sent = client
+        .send_subscribe(pb::SendSubscribeRequest {
+            touser: openid(1),
+            template_id: COURSE_REMINDER.to_owned(),
+            data: course_data(),
+            ..Default::default()
+        })
+        .await
+        .expect("a send on a new connection during the delay succeeds");
+    assert!(sent.get_ref().msgid > 0);
+    assert!(!process.exited(), "still running during the delay");
+
+    // A second signal ends the delay; the process drains and exits 0.
+    process.signal("-INT");
+    let status =
+        tokio::task::spawn_blocking(move || process.wait_for_exit(Duration::from_secs(60)))
+            .await
+            .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let logs = std::fs::read_to_string(logs.path()).unwrap();
+    for expected in [
+        "SIGTERM received",
+        "shutdown begun: health is NOT_SERVING; serving on for the delay, then draining delay_secs=300",
+        "SIGINT received",
+        "second signal: the delay ends now",
+        "shutdown complete",
+    ] {
+        assert!(logs.contains(expected), "no {expected:?} in:\n{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_skips_the_delay() {
+    let [grpc_addr, metrics_addr, sandbox_addr] = free_addrs();
+    let logs = tempfile::NamedTempFile::new().unwrap();
+    let mut command = command(logs.path());
+    command
+        .args(["serve", "--sandbox"])
+        .env("NOTIFY_LISTEN", grpc_addr.to_string())
+        .env("NOTIFY_METRICS_LISTEN", metrics_addr.to_string())
+        .env("NOTIFY_SANDBOX_LISTEN", sandbox_addr.to_string())
+        .env("NOTIFY_SHUTDOWN_DELAY", "300");
+    let mut process = Process::spawn(command);
+    wait_until_serving(grpc_addr, &mut process).await;
+
+    process.signal("-INT");
+    // Bounded far below the 300 s delay: Ctrl-C does not wait for it.
+    let status =
+        tokio::task::spawn_blocking(move || process.wait_for_exit(Duration::from_secs(60)))
+            .await
+            .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let logs = std::fs::read_to_string(logs.path()).unwrap();
+    assert!(
+        logs.contains(
+            "shutdown begun: health is NOT_SERVING; serving on for the delay, then draining delay_secs=0"
+        ),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,7 +123,7 @@ struct ForwarderArgs {
 /// Resolves on SIGTERM/SIGINT or after `exit_after`.
 async fn stop_signal(exit_after: Duration) {
     tokio::select! {
-        () = crate::cli::shutdown_signal() => {}
+        _ = crate::signal::shutdown_signal() => {}
         () = tokio::time::sleep(exit_after) => {}
     }
 }

@@ -26,7 +26,9 @@ fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
     });
     let argv = ["wechat-notify", "serve"].iter().chain(args);
     let matches = command.try_get_matches_from(argv)?;
-    let TestCommand::Serve(serve) = TestCli::from_arg_matches(&matches)?.command;
+    let TestCommand::Serve(mut serve) = TestCli::from_arg_matches(&matches)?.command;
+    let (_, serve_matches) = matches.subcommand().expect("serve");
+    serve.sources = Sources::from_matches(serve_matches);
     Ok(serve)
 }
 
@@ -109,6 +111,7 @@ fn defaults() {
     assert!(!config.sandbox);
     assert!(!config.warm_tokens);
     assert_eq!(config.max_batch_recipients, 10_000);
+    assert_eq!(config.shutdown_delay, Duration::from_secs(5));
     assert_eq!(config.shutdown_grace, Duration::from_secs(25));
     assert_eq!(config.idempotency.ttl, Duration::from_secs(86_400));
     assert_eq!(config.idempotency.capacity, 1_000_000);
@@ -160,6 +163,8 @@ fn every_flag_is_taken() {
         "20",
         "--max-batch-recipients",
         "100000",
+        "--shutdown-delay",
+        "0",
         "--shutdown-grace",
         "0",
         "--idempotency-ttl",
@@ -183,6 +188,7 @@ fn every_flag_is_taken() {
     assert_eq!(config.log_format, LogFormat::Json);
     assert!(config.warm_tokens);
     assert_eq!(config.max_batch_recipients, 100_000);
+    assert_eq!(config.shutdown_delay, Duration::ZERO);
     assert_eq!(config.shutdown_grace, Duration::ZERO);
     assert_eq!(config.idempotency.ttl, Duration::from_secs(172_800));
     assert_eq!(config.idempotency.capacity, 5);
@@ -203,37 +209,108 @@ fn every_flag_is_taken() {
 }
 
 #[test]
-fn boolean_flags_take_no_value_on_the_command_line() {
-    assert!(parse(&["--sandbox"]).unwrap().sandbox);
-    assert!(!parse(&[]).unwrap().sandbox);
-    assert!(parse(&["--warm-tokens"]).unwrap().warm_tokens);
-    assert!(parse(&["--sandbox=true"]).is_err());
+fn boolean_flags_need_no_value_on_the_command_line() {
+    assert!(config(&["--sandbox"]).unwrap().sandbox);
+    assert!(!config(ONE_APP).unwrap().sandbox);
+    assert!(
+        config(&with_one_app(&["--warm-tokens"]))
+            .unwrap()
+            .warm_tokens
+    );
+    assert!(config(&["--sandbox=yes"]).unwrap().sandbox);
+    assert!(!config(&with_one_app(&["--sandbox=off"])).unwrap().sandbox);
 }
 
 #[test]
 fn template_checks_are_on_unless_turned_off() {
-    assert!(parse(&[]).unwrap().template_checks);
-    assert!(parse(&["--template-checks"]).unwrap().template_checks);
-    assert!(parse(&["--template-checks=true"]).unwrap().template_checks);
-    for off in ["false", "0", "no", "off"] {
+    let checks = |extra: &[&str]| config(&with_one_app(extra)).unwrap().template_checks;
+    assert!(checks(&[]));
+    assert!(checks(&["--template-checks"]));
+    assert!(checks(&["--template-checks=true"]));
+    for off in ["false", "0", "no", "off", "OFF"] {
         let flag = format!("--template-checks={off}");
-        assert!(!parse(&[flag.as_str()]).unwrap().template_checks, "{off}");
+        assert!(!checks(&[flag.as_str()]), "{off}");
     }
-    assert!(parse(&["--template-checks=maybe"]).is_err());
     // An empty NOTIFY_TEMPLATE_CHECKS counts as unset: on.
-    assert_eq!(parse_bool_default_true(""), Ok(true));
-    assert_eq!(parse_bool_default_true("FALSE"), Ok(false));
+    assert!(checks(&["--template-checks="]));
 }
 
 #[test]
-fn boolean_environment_values() {
-    for value in ["true", "TRUE", "1", "yes", "y", "on"] {
-        assert_eq!(parse_bool_env(value), Ok(true), "{value}");
+fn boolean_values_have_one_set_of_spellings() {
+    for value in ["true", "TRUE", "1", "yes", "On"] {
+        assert_eq!(setting::parse_bool(value, false), Ok(true), "{value}");
     }
-    for value in ["false", "False", "0", "no", "n", "off", ""] {
-        assert_eq!(parse_bool_env(value), Ok(false), "{value}");
+    for value in ["false", "False", "0", "no", "off"] {
+        assert_eq!(setting::parse_bool(value, true), Ok(false), "{value}");
     }
-    assert!(parse_bool_env("maybe").is_err());
+    assert_eq!(setting::parse_bool("", true), Ok(true));
+    assert_eq!(setting::parse_bool("", false), Ok(false));
+    for bad in ["maybe", "ture", "y", "2"] {
+        assert_eq!(
+            error(&with_one_app(&[&format!("--warm-tokens={bad}")])),
+            format!("--warm-tokens {bad}: expected one of {BOOLEAN_SPELLINGS}")
+        );
+    }
+}
+
+#[test]
+fn listen_addresses_take_an_ip_or_localhost() {
+    let listen = |value: &str| config(&with_one_app(&["--listen", value])).map(|c| c.listen);
+    assert_eq!(
+        listen("127.0.0.1:1").unwrap(),
+        "127.0.0.1:1".parse().unwrap()
+    );
+    assert_eq!(listen("[::1]:2").unwrap(), "[::1]:2".parse().unwrap());
+    assert_eq!(
+        listen("localhost:50061").unwrap(),
+        "127.0.0.1:50061".parse().unwrap()
+    );
+    assert_eq!(
+        listen("LOCALHOST:0").unwrap(),
+        "127.0.0.1:0".parse().unwrap()
+    );
+    for bad in [
+        ":99999",
+        "localhost",
+        "localhost:99999",
+        "example.com:1",
+        "0.0.0.0",
+    ] {
+        let error = listen(bad).unwrap_err().to_string();
+        assert!(error.starts_with(&format!("--listen {bad}: ")), "{error}");
+        assert!(
+            error.contains("expected IP:PORT or localhost:PORT, e.g. 0.0.0.0:50051"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn serve_with_the_sandbox_listens_on_loopback_unless_told_otherwise() {
+    let local = config(&["--sandbox"]).unwrap();
+    assert_eq!(local.listen, "127.0.0.1:50051".parse().unwrap());
+    assert_eq!(local.metrics_listen, "127.0.0.1:9464".parse().unwrap());
+    assert_eq!(local.sandbox_listen, "127.0.0.1:8089".parse().unwrap());
+    let told = config(&[
+        "--sandbox",
+        "--listen",
+        "0.0.0.0:1",
+        "--metrics-listen",
+        "0.0.0.0:2",
+    ])
+    .unwrap();
+    assert_eq!(told.listen, "0.0.0.0:1".parse().unwrap());
+    assert_eq!(told.metrics_listen, "0.0.0.0:2".parse().unwrap());
+}
+
+#[test]
+fn an_unknown_source_names_both_the_variable_and_the_flag() {
+    let mut args = parse(&with_one_app(&["--max-in-flight", "0"])).unwrap();
+    args.sources = Sources::default();
+    assert_eq!(
+        args.into_config_with_env(no_env).unwrap_err().to_string(),
+        "NOTIFY_MAX_IN_FLIGHT (--max-in-flight) = 0: expected a whole number from 1 to 10000"
+    );
 }
 
 #[test]
@@ -257,70 +334,89 @@ fn empty_optional_values_count_as_unset() {
 }
 
 #[test]
-fn malformed_values_are_usage_errors() {
-    assert!(parse(&["--listen", "localhost"]).is_err());
-    assert!(parse(&["--max-in-flight", "many"]).is_err());
-    assert!(parse(&["--max-in-flight", "-1"]).is_err());
-    assert!(parse(&["--token-mode", "fast"]).is_err());
-    assert!(parse(&["--log-format", "xml"]).is_err());
-    assert!(parse(&["--no-such-flag"]).is_err());
-}
-
-#[test]
-fn out_of_range_values_name_their_setting() {
+fn malformed_values_name_the_flag_and_the_expected_form() {
     let cases: &[(&[&str], &str)] = &[
         (
+            &["--listen", "localhost"],
+            "--listen localhost: expected IP:PORT or localhost:PORT, e.g. 0.0.0.0:50051",
+        ),
+        (
+            &["--metrics-listen", ":99999"],
+            "--metrics-listen :99999: expected IP:PORT or localhost:PORT, e.g. 0.0.0.0:9464",
+        ),
+        (
+            &["--sandbox-listen", "x"],
+            "--sandbox-listen x: expected IP:PORT or localhost:PORT, e.g. 127.0.0.1:8089",
+        ),
+        (
+            &["--max-in-flight", "many"],
+            "--max-in-flight many: expected a whole number from 1 to 10000",
+        ),
+        (
+            &["--max-in-flight=-1"],
+            "--max-in-flight -1: expected a whole number from 1 to 10000",
+        ),
+        (
             &["--max-in-flight", "0"],
-            "NOTIFY_MAX_IN_FLIGHT (--max-in-flight): must be from 1 to 10000, got 0",
+            "--max-in-flight 0: expected a whole number from 1 to 10000",
         ),
         (
             &["--max-in-flight", "10001"],
-            "NOTIFY_MAX_IN_FLIGHT (--max-in-flight): must be from 1 to 10000, got 10001",
+            "--max-in-flight 10001: expected a whole number from 1 to 10000",
         ),
         (
             &["--rate-per-sec", "0"],
-            "NOTIFY_RATE_PER_SEC (--rate-per-sec): must be from 1 to 1000000, got 0",
-        ),
-        (
-            &["--max-batch-recipients", "0"],
-            "NOTIFY_MAX_BATCH_RECIPIENTS (--max-batch-recipients): must be from 1 to 100000, got 0",
+            "--rate-per-sec 0: expected a whole number from 1 to 1000000",
         ),
         (
             &["--max-batch-recipients", "100001"],
-            "NOTIFY_MAX_BATCH_RECIPIENTS (--max-batch-recipients): must be from 1 to 100000, got 100001",
+            "--max-batch-recipients 100001: expected a whole number from 1 to 100000",
+        ),
+        (
+            &["--shutdown-delay", "3601"],
+            "--shutdown-delay 3601: expected a whole number from 0 to 3600",
         ),
         (
             &["--shutdown-grace", "3601"],
-            "NOTIFY_SHUTDOWN_GRACE (--shutdown-grace): must be from 0 to 3600, got 3601",
+            "--shutdown-grace 3601: expected a whole number from 0 to 3600",
         ),
         (
             &["--idempotency-ttl", "86399"],
-            "NOTIFY_IDEMPOTENCY_TTL (--idempotency-ttl): must be from 86400 to 2592000, got 86399",
+            "--idempotency-ttl 86399: expected a whole number from 86400 to 2592000",
         ),
         (
             &["--idempotency-capacity", "0"],
-            "NOTIFY_IDEMPOTENCY_CAPACITY (--idempotency-capacity): must be from 1 to 100000000, got 0",
+            "--idempotency-capacity 0: expected a whole number from 1 to 100000000",
         ),
         (
             &["--connect-timeout-ms", "0"],
-            "WECHAT_CONNECT_TIMEOUT_MS (--connect-timeout-ms): must be from 1 to 60000, got 0",
-        ),
-        (
-            &["--template-refresh", "59"],
-            "NOTIFY_TEMPLATE_REFRESH (--template-refresh): must be from 60 to 86400, got 59",
-        ),
-        (
-            &["--template-refresh", "86401"],
-            "NOTIFY_TEMPLATE_REFRESH (--template-refresh): must be from 60 to 86400, got 86401",
+            "--connect-timeout-ms 0: expected a whole number from 1 to 60000",
         ),
         (
             &["--request-timeout-ms", "600001"],
-            "WECHAT_REQUEST_TIMEOUT_MS (--request-timeout-ms): must be from 1 to 600000, got 600001",
+            "--request-timeout-ms 600001: expected a whole number from 1 to 600000",
+        ),
+        (
+            &["--template-refresh", "59"],
+            "--template-refresh 59: expected a whole number from 60 to 86400",
+        ),
+        (
+            &["--token-mode", "fast"],
+            "--token-mode fast: expected stable or classic",
+        ),
+        (
+            &["--log-format", "xml"],
+            "--log-format xml: expected text or json",
+        ),
+        (
+            &["--log-format", ""],
+            "--log-format \"\": expected text or json",
         ),
     ];
     for (args, expected) in cases {
         assert_eq!(error(&with_one_app(args)), *expected);
     }
+    assert!(parse(&["--no-such-flag"]).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -373,7 +469,7 @@ fn bad_api_bases_are_refused() {
     for (value, expected) in cases {
         let message = error(&with_one_app(&["--api-base", value]));
         assert!(
-            message.starts_with("WECHAT_API_BASE (--api-base): ") && message.contains(expected),
+            message.starts_with("--api-base: ") && message.contains(expected),
             "{value:?} gave {message:?}"
         );
         assert!(!message.contains("hunter2"), "{message}");
@@ -421,7 +517,7 @@ fn single_app_secrets_are_checked() {
         ),
         (
             &["--appid", "wx1", "--secret", "ends-in-newline\n"],
-            "WECHAT_SECRET (--secret): the secret contains whitespace or control characters",
+            "--secret: the secret contains whitespace or control characters",
         ),
         (
             &["--secret", "a"],
@@ -433,7 +529,7 @@ fn single_app_secrets_are_checked() {
         ),
         (
             &["--appid", "wx1 ", "--secret", "a"],
-            "WECHAT_APPID (--appid): `wx1 ` contains whitespace or control characters",
+            "--appid: `wx1 ` contains whitespace or control characters",
         ),
     ];
     for (args, expected) in cases {
@@ -441,7 +537,7 @@ fn single_app_secrets_are_checked() {
     }
     let message = error(&["--appid", "wx1", "--secret-file", empty_path]);
     assert!(
-        message.starts_with("WECHAT_SECRET_FILE (--secret-file): the secret is empty"),
+        message.starts_with("--secret-file: the secret is empty"),
         "{message}"
     );
     let message = error(&["--appid", "wx1", "--secret-file", spaced_path]);
@@ -449,7 +545,7 @@ fn single_app_secrets_are_checked() {
     assert!(!message.contains("two words"), "{message}");
     let message = error(&["--appid", "wx1", "--secret-file", "/no/such/secret"]);
     assert!(
-        message.starts_with("WECHAT_SECRET_FILE (--secret-file): cannot read /no/such/secret"),
+        message.starts_with("--secret-file: cannot read /no/such/secret"),
         "{message}"
     );
 }
@@ -458,10 +554,7 @@ fn single_app_secrets_are_checked() {
 fn an_appid_longer_than_an_app_field_is_refused() {
     let long = "w".repeat(129);
     let message = error(&["--appid", &long, "--secret", "a"]);
-    assert_eq!(
-        message,
-        "WECHAT_APPID (--appid): must be at most 128 bytes, got 129"
-    );
+    assert_eq!(message, "--appid: must be at most 128 bytes, got 129");
     assert!(config(&["--appid", &"w".repeat(128), "--secret", "a"]).is_ok());
 }
 
@@ -854,13 +947,13 @@ fn subscription_and_push_settings() {
         config.apps[0].push.is_none(),
         "push settings come from the apps file"
     );
-    assert!(
-        parse(&with_one_app(&["--subscription-check", "always"])).is_err(),
-        "a usage error, as for every enum flag"
+    assert_eq!(
+        error(&with_one_app(&["--subscription-check", "always"])),
+        "--subscription-check always: expected off or observe or enforce"
     );
     assert_eq!(
         error(&with_one_app(&["--push-listen", "8090"])),
-        "NOTIFY_PUSH_LISTEN (--push-listen): `8090` is not a socket address such as 0.0.0.0:8090"
+        "--push-listen 8090: expected IP:PORT or localhost:PORT, e.g. 0.0.0.0:8090"
     );
 
     let key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";

@@ -86,6 +86,7 @@ pub fn serve_config() -> ServeConfig {
         sandbox_listen: loopback(),
         warm_tokens: false,
         max_batch_recipients: 10_000,
+        shutdown_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(5),
         idempotency: IdempotencyOptions {
             ttl: Duration::from_secs(86_400),
