@@ -290,7 +290,11 @@ fn readme_grpcurl_walkthrough_runs_as_written() {
 
     let list = next(" list");
     ok(&list, "list");
-    for service_name in ["notify.v1.NotifyService", "grpc.health.v1.Health"] {
+    for service_name in [
+        "notify.v1.NotifyService",
+        "notify.v1.SubscriptionService",
+        "grpc.health.v1.Health",
+    ] {
         assert!(list.stdout.contains(service_name), "{}", list.describe());
     }
     let describe = next("describe notify.v1.NotifyService");
