@@ -233,6 +233,29 @@ async fn enforce_refuses_what_the_ledger_knows_without_calling_wechat() {
     );
     assert_eq!(batch.results[0].attempts, 0);
     assert_eq!(harness.sandbox().stats().send_requests, 3);
+
+    // The calls saved are counted (the recorder is shared by this file's tests, which only add).
+    let metrics = reqwest::get(format!("http://{}/metrics", harness.server.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert!(value("wechat_notify_subscription_sends_saved_total{app=\"demo\"}") >= 4.0);
+    assert!(
+        value("wechat_notify_subscription_ledger_lookups_total{app=\"demo\",result=\"hit\"}")
+            >= 4.0
+    );
+    assert!(
+        value("wechat_notify_subscription_ledger_lookups_total{app=\"demo\",result=\"miss\"}")
+            >= 2.0
+    );
 }
 
 #[tokio::test]

@@ -186,6 +186,10 @@ pub(crate) fn register_app(app: &str, max_in_flight: usize) {
     }
     metrics::counter!(TOKEN_FETCHES_TOTAL, "app" => app.to_owned()).increment(0);
     metrics::counter!(SUBSCRIPTION_SENDS_SAVED_TOTAL, "app" => app.to_owned()).increment(0);
+    for result in ["hit", "miss"] {
+        metrics::counter!(SUBSCRIPTION_LEDGER_LOOKUPS_TOTAL, "app" => app.to_owned(), "result" => result)
+            .increment(0);
+    }
     metrics::counter!(TOKEN_FETCH_FAILURES_TOTAL, "app" => app.to_owned()).increment(0);
     metrics::gauge!(UPSTREAM_IN_FLIGHT, "app" => app.to_owned()).set(0.0);
     metrics::gauge!(UPSTREAM_IN_FLIGHT_LIMIT, "app" => app.to_owned()).set(max_in_flight as f64);
