@@ -128,6 +128,18 @@ impl Notifier {
         Ok((app.clone(), self.ledger()?.watch(&app.appid)))
     }
 
+    /// True the first time a push is seen for `app`, false for WeChat's retries of it.
+    pub async fn claim_push(
+        &self,
+        app: &App,
+        event: &PushEvent,
+    ) -> Result<bool, crate::subscriptions::LedgerError> {
+        match &self.ledger {
+            Some(ledger) => ledger.claim_push(&app.appid, &event.dedupe_key()).await,
+            None => Ok(true),
+        }
+    }
+
     /// Applies a push WeChat made for `app` (already verified and deduplicated).
     pub async fn apply_push(&self, app: &App, event: PushEvent) {
         let Some(ledger) = &self.ledger else {
@@ -291,19 +303,5 @@ fn kind_of(app: &App, template_id: &str) -> Kind {
         Some(TemplateKind::OneTime) => Kind::OneTime,
         Some(TemplateKind::LongTerm) => Kind::LongTerm,
         _ => Kind::Unspecified,
-    }
-}
-
-impl Notifier {
-    /// True the first time a push is seen for `app`, false for WeChat's retries of it.
-    pub async fn claim_push(
-        &self,
-        app: &App,
-        event: &PushEvent,
-    ) -> Result<bool, crate::subscriptions::LedgerError> {
-        match &self.ledger {
-            Some(ledger) => ledger.claim_push(&app.appid, &event.dedupe_key()).await,
-            None => Ok(true),
-        }
     }
 }
