@@ -3,7 +3,7 @@
 //! with them, and the sandbox (playing WeChat) signs and encrypts with them, so this module
 //! knows neither.
 //!
-//! The scheme (../shared/docs/wechat.md, section 5): `signature` is the lowercase hex SHA-1 of
+//! The scheme (docs/wechat.md, section 5): `signature` is the lowercase hex SHA-1 of
 //! the lexicographically sorted `[token, timestamp, nonce]` concatenated, and `msg_signature`
 //! the same over `[token, timestamp, nonce, Encrypt]`. The AES key is the 43-character
 //! EncodingAESKey plus `=`, base64-decoded (32 bytes); the IV is its first 16 bytes. The
