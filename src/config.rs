@@ -8,6 +8,7 @@
 //! It binds and starts nothing, so `main` can exit 64 before any port is bound.
 //! docs/configuration.md is the operator's reference.
 
+mod callers;
 mod file;
 mod setting;
 #[cfg(test)]
@@ -17,6 +18,10 @@ use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use url::Url;
 
+pub use callers::{
+    ANONYMOUS, CallerConfig, CallersConfig, MAX_BATCH_RANGE, MIN_TOKEN_BYTES, RPC_NAMES, Rpc,
+    TokenDigest,
+};
 pub use setting::{BOOLEAN_SPELLINGS, Given, Setting, Source, Sources, settings};
 use setting::{parse_bool, parse_choice, parse_listen, parse_number};
 
@@ -24,6 +29,7 @@ use crate::{
     push_crypto::{AesKey, PushMode},
     secret::Secret,
     subscriptions::SubscriptionCheck,
+    tls::TlsFiles,
     validation::MAX_ID_BYTES,
     wechat::{ClientOptions, TokenMode},
 };
@@ -187,6 +193,10 @@ pub struct ServeConfig {
     pub template_refresh: Duration,
     /// Where WeChat's event pushes are received (HTTP); `None` for no push listener.
     pub push_listen: Option<SocketAddr>,
+    /// Who may call, and what each caller may do (docs/callers.md).
+    pub callers: CallersConfig,
+    /// TLS on the gRPC port; `None` serves plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Why the configuration was refused. Every message names the environment variable and flag,
@@ -459,6 +469,32 @@ pub struct ServeArgs {
     /// parsed arguments (unknown, and both names shown, when left empty).
     #[arg(skip)]
     pub sources: Sources,
+
+    /// Certificate chain (PEM) for TLS on the gRPC port; reloaded when the file changes
+    #[arg(long, env = "NOTIFY_TLS_CERT", value_name = "FILE", value_parser = parse_path)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert; reloaded when the file changes
+    #[arg(long, env = "NOTIFY_TLS_KEY", value_name = "FILE", value_parser = parse_path)]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates must chain to (mutual TLS); reloaded
+    /// when the file changes
+    #[arg(long, env = "NOTIFY_TLS_CLIENT_CA", value_name = "FILE", value_parser = parse_path)]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Refuse to start unless the apps file configures at least one [[callers]] table
+    /// [possible values: true, false, 1, 0, yes, no, on, off]
+    #[arg(
+        long,
+        env = "NOTIFY_REQUIRE_CALLERS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub require_callers: String,
 }
 
 fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {
@@ -602,7 +638,20 @@ impl ServeArgs {
                 parse_listen(text, "0.0.0.0:8090"),
             )?),
         };
-        let apps = self.apps(sandbox, &app_defaults, &env)?;
+        let require_callers = boolean(REQUIRE_CALLERS, &self.require_callers, false)?;
+        let (apps, mut callers) = self.apps(sandbox, &app_defaults, &env)?;
+        callers.require_callers = require_callers;
+        if require_callers && callers.callers.is_empty() {
+            return Err(named(
+                sources,
+                REQUIRE_CALLERS,
+                format!(
+                    "no caller is configured: add [[callers]] tables to the file of {CONFIG}, \
+                     or unset {REQUIRE_CALLERS} to run open"
+                ),
+            ));
+        }
+        let tls = self.tls()?;
 
         Ok(ServeConfig {
             listen,
@@ -627,16 +676,73 @@ impl ServeArgs {
             template_checks,
             template_refresh: Duration::from_secs(template_refresh),
             push_listen,
+            callers,
+            tls,
         })
     }
 
-    /// The apps: none with the sandbox, the TOML file's, or the one app of the flags.
+    /// The TLS files, each read once here so a bad one exits 64 before any port is bound.
+    fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        use settings::*;
+
+        let given =
+            |path: &Option<PathBuf>| path.clone().filter(|path| !path.as_os_str().is_empty());
+        let (cert, key, client_ca) = (
+            given(&self.tls_cert),
+            given(&self.tls_key),
+            given(&self.tls_client_ca),
+        );
+        let (cert, key) = match (cert, key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) => {
+                if client_ca.is_some() {
+                    return Err(named(
+                        &self.sources,
+                        TLS_CLIENT_CA,
+                        format!("needs TLS: set {TLS_CERT} and {TLS_KEY} too"),
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(_), None) => {
+                return Err(named(
+                    &self.sources,
+                    TLS_KEY,
+                    format!("not set, but {TLS_CERT} is"),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(named(
+                    &self.sources,
+                    TLS_CERT,
+                    format!("not set, but {TLS_KEY} is"),
+                ));
+            }
+        };
+        let files = TlsFiles {
+            cert,
+            key,
+            client_ca,
+        };
+        crate::tls::load(&files).map_err(|problem| {
+            let setting = match problem.file {
+                crate::tls::TlsFile::Cert => TLS_CERT,
+                crate::tls::TlsFile::Key => TLS_KEY,
+                crate::tls::TlsFile::ClientCa => TLS_CLIENT_CA,
+            };
+            named(&self.sources, setting, problem.problem)
+        })?;
+        Ok(Some(files))
+    }
+
+    /// The apps (none with the sandbox, the TOML file's, or the one app of the flags) and the
+    /// callers (the TOML file's, also beside the sandbox).
     fn apps(
         &self,
         sandbox: bool,
         defaults: &AppDefaults,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Vec<AppConfig>, ConfigError> {
+    ) -> Result<(Vec<AppConfig>, CallersConfig), ConfigError> {
         use settings::*;
 
         // An empty value counts as unset: templated environments often produce `NAME=`.
@@ -661,17 +767,19 @@ impl ServeArgs {
         .collect();
 
         if sandbox {
-            let mut given = single_app_settings;
-            if config.is_some() {
-                given.push(CONFIG);
-            }
+            let given = single_app_settings;
             if !given.is_empty() {
                 return Err(ConfigError::Conflict(format!(
                     "{SANDBOX} configures the sandbox's apps itself; remove {}",
                     list(&given)
                 )));
             }
-            return Ok(Vec::new());
+            // Beside the sandbox, the file may configure callers (and only callers).
+            let callers = match config {
+                Some(path) => file::load(path, defaults, env, false)?.callers,
+                None => CallersConfig::default(),
+            };
+            return Ok((Vec::new(), callers));
         }
 
         if let Some(path) = config {
@@ -682,7 +790,8 @@ impl ServeArgs {
                     list(&single_app_settings)
                 )));
             }
-            return file::load_apps(path, defaults, env);
+            let loaded = file::load(path, defaults, env, true)?;
+            return Ok((loaded.apps, loaded.callers));
         }
 
         let Some(appid) = appid else {
@@ -716,11 +825,10 @@ impl ServeArgs {
                 ));
             }
         };
-        Ok(vec![defaults.app(
-            appid.to_owned(),
-            appid.to_owned(),
-            secret,
-        )])
+        Ok((
+            vec![defaults.app(appid.to_owned(), appid.to_owned(), secret)],
+            CallersConfig::default(),
+        ))
     }
 }
 

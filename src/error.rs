@@ -7,6 +7,7 @@ use tonic::{Code, Status, metadata::MetadataMap};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::{
+    callers::Refusal,
     service::{ErrorKind, NotStarted, SendError},
     wechat::{Endpoint, ErrorClass, WechatError},
 };
@@ -183,6 +184,57 @@ pub fn status_of(error: &SendError) -> Status {
         details.set_retry_info(Some(delay));
     }
     Status::with_error_details_and_metadata(code, error.to_string(), details, metadata)
+}
+
+/// ErrorInfo reason of a call its caller may not make.
+pub const CALLER_NOT_ALLOWED: &str = "CALLER_NOT_ALLOWED";
+/// ErrorInfo reason of a call without a caller identity.
+pub const CALLER_UNAUTHENTICATED: &str = "CALLER_UNAUTHENTICATED";
+/// ErrorInfo reason of a call over its caller's own `rate_per_sec`.
+pub const CALLER_RATE_LIMITED: &str = "CALLER_RATE_LIMITED";
+
+/// The status of a refused call: UNAUTHENTICATED without an identity, PERMISSION_DENIED with
+/// ErrorInfo `CALLER_NOT_ALLOWED` (metadata `caller` and `lacks`) for a call its caller may
+/// not make, RESOURCE_EXHAUSTED (`CALLER_RATE_LIMITED`, with `retry-after`) over its rate.
+pub fn refusal_status(refusal: &Refusal) -> Status {
+    let mut details = ErrorDetails::new();
+    let mut metadata = MetadataMap::new();
+    let code = match refusal {
+        Refusal::Unauthenticated(_) => {
+            details.set_error_info(CALLER_UNAUTHENTICATED, SERVICE_DOMAIN, HashMap::new());
+            Code::Unauthenticated
+        }
+        Refusal::NotAllowed { caller, lacks } => {
+            details.set_error_info(
+                CALLER_NOT_ALLOWED,
+                SERVICE_DOMAIN,
+                HashMap::from([
+                    ("caller".to_owned(), caller.to_string()),
+                    ("lacks".to_owned(), lacks.clone()),
+                ]),
+            );
+            Code::PermissionDenied
+        }
+        Refusal::RateLimited {
+            caller,
+            retry_after,
+        } => {
+            details.set_error_info(
+                CALLER_RATE_LIMITED,
+                SERVICE_DOMAIN,
+                HashMap::from([("caller".to_owned(), caller.to_string())]),
+            );
+            if let Some(delay) = retry_after {
+                let seconds = (delay.as_secs() + u64::from(delay.subsec_nanos() > 0)).max(1);
+                if let Ok(value) = seconds.to_string().parse() {
+                    metadata.insert(RETRY_AFTER_METADATA, value);
+                }
+                details.set_retry_info(Some(*delay));
+            }
+            Code::ResourceExhausted
+        }
+    };
+    Status::with_error_details_and_metadata(code, refusal.to_string(), details, metadata)
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::field::display;
 
 use crate::{
-    error::{code_of, status_of},
+    callers::{Ask, Grant, Refusal},
+    error::{code_of, refusal_status, status_of},
     pb::{self, notify_service_server::NotifyService},
     service::{BatchRequest, Notifier, Receipt, RecipientInput, SendError, SendRequest},
     telemetry::code_name,
@@ -46,6 +47,37 @@ impl NotifyGrpc {
         span
     }
 
+    /// What the call's caller may do (`crate::callers::layer` put it there). Without the layer
+    /// (no callers configured, or a test serving this service alone) the call is open.
+    fn grant<T>(request: &Request<T>) -> Grant {
+        request
+            .extensions()
+            .get::<Grant>()
+            .cloned()
+            .unwrap_or(Grant::Open)
+    }
+
+    /// Checks `ask` against the call's caller; `Ok(caller)` with who to attribute it to.
+    fn admit(
+        &self,
+        grant: &Grant,
+        ask: Ask<'_>,
+        started: std::time::Instant,
+    ) -> Result<Option<crate::service::CallerRef>, Status> {
+        let Some(caller) = grant.caller() else {
+            return Ok(None);
+        };
+        // The configured name the request resolves to (also when it left `app` empty).
+        let ask = Ask {
+            app: self.notifier.app_name(ask.requested_app),
+            ..ask
+        };
+        match caller.check(ask) {
+            Ok(()) => Ok(Some(caller.attribution().clone())),
+            Err(refusal) => Err(refused(&refusal, started)),
+        }
+    }
+
     /// The tonic service, ready to add to a router.
     pub fn into_server(self) -> pb::notify_service_server::NotifyServiceServer<Self> {
         pb::notify_service_server::NotifyServiceServer::new(self)
@@ -64,8 +96,20 @@ impl NotifyService for NotifyGrpc {
     ) -> Result<Response<pb::SendSubscribeResponse>, Status> {
         let started = std::time::Instant::now();
         let deadline = deadline_of(request.metadata());
+        let grant = Self::grant(&request);
         let request = request.into_inner();
         self.record_call(&request.app, &request.template_id);
+        let caller = self.admit(
+            &grant,
+            Ask {
+                app: None,
+                requested_app: &request.app,
+                template_id: Some(&request.template_id),
+                messages: 1,
+                batch: false,
+            },
+            started,
+        )?;
         let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
             .map_err(|error| failed(&error, started))?;
         let result = self
@@ -80,6 +124,7 @@ impl NotifyService for NotifyGrpc {
                     miniprogram_state: state,
                     lang: request.lang,
                     idempotency_key: request.idempotency_key,
+                    caller,
                 },
                 deadline,
             )
@@ -106,9 +151,21 @@ impl NotifyService for NotifyGrpc {
     ) -> Result<Response<pb::BatchSendResponse>, Status> {
         let started = std::time::Instant::now();
         let deadline = deadline_of(request.metadata());
+        let grant = Self::grant(&request);
         let request = request.into_inner();
         self.record_call(&request.app, &request.template_id)
             .record("recipients", request.recipients.len());
+        let caller = self.admit(
+            &grant,
+            Ask {
+                app: None,
+                requested_app: &request.app,
+                template_id: Some(&request.template_id),
+                messages: request.recipients.len(),
+                batch: true,
+            },
+            started,
+        )?;
         let state = miniprogram_state(request.miniprogram_state, "miniprogram_state")
             .map_err(|error| failed(&error, started))?;
         let batch = BatchRequest {
@@ -128,6 +185,7 @@ impl NotifyService for NotifyGrpc {
             miniprogram_state: state,
             lang: request.lang,
             idempotency_key: request.idempotency_key,
+            caller,
         };
         let outcomes = self
             .notifier
@@ -190,6 +248,18 @@ fn recipient_result(touser: String, result: Result<Receipt, SendError>) -> pb::R
 fn failed(error: &SendError, started: std::time::Instant) -> Status {
     log_failure(error, started);
     status_of(error)
+}
+
+/// Logs the call's one line for a refusal and turns it into the call's status.
+fn refused(refusal: &Refusal, started: std::time::Instant) -> Status {
+    let status = refusal_status(refusal);
+    tracing::info!(
+        code = code_name(status.code()),
+        latency_ms = started.elapsed().as_millis() as u64,
+        error = %refusal,
+        "call refused"
+    );
+    status
 }
 
 fn log_failure(error: &SendError, started: std::time::Instant) {

@@ -5,6 +5,7 @@
 //! - [`server`]: composition root (health, reflection, metrics, shutdown).
 //! - [`grpc`]: protobuf <-> domain translation ([`codec`]: undecodable requests are
 //!   INVALID_ARGUMENT); [`error`]: the one place that picks a gRPC code.
+//! - [`callers`]: who is calling and what it may do; [`tls`]: TLS on the gRPC port.
 //! - [`service`]: decides (validation, idempotency, retries, batch fan-out); knows no tonic.
 //! - [`validation`], [`idempotency`], [`token`], [`wechat`]: the pieces it decides with.
 //! - [`sandbox`]: the fake WeChat API; only the composition root and tests use it.
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod callers;
 pub mod cli;
 pub mod codec;
 pub mod config;
@@ -31,6 +33,7 @@ pub mod signal;
 pub mod subscriptions;
 pub mod telemetry;
 pub mod templates;
+pub mod tls;
 pub mod token;
 pub mod validation;
 pub mod wechat;

@@ -4,7 +4,8 @@
 //!
 //! Lifecycle:
 //! 1. Config is valid (the CLI checked it), the listeners are bound and gRPC is served with
-//!    health NOT_SERVING.
+//!    health NOT_SERVING (over TLS when configured: `crate::tls`, whose files are then
+//!    checked for changes until shutdown; callers identified by `crate::callers`).
 //! 2. With `warm_tokens`, every app fetches its token; a failure stops the start (the CLI
 //!    exits non-zero).
 //! 3. SERVING.
@@ -27,6 +28,7 @@ mod health;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::{
+    callers::{Callers, layer::CallersLayer},
     config::ServeConfig,
     grpc::{NotifyGrpc, SubscriptionsGrpc},
     idempotency::MemoryIdempotencyStore,
@@ -40,6 +42,7 @@ use crate::{
         catalog::UPSTREAM_IN_FLIGHT,
     },
     templates::{TemplateCache, TemplateOptions},
+    tls::{self, ReloadingTls, TlsProblem},
     token::{TOKEN_EXPIRES_IN_SECONDS, TokenCache, TokenOptions},
     wechat::{WechatClient, WechatError},
 };
@@ -67,6 +70,9 @@ pub enum StartError {
     /// Reflection could not be built from the descriptor set.
     #[error("cannot build reflection: {0}")]
     Reflection(String),
+    /// The TLS files no longer load (they did when the config was checked).
+    #[error("cannot load the tls files: {0}")]
+    Tls(TlsProblem),
 }
 
 /// A started server.
@@ -132,6 +138,13 @@ pub async fn start(
     // First, so that every series below lands in the one recorder `/metrics` renders.
     let metrics_handle = telemetry::metrics_handle();
     let client = WechatClient::new(&config.client).map_err(StartError::Client)?;
+    let tls = config
+        .tls
+        .clone()
+        .map(ReloadingTls::new)
+        .transpose()
+        .map_err(StartError::Tls)?;
+    let callers = build_callers(&config);
     let apps = build_apps(&config, &client);
     let idempotency = Arc::new(MemoryIdempotencyStore::new(
         config.idempotency.ttl,
@@ -181,19 +194,28 @@ pub async fn start(
                 .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
                     REQUEST_ID_HEADER,
                 )))
-                .layer(RpcTelemetryLayer),
+                .layer(RpcTelemetryLayer)
+                // Inside telemetry, so a refused call is counted and logged with its caller.
+                .layer(CallersLayer::new(callers.clone())),
         )
         .add_service(health::draining_health(&health, drain.clone()))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(NotifyGrpc::new(notifier.clone()).into_server())
-        .add_service(SubscriptionsGrpc::new(notifier.clone(), drain.clone()).into_server())
-        .serve_with_incoming_shutdown(
+        .add_service(SubscriptionsGrpc::new(notifier.clone(), drain.clone()).into_server());
+    let tls_reloader = tls.as_ref().map(ReloadingTls::spawn_reloader);
+    let grpc: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> = match tls {
+        None => Box::pin(grpc.serve_with_incoming_shutdown(
             // TCP_NODELAY: a small answer must not wait for the client's delayed ACK (Nagle),
             // which showed as tens of milliseconds of p99 at moderate load.
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             drain.clone().cancelled_owned(),
-        );
+        )),
+        Some(tls) => Box::pin(grpc.serve_with_incoming_shutdown(
+            tls::incoming(grpc_listener, tls),
+            drain.clone().cancelled_owned(),
+        )),
+    };
     let scraped_apps = apps.clone();
     let metrics = axum::serve(
         metrics_listener,
@@ -234,6 +256,9 @@ pub async fn start(
         metrics_task.abort();
         if let Some(push_task) = &push_task {
             push_task.abort();
+        }
+        if let Some(reloader) = &tls_reloader {
+            reloader.abort();
         }
         return Err(error);
     }
@@ -316,6 +341,9 @@ pub async fn start(
         if let Some(push_task) = push_task {
             push_task.abort();
         }
+        if let Some(reloader) = tls_reloader {
+            reloader.abort();
+        }
         tracing::info!("shutdown complete");
         failure.map_or(Ok(()), Err)
     });
@@ -330,8 +358,46 @@ pub async fn start(
     })
 }
 
+/// The configured callers; with none, says once that the service is open.
+fn build_callers(config: &ServeConfig) -> Arc<Callers> {
+    // With `--sandbox` the CLI added the sandbox's app to `config.apps` before the start.
+    let apps: Vec<(String, String)> = config
+        .apps
+        .iter()
+        .map(|app| (app.name.clone(), app.appid.clone()))
+        .collect();
+    let callers = Callers::new(&config.callers, &apps);
+    if callers.is_open() {
+        tracing::warn!(
+            "no callers configured: any client that reaches the grpc port may send to every \
+             app (add [[callers]] to the apps file; NOTIFY_REQUIRE_CALLERS=true refuses to start \
+             without them)"
+        );
+    } else {
+        tracing::info!(
+            callers = callers.len(),
+            tls = config.tls.is_some(),
+            trust_forwarded_client_cert = config.callers.trust_forwarded_client_cert,
+            "callers configured: every notify.v1 call must identify itself"
+        );
+    }
+    Arc::new(callers)
+}
+
 /// One [`App`] per configured app, its series registered at zero.
 fn build_apps(config: &ServeConfig, client: &WechatClient) -> Vec<Arc<App>> {
+    // The `caller` values the app's message series start at zero with: the configured
+    // callers, or `anonymous` when the service is open.
+    let caller_labels: Vec<&str> = if config.callers.callers.is_empty() {
+        vec![crate::config::ANONYMOUS]
+    } else {
+        config
+            .callers
+            .callers
+            .iter()
+            .map(|caller| caller.name.as_str())
+            .collect()
+    };
     config
         .apps
         .iter()
@@ -346,7 +412,7 @@ fn build_apps(config: &ServeConfig, client: &WechatClient) -> Vec<Arc<App>> {
                 .with_metrics_label(&app.name);
             let source = CountTokenErrcodes::new(&app.name, Arc::new(api.clone()));
             let tokens = TokenCache::new(&app.name, Arc::new(source), TokenOptions::default());
-            telemetry::catalog::register_app(&app.name, app.max_in_flight);
+            telemetry::catalog::register_app(&app.name, app.max_in_flight, &caller_labels);
             let templates = config.template_checks.then(|| {
                 let source = CountTemplateErrcodes::new(&app.name, Arc::new(api.clone()));
                 let options = TemplateOptions {
@@ -362,7 +428,8 @@ fn build_apps(config: &ServeConfig, client: &WechatClient) -> Vec<Arc<App>> {
                 app.max_in_flight,
                 app.rate_per_sec,
             )
-            .with_subscription_check(app.subscription_check);
+            .with_subscription_check(app.subscription_check)
+            .with_callers(config.callers.callers.len());
             Arc::new(match templates {
                 Some(templates) => built.with_templates(templates),
                 None => built,

@@ -21,6 +21,8 @@ fn options(target: String, scenario: Scenario) -> LoadOptions {
         app: String::new(),
         watch: vec![("self".to_owned(), std::process::id())],
         reset_peak: false,
+        tls_ca: None,
+        token: None,
     }
 }
 
@@ -123,4 +125,49 @@ async fn the_fixed_answer_upstream_and_the_bare_forwarder_answer() {
     assert_shape(&report, "send");
     forwarding.abort();
     upstream.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generator_speaks_tls_with_a_bearer_token() {
+    use wechat_notify::config::{CallerConfig, CallersConfig, Rpc, TokenDigest};
+    const TOKEN: &str = "bench-token-0123456789abcdef";
+
+    let ca = common::pki::Ca::new("bench ca");
+    let tls = common::pki::TlsDir::new(&ca.server(), None);
+    let harness = Harness::start_with(Default::default(), |config| {
+        config.tls = Some(tls.files(false));
+        config.callers = CallersConfig {
+            callers: vec![CallerConfig {
+                name: "bench".to_owned(),
+                token: Some(TokenDigest::of(TOKEN.as_bytes())),
+                tls_subjects: Vec::new(),
+                tls_sans: Vec::new(),
+                apps: vec!["demo".to_owned()],
+                templates: None,
+                rpcs: vec![Rpc::Send, Rpc::Batch],
+                rate_per_sec: None,
+                max_batch: None,
+            }],
+            ..CallersConfig::default()
+        };
+    })
+    .await;
+    let target = format!("https://{}", harness.server.grpc_addr);
+    let report = run_load(&LoadOptions {
+        tls_ca: Some(ca.pem()),
+        token: Some(wechat_notify::secret::Secret::new(TOKEN)),
+        ..options(target.clone(), Scenario::Send)
+    })
+    .await
+    .unwrap();
+    assert_shape(&report, "send");
+    // Without the token every call is refused, and counted as such.
+    let refused = run_load(&LoadOptions {
+        tls_ca: Some(ca.pem()),
+        ..options(target, Scenario::Send)
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.messages, 0);
+    assert!(refused.errors.contains_key("UNAUTHENTICATED"), "{refused}");
 }

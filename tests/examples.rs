@@ -9,9 +9,10 @@ mod polyglot;
 
 use std::process::Command;
 
-use polyglot::{Outcome, Service, node_modules, path_with, repo_root, run, venv_python};
+use polyglot::{
+    Outcome, Service, node_modules, path_with, repo_root, retarget, run, venv_python, walkthrough,
+};
 use serde_json::Value;
-use wechat_notify::config::{DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, DEFAULT_SANDBOX_LISTEN};
 
 /// The openids the examples and the walkthrough send to.
 const DEMO_USER: &str = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M";
@@ -141,99 +142,6 @@ fn node_example_sends_handles_43101_and_batches() {
     assert_example_output(&service, &outcome, "true");
 }
 
-/// One shell command of the walkthrough, with the comment lines above it.
-#[derive(Debug)]
-struct Step {
-    comment: String,
-    command: String,
-}
-
-/// The commands of the ```sh blocks in README.md's "Quick tour" section, in order (the output
-/// blocks shown after them are ```json or ```text, and skipped).
-/// A command ends at a line end outside quotes that is not escaped with `\`.
-fn walkthrough() -> Vec<Step> {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let section = readme
-        .split("\n## ")
-        .find(|section| section.starts_with("Quick tour\n"))
-        .expect("README.md has a \"## Quick tour\" section");
-    let mut steps = Vec::new();
-    let mut in_sh_block = false;
-    let (mut comment, mut command) = (String::new(), String::new());
-    let (mut in_single, mut in_double) = (false, false);
-    for line in section.lines() {
-        if line.starts_with("```") {
-            in_sh_block = !in_sh_block && line.trim() == "```sh";
-            continue;
-        }
-        if !in_sh_block {
-            continue;
-        }
-        let quoted = in_single || in_double;
-        if !quoted && command.is_empty() {
-            if let Some(text) = line.trim().strip_prefix('#') {
-                comment.push_str(text.trim());
-                comment.push(' ');
-                continue;
-            }
-            if line.trim().is_empty() {
-                continue;
-            }
-        }
-        let mut escaped = false;
-        for character in line.chars() {
-            match character {
-                _ if escaped => escaped = false,
-                '\\' if !in_single => escaped = true,
-                '\'' if !in_double => in_single = !in_single,
-                '"' if !in_single => in_double = !in_double,
-                _ => {}
-            }
-        }
-        command.push_str(line);
-        command.push('\n');
-        if !(in_single || in_double || line.ends_with('\\')) {
-            steps.push(Step {
-                comment: std::mem::take(&mut comment).trim().to_owned(),
-                command: std::mem::take(&mut command).trim().to_owned(),
-            });
-        }
-    }
-    assert!(
-        command.is_empty(),
-        "unterminated command in README: {command}"
-    );
-    steps
-}
-
-fn port(addr: &str) -> &str {
-    addr.rsplit(':').next().unwrap()
-}
-
-/// Points the README's addresses (the service's default ports) at the ports of `service`.
-fn retarget(command: &str, service: &Service) -> String {
-    let mut retargeted = command.to_owned();
-    for (default, actual) in [
-        (DEFAULT_LISTEN, service.grpc.port()),
-        (DEFAULT_METRICS_LISTEN, service.metrics.port()),
-        (DEFAULT_SANDBOX_LISTEN, service.sandbox.port()),
-    ] {
-        for host in ["localhost", "127.0.0.1"] {
-            retargeted = retargeted.replace(
-                &format!("{host}:{}", port(default)),
-                &format!("{host}:{actual}"),
-            );
-        }
-        assert!(
-            !retargeted.contains(&format!(":{}", port(default))),
-            "the walkthrough names port {} in a form the test cannot point at its server: \
-             {command}",
-            port(default)
-        );
-    }
-    retargeted
-}
-
 /// grpcurl's JSON answer on stdout.
 fn json(outcome: &Outcome) -> Value {
     serde_json::from_str(&outcome.stdout)
@@ -247,7 +155,7 @@ fn json(outcome: &Outcome) -> Value {
 #[test]
 fn readme_grpcurl_walkthrough_runs_as_written() {
     let grpcurl = polyglot::grpcurl();
-    let steps = walkthrough();
+    let steps = walkthrough("README.md", "Quick tour");
     let shown: Vec<&str> = steps.iter().map(|step| step.command.as_str()).collect();
     assert_eq!(
         steps.len(),

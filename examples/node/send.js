@@ -6,6 +6,7 @@
 'use strict';
 
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
 const grpc = require('@grpc/grpc-js');
@@ -27,6 +28,13 @@ const { values: options } = parseArgs({
   options: {
     target: { type: 'string', default: process.env.NOTIFY_TARGET || 'localhost:50051' },
     'sandbox-url': { type: 'string', default: process.env.SANDBOX_URL || 'http://127.0.0.1:8089' },
+    // Bearer token of a configured caller (docs/callers.md); prefer the env var, since
+    // arguments show in the process list.
+    token: { type: 'string', default: process.env.NOTIFY_TOKEN || '' },
+    // Speak TLS trusting this CA (PEM); with cert and key, present a client certificate.
+    'ca-file': { type: 'string', default: process.env.NOTIFY_CA_FILE || '' },
+    'cert-file': { type: 'string', default: process.env.NOTIFY_CERT_FILE || '' },
+    'key-file': { type: 'string', default: process.env.NOTIFY_KEY_FILE || '' },
     proto: {
       type: 'string',
       default:
@@ -44,11 +52,35 @@ const definition = protoLoader.loadSync(protos, {
 });
 const notify = grpc.loadPackageDefinition(definition).notify.v1;
 
+/** The caller's bearer token as call metadata; empty when none is given. */
+function callMetadata() {
+  const metadata = new grpc.Metadata();
+  if (options.token) {
+    metadata.add('authorization', `Bearer ${options.token}`);
+  }
+  return metadata;
+}
+
+/** Plaintext, or TLS when a CA is given (mutual TLS with a client certificate). */
+function channelCredentials() {
+  if (!options['ca-file']) {
+    return grpc.credentials.createInsecure();
+  }
+  const read = (file) => (file ? fs.readFileSync(file) : null);
+  return grpc.credentials.createSsl(
+    read(options['ca-file']),
+    read(options['key-file']),
+    read(options['cert-file']),
+  );
+}
+
 /** Calls a unary method with a deadline and resolves with the response. */
 function call(client, method, request) {
   const deadline = new Date(Date.now() + DEADLINE_MS);
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline }, (error, response) => (error ? reject(error) : resolve(response)));
+    client[method](request, callMetadata(), { deadline }, (error, response) =>
+      error ? reject(error) : resolve(response),
+    );
   });
 }
 
@@ -89,7 +121,7 @@ async function declineInSandbox(sandboxUrl, openid) {
 }
 
 async function main() {
-  const client = new notify.NotifyService(options.target, grpc.credentials.createInsecure());
+  const client = new notify.NotifyService(options.target, channelCredentials());
   // Unique per run so that every run really sends; a real caller uses its own event id.
   const run = crypto.randomUUID().slice(0, 12);
   try {

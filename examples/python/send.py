@@ -34,6 +34,11 @@ COURSE_DATA = {"phrase1": "王小二", "date5": "2019年10月1日 15:01", "phras
 DEADLINE_SECONDS = 10.0
 
 
+# The caller's bearer token as call metadata (docs/callers.md); empty when the service is open
+# or the caller proves itself with a client certificate.
+METADATA = ()
+
+
 def send_course_reminder(stub, touser, idempotency_key):
     """SendSubscribe to one user; returns the response or raises grpc.RpcError."""
     request = notify_pb2.SendSubscribeRequest(
@@ -46,7 +51,7 @@ def send_course_reminder(stub, touser, idempotency_key):
         # service sends the message at most once.
         idempotency_key=idempotency_key,
     )
-    return stub.SendSubscribe(request, timeout=DEADLINE_SECONDS)
+    return stub.SendSubscribe(request, timeout=DEADLINE_SECONDS, metadata=METADATA)
 
 
 def wechat_errcode(error):
@@ -74,6 +79,23 @@ def decline_in_sandbox(sandbox_url, openid):
         response.read()
 
 
+def open_channel(args):
+    """A plaintext channel, or TLS when a CA is given (mutual TLS with a client certificate)."""
+    if not args.ca_file:
+        return grpc.insecure_channel(args.target)
+
+    def read(path):
+        with open(path, "rb") as file:
+            return file.read()
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.ca_file),
+        private_key=read(args.key_file) if args.key_file else None,
+        certificate_chain=read(args.cert_file) if args.cert_file else None,
+    )
+    return grpc.secure_channel(args.target, credentials)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -87,11 +109,35 @@ def main():
         help="the sandbox's control API, used only to make a user decline "
         "(env SANDBOX_URL, default http://127.0.0.1:8089)",
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("NOTIFY_TOKEN", ""),
+        help="bearer token of a configured caller, sent as `authorization: Bearer ...` "
+        "(env NOTIFY_TOKEN; prefer the env var: arguments show in the process list)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=os.environ.get("NOTIFY_CA_FILE", ""),
+        help="speak TLS, trusting this CA (PEM) for the service's certificate (env NOTIFY_CA_FILE)",
+    )
+    parser.add_argument(
+        "--cert-file",
+        default=os.environ.get("NOTIFY_CERT_FILE", ""),
+        help="client certificate (PEM) for mutual TLS (env NOTIFY_CERT_FILE)",
+    )
+    parser.add_argument(
+        "--key-file",
+        default=os.environ.get("NOTIFY_KEY_FILE", ""),
+        help="private key (PEM) of --cert-file (env NOTIFY_KEY_FILE)",
+    )
     args = parser.parse_args()
+    if args.token:
+        global METADATA
+        METADATA = (("authorization", f"Bearer {args.token}"),)
     # Unique per run so that every run really sends; a real caller uses its own event id.
     run = uuid.uuid4().hex[:12]
 
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         stub = notify_pb2_grpc.NotifyServiceStub(channel)
 
         # 1. One message. msgid is a uint64 above 2^53: Python's int holds it exactly.
@@ -129,7 +175,7 @@ def main():
             ],
             idempotency_key=f"course-42-batch-{run}",
         )
-        response = stub.BatchSend(batch, timeout=DEADLINE_SECONDS)
+        response = stub.BatchSend(batch, timeout=DEADLINE_SECONDS, metadata=METADATA)
         for result in response.results:
             if result.code == 0:  # the gRPC code SendSubscribe would have answered; 0 is OK
                 print(f"  {result.touser}: msgid={result.msgid}")

@@ -58,6 +58,10 @@ pub struct LoadOptions {
     pub watch: Vec<(String, u32)>,
     /// Reset the watched processes' peak RSS before measuring.
     pub reset_peak: bool,
+    /// Speak TLS to the service, trusting this CA (PEM), for the name `localhost`.
+    pub tls_ca: Option<String>,
+    /// A caller's bearer token, sent as `authorization: Bearer ...` on every call.
+    pub token: Option<crate::secret::Secret>,
 }
 
 /// How long the generator keeps trying to reach a service that is still starting.
@@ -122,10 +126,12 @@ enum Caller {
     Send {
         client: NotifyServiceClient<Channel>,
         requests: Arc<Vec<pb::SendSubscribeRequest>>,
+        authorization: Option<Authorization>,
     },
     Batch {
         client: NotifyServiceClient<Channel>,
         request: Arc<pb::BatchSendRequest>,
+        authorization: Option<Authorization>,
     },
     Http {
         client: reqwest::Client,
@@ -138,18 +144,28 @@ impl Caller {
     async fn call(&mut self, sequence: u64, tally: &mut Tally) {
         tally.calls += 1;
         match self {
-            Caller::Send { client, requests } => {
+            Caller::Send {
+                client,
+                requests,
+                authorization,
+            } => {
                 let request = requests[sequence as usize % requests.len()].clone();
                 let mut request = tonic::Request::new(request);
                 request.set_timeout(SEND_TIMEOUT);
+                authorize(&mut request, authorization.as_ref());
                 match client.send_subscribe(request).await {
                     Ok(_) => tally.messages += 1,
                     Err(status) => tally.fail(code_name(status.code() as i32), 1),
                 }
             }
-            Caller::Batch { client, request } => {
+            Caller::Batch {
+                client,
+                request,
+                authorization,
+            } => {
                 let mut call = tonic::Request::new(pb::BatchSendRequest::clone(request));
                 call.set_timeout(BATCH_TIMEOUT);
+                authorize(&mut call, authorization.as_ref());
                 match client.batch_send(call).await {
                     Ok(response) => {
                         for result in &response.get_ref().results {
@@ -308,30 +324,61 @@ async fn callers(options: &LoadOptions) -> Result<Vec<Caller>, String> {
         })),
         _ => None,
     };
+    let authorization = match &options.token {
+        None => None,
+        Some(token) => Some(
+            format!("Bearer {}", token.expose())
+                .parse::<Authorization>()
+                .map_err(|_| "--token: not a valid header value".to_owned())?,
+        ),
+    };
     let mut callers = Vec::with_capacity(options.connections);
     for _ in 0..options.connections {
-        let client = NotifyServiceClient::new(connect(&options.target).await?)
+        let channel = connect(&options.target, options.tls_ca.as_deref()).await?;
+        let client = NotifyServiceClient::new(channel)
             .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES)
             .max_encoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
         callers.push(match &batch_request {
             Some(request) => Caller::Batch {
                 client,
                 request: request.clone(),
+                authorization: authorization.clone(),
             },
             None => Caller::Send {
                 client,
                 requests: send_requests.clone(),
+                authorization: authorization.clone(),
             },
         });
     }
     Ok(callers)
 }
 
-/// One HTTP/2 connection to the service, retried while it is still starting.
-async fn connect(target: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(target.to_owned())
+/// The `authorization` value of every call, parsed once (cloning it shares the bytes).
+type Authorization = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+fn authorize<T>(request: &mut tonic::Request<T>, authorization: Option<&Authorization>) {
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+}
+
+/// One HTTP/2 connection to the service (TLS when `tls_ca` is given), retried while it is still
+/// starting.
+async fn connect(target: &str, tls_ca: Option<&str>) -> Result<Channel, String> {
+    let mut endpoint = Endpoint::from_shared(target.to_owned())
         .map_err(|error| format!("--target {target}: {error}"))?
         .tcp_nodelay(true);
+    if let Some(ca) = tls_ca {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name("localhost");
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|error| format!("--ca-file: {error}"))?;
+    }
     let give_up = Instant::now() + CONNECT_PATIENCE;
     loop {
         match endpoint.connect().await {

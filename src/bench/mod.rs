@@ -22,6 +22,8 @@ mod upstream;
 
 use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
 
+use crate::secret::Secret;
+
 pub use forwarder::{Forwarder, serve_forwarder};
 pub use load::{LoadOptions, Scenario, run_load};
 pub use process::ProcessWatch;
@@ -86,6 +88,20 @@ struct LoadArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Speak TLS to the service, trusting this CA certificate (PEM) for the name `localhost`
+    /// (use an https:// --target).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// A caller's bearer token, sent on every call (docs/callers.md); prefer the environment
+    /// variable, since arguments show in the process list
+    #[arg(
+        long,
+        env = "NOTIFY_BENCH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = parse_secret
+    )]
+    token: Option<Secret>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -128,6 +144,10 @@ async fn stop_signal(exit_after: Duration) {
     }
 }
 
+fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(value))
+}
+
 fn parse_pid(value: &str) -> Result<(String, u32), String> {
     let (label, pid) = value.split_once('=').unwrap_or(("service", value));
     let pid = pid
@@ -137,8 +157,16 @@ fn parse_pid(value: &str) -> Result<(String, u32), String> {
 }
 
 impl LoadArgs {
-    fn into_options(self, scenario: Scenario) -> LoadOptions {
-        LoadOptions {
+    fn into_options(self, scenario: Scenario) -> Result<LoadOptions, String> {
+        let tls_ca = self
+            .ca_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .map_err(|error| format!("--ca-file {}: {error}", path.display()))
+            })
+            .transpose()?;
+        Ok(LoadOptions {
             scenario,
             target: self.target,
             concurrency: self.concurrency.max(1),
@@ -150,7 +178,9 @@ impl LoadArgs {
             app: self.app,
             watch: self.pids,
             reset_peak: self.reset_peak,
-        }
+            tls_ca,
+            token: self.token,
+        })
     }
 }
 
@@ -193,6 +223,13 @@ pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
                 batch.load.into_options(Scenario::Batch { recipients }),
                 json,
             )
+        }
+    };
+    let options = match options {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("wechat-notify bench: {error}");
+            return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run_load(&options)) {

@@ -1,4 +1,5 @@
-//! The multi-app TOML file (`NOTIFY_CONFIG`): one `[[apps]]` table per app.
+//! The multi-app TOML file (`NOTIFY_CONFIG`): one `[[apps]]` table per app, and the callers
+//! (`[[callers]]`, `trust_forwarded_client_cert`; see `callers.rs`).
 //!
 //! Read into a `toml::Table` and then key by key, rather than through serde, so that every
 //! message names its key (`apps[1].secret_env`), unknown keys are refused by name, and no
@@ -11,8 +12,10 @@ use toml::{Table, Value};
 use url::Url;
 
 use super::{
-    AppConfig, AppDefaults, ConfigError, MAX_IN_FLIGHT_RANGE, RATE_PER_SEC_RANGE, check_identifier,
-    check_secret, in_range, parse_api_base_list, parse_api_bases, read_secret_file,
+    AppConfig, AppDefaults, ConfigError, MAX_IN_FLIGHT_RANGE, RATE_PER_SEC_RANGE,
+    callers::{CallersConfig, load_callers},
+    check_identifier, check_secret, in_range, parse_api_base_list, parse_api_bases,
+    read_secret_file,
 };
 use crate::{
     config::PushSettings,
@@ -42,13 +45,26 @@ const APP_KEYS: &[&str] = &[
 /// The keys that give an app's secret; exactly one is required.
 const SECRET_KEYS: &[&str] = &["secret", "secret_env", "secret_file"];
 
-/// Reads and validates the apps of the TOML file at `path`. Keys an app leaves out come from
-/// `defaults`; `env` looks up the variables named by `secret_env`.
-pub(super) fn load_apps(
+/// The top-level keys of the file.
+const TOP_KEYS: &[&str] = &["apps", "callers", "trust_forwarded_client_cert"];
+
+/// What the file configures.
+pub(super) struct FileConfig {
+    /// The apps; empty only when they were not wanted (the sandbox configures its own).
+    pub apps: Vec<AppConfig>,
+    /// The callers.
+    pub callers: CallersConfig,
+}
+
+/// Reads and validates the TOML file at `path`. Keys an app leaves out come from `defaults`;
+/// `env` looks up the variables named by `secret_env` and `token_env`. With `apps_wanted`
+/// false (the sandbox configures the apps), the file must not hold `[[apps]]`.
+pub(super) fn load(
     path: &Path,
     defaults: &AppDefaults,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<AppConfig>, ConfigError> {
+    apps_wanted: bool,
+) -> Result<FileConfig, ConfigError> {
     let file_error = |problem: String| ConfigError::File {
         path: path.to_owned(),
         problem,
@@ -70,8 +86,28 @@ pub(super) fn load_apps(
         defaults,
         env,
     };
-    if let Some(key) = document.keys().find(|key| *key != "apps") {
-        return Err(reader.error(key, "unknown key; the file holds only [[apps]] tables"));
+    if let Some(key) = document
+        .keys()
+        .find(|key| !TOP_KEYS.contains(&key.as_str()))
+    {
+        return Err(reader.error(
+            key,
+            format!("unknown key; expected one of {}", TOP_KEYS.join(", ")),
+        ));
+    }
+    let callers = load_callers(path, reader.directory, &document, env)?;
+    if !apps_wanted {
+        if document.contains_key("apps") {
+            return Err(reader.error(
+                "apps",
+                "the sandbox configures its own apps; with NOTIFY_SANDBOX (--sandbox) the file \
+                 may hold only callers",
+            ));
+        }
+        return Ok(FileConfig {
+            apps: Vec::new(),
+            callers,
+        });
     }
     let tables = match document.get("apps") {
         Some(Value::Array(tables)) if !tables.is_empty() => tables,
@@ -93,7 +129,8 @@ pub(super) fn load_apps(
         apps.push(reader.app(index, table)?);
     }
     reader.check_unique(&apps)?;
-    Ok(apps)
+    reader.check_caller_apps(&apps, &callers)?;
+    Ok(FileConfig { apps, callers })
 }
 
 /// ` at line L, column C` (both from 1) for a byte offset into `text`.
@@ -283,6 +320,33 @@ impl FileReader<'_> {
                     ));
                 }
                 owners.insert(identifier, index);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FileReader<'_> {
+    /// Every app a caller is allowed names a configured app (a typo would refuse every call).
+    fn check_caller_apps(
+        &self,
+        apps: &[AppConfig],
+        callers: &CallersConfig,
+    ) -> Result<(), ConfigError> {
+        for (index, caller) in callers.callers.iter().enumerate() {
+            for allowed in &caller.apps {
+                let known = apps
+                    .iter()
+                    .any(|app| app.name == *allowed || app.appid == *allowed);
+                if !known {
+                    return Err(self.error(
+                        &format!("callers[{index}].apps"),
+                        format!(
+                            "`{}` is not the name or appid of an app in this file",
+                            allowed.escape_debug()
+                        ),
+                    ));
+                }
             }
         }
         Ok(())

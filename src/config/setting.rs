@@ -100,6 +100,14 @@ settings! {
     PUSH_LISTEN = "NOTIFY_PUSH_LISTEN", "--push-listen";
     /// What sends do with the subscription ledger.
     SUBSCRIPTION_CHECK = "NOTIFY_SUBSCRIPTION_CHECK", "--subscription-check";
+    /// The gRPC port's certificate chain (PEM).
+    TLS_CERT = "NOTIFY_TLS_CERT", "--tls-cert";
+    /// The gRPC port's private key (PEM).
+    TLS_KEY = "NOTIFY_TLS_KEY", "--tls-key";
+    /// CA certificates that client certificates must chain to (PEM).
+    TLS_CLIENT_CA = "NOTIFY_TLS_CLIENT_CA", "--tls-client-ca";
+    /// Refuse to start with no `[[callers]]` configured.
+    REQUIRE_CALLERS = "NOTIFY_REQUIRE_CALLERS", "--require-callers";
 }
 
 /// Where a setting's value came from.

@@ -595,7 +595,7 @@ fn the_sandbox_configures_its_own_apps() {
     assert_eq!(
         message,
         "NOTIFY_SANDBOX (--sandbox) configures the sandbox's apps itself; \
-         remove WECHAT_APPID (--appid), NOTIFY_CONFIG (--config)"
+         remove WECHAT_APPID (--appid)"
     );
     let message = error(&["--sandbox", "--secret", "s3cr3t-value"]);
     assert!(message.contains("WECHAT_SECRET (--secret)"), "{message}");
@@ -749,7 +749,7 @@ fn file_errors_name_the_key() {
         ),
         (
             "listen = \"0.0.0.0:1\"\n[[apps]]\nappid = \"wx1\"\nsecret = \"a\"\n",
-            "listen: unknown key; the file holds only [[apps]] tables",
+            "listen: unknown key; expected one of apps, callers, trust_forwarded_client_cert",
         ),
         ("", "apps: at least one [[apps]] table is required"),
         (
@@ -1021,3 +1021,4 @@ fn subscription_and_push_settings() {
         assert!(!error.contains("tooshortsecretkey"));
     }
 }
+mod callers;

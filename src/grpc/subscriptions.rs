@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    error::status_of,
+    callers::{Ask, Grant},
+    error::{refusal_status, status_of},
     pb::{self, subscription_service_server::SubscriptionService},
     service::{Notifier, SendError},
     subscriptions::{Kind, LedgerEvent, Source, Status as Granted, Subscription, WatchItem},
@@ -27,6 +28,30 @@ impl SubscriptionsGrpc {
     /// Serves `notifier`'s ledger; watch streams end once `shutdown` is cancelled.
     pub fn new(notifier: Arc<Notifier>, shutdown: CancellationToken) -> Self {
         Self { notifier, shutdown }
+    }
+
+    /// Refuses the call unless its caller may use `app` (the `rpcs` permission was checked by
+    /// the callers layer already). Open when no callers are configured.
+    fn admit<T>(&self, request: &Request<T>, app: &str) -> Result<(), Status> {
+        let grant = request
+            .extensions()
+            .get::<Grant>()
+            .cloned()
+            .unwrap_or(Grant::Open);
+        let Some(caller) = grant.caller() else {
+            return Ok(());
+        };
+        let ask = Ask {
+            app: self.notifier.app_name(app),
+            requested_app: app,
+            template_id: None,
+            messages: 0,
+            batch: false,
+        };
+        caller.check(ask).map_err(|refusal| {
+            tracing::info!(error = %refusal, "call refused");
+            refusal_status(&refusal)
+        })
     }
 
     /// The tonic service, ready to add to a router.
@@ -48,6 +73,7 @@ impl SubscriptionService for SubscriptionsGrpc {
         &self,
         request: Request<pb::RecordSubscriptionsRequest>,
     ) -> Result<Response<pb::RecordSubscriptionsResponse>, Status> {
+        self.admit(&request, &request.get_ref().app)?;
         let request = request.into_inner();
         let (_app, subscriptions) = self
             .notifier
@@ -63,6 +89,7 @@ impl SubscriptionService for SubscriptionsGrpc {
         &self,
         request: Request<pb::GetSubscriptionsRequest>,
     ) -> Result<Response<pb::GetSubscriptionsResponse>, Status> {
+        self.admit(&request, &request.get_ref().app)?;
         let request = request.into_inner();
         let known = self
             .notifier
@@ -100,6 +127,7 @@ impl SubscriptionService for SubscriptionsGrpc {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.admit(&request, &request.get_ref().app)?;
         let request = request.into_inner();
         let (app, watcher) = self
             .notifier

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::{ErrorKind, NotStarted, SendError};
 use crate::{
     idempotency::Record,
+    service::CallerRef,
     subscriptions::SubscriptionCheck,
     telemetry::{self, catalog::MessageCounters},
     templates::TemplateCache,
@@ -123,9 +124,12 @@ pub struct App {
     paused_until: Mutex<Option<Instant>>,
     /// The app's template list; `None` when template checks are off.
     templates: Option<Arc<TemplateCache>>,
-    /// `wechat_notify_messages_total{app, outcome}` handles, made on first use (after the
-    /// recorder is installed) so a message costs no registry lookup or label allocation.
+    /// `wechat_notify_messages_total{app, outcome, caller}` handles for `anonymous`, made on
+    /// first use (after the recorder is installed) so a message costs no registry lookup or
+    /// label allocation.
     messages: OnceLock<MessageCounters>,
+    /// The same per configured caller, by [`CallerRef::index`].
+    caller_messages: Box<[OnceLock<MessageCounters>]>,
 }
 
 impl App {
@@ -151,14 +155,30 @@ impl App {
             paused_until: Mutex::new(None),
             templates: None,
             messages: OnceLock::new(),
+            caller_messages: Box::new([]),
         }
     }
 
-    /// Counts one message of this app with `outcome` (one of `MESSAGE_OUTCOMES`).
-    pub(crate) fn count_message(&self, outcome: &'static str) {
-        self.messages
-            .get_or_init(|| MessageCounters::new(&self.name))
-            .count(outcome);
+    /// The same app, counting messages of `callers` configured callers under their names.
+    pub fn with_callers(mut self, callers: usize) -> Self {
+        self.caller_messages = (0..callers).map(|_| OnceLock::new()).collect();
+        self
+    }
+
+    /// Counts one message of this app sent for `caller` with `outcome` (one of
+    /// `MESSAGE_OUTCOMES`).
+    pub(crate) fn count_message(&self, caller: Option<&CallerRef>, outcome: &'static str) {
+        let counters = match caller
+            .and_then(|caller| Some((caller, self.caller_messages.get(caller.index)?)))
+        {
+            Some((caller, slot)) => {
+                slot.get_or_init(|| MessageCounters::new(&self.name, &caller.name))
+            }
+            None => self
+                .messages
+                .get_or_init(|| MessageCounters::new(&self.name, crate::config::ANONYMOUS)),
+        };
+        counters.count(outcome);
     }
 
     /// The same app, doing `check` with the subscription ledger on every send.

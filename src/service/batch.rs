@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    App, Notifier, Receipt, SendError,
+    App, CallerRef, Notifier, Receipt, SendError,
     app::{Admission, BATCH_ADMISSION_WAIT, BatchStop},
     check::Violations,
     non_empty, outcome_label, template_check,
@@ -46,6 +46,8 @@ pub struct BatchRequest {
     pub lang: String,
     /// Batch idempotency key; each recipient's key is derived from it and the openid.
     pub idempotency_key: String,
+    /// The configured caller that asked; `None` when the service is open.
+    pub caller: Option<CallerRef>,
 }
 
 /// The outcome for one recipient.
@@ -68,6 +70,7 @@ struct Shared {
     miniprogram_state: MiniprogramState,
     lang: Option<String>,
     idempotency_key: Option<String>,
+    caller: Option<CallerRef>,
     caller_deadline: Option<Instant>,
     /// Cancelled when the caller goes away; set on the first 45009: no further sends then.
     stop: BatchStop,
@@ -108,6 +111,7 @@ impl Notifier {
             miniprogram_state: request.miniprogram_state,
             lang: non_empty(request.lang),
             idempotency_key: non_empty(request.idempotency_key),
+            caller: request.caller,
             caller_deadline: deadline,
             stop: BatchStop {
                 cancel,
@@ -203,7 +207,9 @@ impl Notifier {
                     let result = notifier
                         .send_recipient(&shared, first_index + offset, recipient)
                         .await;
-                    shared.app.count_message(outcome_label(&result));
+                    shared
+                        .app
+                        .count_message(shared.caller.as_ref(), outcome_label(&result));
                     (offset, RecipientOutcome { touser, result })
                 }
             })
@@ -229,10 +235,13 @@ impl Notifier {
         let admission = Admission::new(shared.caller_deadline, BATCH_ADMISSION_WAIT)
             .in_batch(shared.stop.clone());
         // One key per recipient: a retried batch with the same key delivers each openid once.
-        let key = shared
-            .idempotency_key
-            .as_ref()
-            .map(|key| format!("batch\n{key}\n{}", message.touser));
+        let key = shared.idempotency_key.as_ref().map(|key| {
+            super::scoped_key(
+                &shared.app.appid,
+                shared.caller.as_ref(),
+                &["batch", key, &message.touser],
+            )
+        });
         self.deliver_recorded(&shared.app, message, key, &admission)
             .await
     }

@@ -58,6 +58,32 @@ pub struct SendRequest {
     pub lang: String,
     /// Optional idempotency key; empty for none.
     pub idempotency_key: String,
+    /// The configured caller that asked; `None` when the service is open (`anonymous`).
+    pub caller: Option<CallerRef>,
+}
+
+/// A configured caller, as the service sees it: a label for its metrics and a scope for its
+/// idempotency keys, so two callers' keys never meet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallerRef {
+    /// Its position among the configured callers (the row of per-caller tables).
+    pub index: usize,
+    /// Its configured name.
+    pub name: Arc<str>,
+}
+
+/// The idempotency record key of `parts` (the RPC's kind, the key, ...) for `app` and
+/// `caller`: a key is scoped to both, so one caller can neither collide with nor read another
+/// caller's records (a caller name cannot hold `\n`; anonymous calls use the empty name,
+/// which no configured caller has).
+fn scoped_key(appid: &str, caller: Option<&CallerRef>, parts: &[&str]) -> String {
+    let caller = caller.map_or("", |caller| &caller.name);
+    let mut key = format!("{appid}\n{caller}");
+    for part in parts {
+        key.push('\n');
+        key.push_str(part);
+    }
+    key
 }
 
 /// A delivered message.
@@ -184,8 +210,9 @@ impl Notifier {
     ) -> Result<Receipt, SendError> {
         match self.resolve(&request.app) {
             Ok(app) => {
+                let caller = request.caller.clone();
                 let result = self.send_checked(&app, request, deadline).await;
-                app.count_message(outcome_label(&result));
+                app.count_message(caller.as_ref(), outcome_label(&result));
                 result
             }
             Err(error) => {
@@ -234,7 +261,8 @@ impl Notifier {
             miniprogram_state: request.miniprogram_state,
             lang: non_empty(request.lang),
         };
-        let key = non_empty(request.idempotency_key).map(|key| format!("send\n{key}"));
+        let key = non_empty(request.idempotency_key)
+            .map(|key| scoped_key(&app.appid, request.caller.as_ref(), &["send", &key]));
         let notifier = self.clone();
         let app = app.clone();
         let admission = Admission::new(deadline, SEND_ADMISSION_WAIT);
@@ -273,7 +301,7 @@ impl Notifier {
         result
     }
 
-    /// Delivers `message`, at most once per idempotency key (scoped to the app).
+    /// Delivers `message`, at most once per idempotency key (scoped by [`scoped_key`]).
     async fn deliver_once(
         self: &Arc<Self>,
         app: &Arc<App>,
@@ -286,7 +314,7 @@ impl Notifier {
             return Ok(receipt(&record, false));
         };
         let (touser, template_id) = (message.touser.clone(), message.template_id.clone());
-        let scoped_key = format!("{}\n{key}", app.appid);
+        let scoped_key = key;
         let message = Arc::new(message);
         let mut joins = 0;
         let keyed = loop {

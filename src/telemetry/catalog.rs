@@ -1,7 +1,8 @@
 //! Every metric the service exports: its name, its description (the `# HELP` line on
 //! `/metrics`), and the recording helpers whose labels need bounding.
 //!
-//! Labels are bounded by construction: `app` is a configured app name (or `unknown`), `method`
+//! Labels are bounded by construction: `app` is a configured app name (or `unknown`), `caller`
+//! a configured caller's name (or `anonymous`), `method`
 //! and `code` come from fixed tables, `endpoint` is `token`, `send` or `templates`, and
 //! `errcode` is WeChat's number, capped at [`MAX_ERRCODE_LABELS`] distinct values per process.
 //! No openid, template id or free text is ever a label.
@@ -22,7 +23,7 @@ use crate::{
     wechat::{UPSTREAM_REQUEST_DURATION, WechatError},
 };
 
-/// Counter `{app, outcome}`: one per SendSubscribe and one per BatchSend recipient.
+/// Counter `{app, outcome, caller}`: one per SendSubscribe and one per BatchSend recipient.
 pub const MESSAGES_TOTAL: &str = "wechat_notify_messages_total";
 /// The `outcome` values of [`MESSAGES_TOTAL`].
 pub const MESSAGE_OUTCOMES: [&str; 5] = ["sent", "deduplicated", "invalid", "rejected", "failed"];
@@ -32,11 +33,16 @@ pub const MESSAGE_OUTCOMES: [&str; 5] = ["sent", "deduplicated", "invalid", "rej
 pub struct MessageCounters([metrics::Counter; MESSAGE_OUTCOMES.len()]);
 
 impl MessageCounters {
-    /// The handles for `app`; make them after the recorder is installed (before, they count
-    /// nowhere).
-    pub fn new(app: &str) -> Self {
+    /// The handles for `app` and `caller` (a configured caller's name, or `anonymous`); make
+    /// them after the recorder is installed (before, they count nowhere).
+    pub fn new(app: &str, caller: &str) -> Self {
         Self(MESSAGE_OUTCOMES.map(|outcome| {
-            metrics::counter!(MESSAGES_TOTAL, "app" => app.to_owned(), "outcome" => outcome)
+            metrics::counter!(
+                MESSAGES_TOTAL,
+                "app" => app.to_owned(),
+                "outcome" => outcome,
+                "caller" => caller.to_owned()
+            )
         }))
     }
 
@@ -52,7 +58,7 @@ impl MessageCounters {
     /// The counters of requests naming no configured app (`app="unknown"`).
     pub fn unknown_app() -> &'static Self {
         static UNKNOWN: OnceLock<MessageCounters> = OnceLock::new();
-        UNKNOWN.get_or_init(|| Self::new("unknown"))
+        UNKNOWN.get_or_init(|| Self::new("unknown", crate::config::ANONYMOUS))
     }
 }
 
@@ -62,9 +68,9 @@ pub const WECHAT_ERRORS_TOTAL: &str = "wechat_notify_wechat_errors_total";
 pub const UPSTREAM_IN_FLIGHT: &str = "wechat_notify_upstream_in_flight";
 /// Gauge `{app}`: the app's `max_in_flight`.
 pub const UPSTREAM_IN_FLIGHT_LIMIT: &str = "wechat_notify_upstream_in_flight_limit";
-/// Counter `{method, code}`: gRPC calls finished.
+/// Counter `{method, code, caller}`: gRPC calls finished.
 pub const RPC_REQUESTS_TOTAL: &str = "wechat_notify_rpc_requests_total";
-/// Histogram `{method, code}`: gRPC call latency.
+/// Histogram `{method, code, caller}`: gRPC call latency.
 pub const RPC_DURATION: &str = "wechat_notify_rpc_duration_seconds";
 /// Gauge `{method}`: gRPC calls being handled.
 pub const RPC_IN_FLIGHT: &str = "wechat_notify_rpc_in_flight";
@@ -179,10 +185,17 @@ pub(crate) fn describe_all() {
 
 /// Creates the series an operator expects to see for `app` before anything happened, at zero,
 /// so `rate()` and alerts work from the first scrape instead of after the first event.
-pub(crate) fn register_app(app: &str, max_in_flight: usize) {
-    for outcome in MESSAGE_OUTCOMES {
-        metrics::counter!(MESSAGES_TOTAL, "app" => app.to_owned(), "outcome" => outcome)
+pub(crate) fn register_app(app: &str, max_in_flight: usize, callers: &[&str]) {
+    for caller in callers {
+        for outcome in MESSAGE_OUTCOMES {
+            metrics::counter!(
+                MESSAGES_TOTAL,
+                "app" => app.to_owned(),
+                "outcome" => outcome,
+                "caller" => (*caller).to_owned()
+            )
             .increment(0);
+        }
     }
     metrics::counter!(TOKEN_FETCHES_TOTAL, "app" => app.to_owned()).increment(0);
     metrics::counter!(SUBSCRIPTION_SENDS_SAVED_TOTAL, "app" => app.to_owned()).increment(0);

@@ -26,7 +26,7 @@ mod upstream;
 
 pub use catalog::count_wechat_error;
 pub use json::FlatJson;
-pub use rpc::{REQUEST_ID_HEADER, RpcTelemetryLayer, code_name};
+pub use rpc::{CallerRpcMetrics, REQUEST_ID_HEADER, RpcTelemetryLayer, attribute_rpc, code_name};
 use time::Rfc3339Micros;
 pub use upstream::{CountTemplateErrcodes, CountTokenErrcodes};
 

@@ -1,9 +1,11 @@
 //! A tower layer around every gRPC call: the call's span, carrying the method and the caller's
 //! `x-request-id` (so every log line of the call has it) and, once the handler read the body,
-//! the app and template; RPC count and latency by method and gRPC code, and an in-flight gauge.
+//! the app and template, and (from `crate::callers`) the caller; RPC count and latency by
+//! method, gRPC code and caller, and an in-flight gauge by method.
 
 use std::{
-    sync::OnceLock,
+    cell::Cell,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Instant,
 };
@@ -79,32 +81,60 @@ struct Finished {
     duration: metrics::Histogram,
 }
 
-/// Metric handles by method and code (and the in-flight gauge by method), made on first use
-/// and kept: a call then costs atomic updates instead of three registry lookups.
-struct Handles {
+/// RPC count and latency handles of one caller (`caller` label) by method and code, made on
+/// first use and kept: a call then costs atomic updates instead of registry lookups. Calls no
+/// configured caller made count under [`CallerRpcMetrics::anonymous`].
+pub struct CallerRpcMetrics {
+    caller: String,
     finished: [[OnceLock<Finished>; CODE_NAMES.len()]; METHOD_LABELS.len()],
-    in_flight: [OnceLock<metrics::Gauge>; METHOD_LABELS.len()],
 }
 
-fn handles() -> &'static Handles {
-    static HANDLES: OnceLock<Handles> = OnceLock::new();
-    HANDLES.get_or_init(|| Handles {
-        finished: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
-        in_flight: std::array::from_fn(|_| OnceLock::new()),
-    })
-}
-
-fn finished(method: usize, code: usize) -> &'static Finished {
-    handles().finished[method][code].get_or_init(|| {
-        let labels = [
-            ("method", METHOD_LABELS[method]),
-            ("code", CODE_NAMES[code]),
-        ];
-        Finished {
-            requests: metrics::counter!(RPC_REQUESTS_TOTAL, &labels),
-            duration: metrics::histogram!(RPC_DURATION, &labels),
+impl CallerRpcMetrics {
+    /// The handles of the configured caller `caller`.
+    pub fn new(caller: &str) -> Self {
+        Self {
+            caller: caller.to_owned(),
+            finished: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
         }
-    })
+    }
+
+    /// The handles of calls no configured caller made (`caller="anonymous"`).
+    pub fn anonymous() -> &'static Self {
+        static ANONYMOUS: OnceLock<CallerRpcMetrics> = OnceLock::new();
+        ANONYMOUS.get_or_init(|| Self::new(crate::config::ANONYMOUS))
+    }
+
+    fn finished(&self, method: usize, code: usize) -> &Finished {
+        self.finished[method][code].get_or_init(|| {
+            let labels = [
+                ("method", METHOD_LABELS[method].to_owned()),
+                ("code", CODE_NAMES[code].to_owned()),
+                ("caller", self.caller.clone()),
+            ];
+            Finished {
+                requests: metrics::counter!(RPC_REQUESTS_TOTAL, &labels),
+                duration: metrics::histogram!(RPC_DURATION, &labels),
+            }
+        })
+    }
+}
+
+tokio::task_local! {
+    /// The caller of the call being handled, set by `crate::callers` through [`attribute_rpc`]:
+    /// a slot in the call's own future, so handing it over allocates nothing.
+    static CALL_CALLER: Cell<Option<Arc<CallerRpcMetrics>>>;
+}
+
+/// Counts the call being handled under `caller` in the RPC metrics. Called by the callers
+/// layer, inside [`RpcTelemetryLayer`]; elsewhere it does nothing.
+pub fn attribute_rpc(caller: &Arc<CallerRpcMetrics>) {
+    let _ = CALL_CALLER.try_with(|slot| slot.set(Some(caller.clone())));
+}
+
+/// The in-flight gauge by method (the caller is not known yet when a call starts).
+fn in_flight_handles() -> &'static [OnceLock<metrics::Gauge>; METHOD_LABELS.len()] {
+    static HANDLES: OnceLock<[OnceLock<metrics::Gauge>; METHOD_LABELS.len()]> = OnceLock::new();
+    HANDLES.get_or_init(|| std::array::from_fn(|_| OnceLock::new()))
 }
 
 /// gRPC code names, indexed by code number.
@@ -158,7 +188,7 @@ struct InFlight(metrics::Gauge);
 
 impl InFlight {
     fn enter(method: usize) -> Self {
-        let gauge = handles().in_flight[method]
+        let gauge = in_flight_handles()[method]
             .get_or_init(|| metrics::gauge!(RPC_IN_FLIGHT, "method" => METHOD_LABELS[method]))
             .clone();
         gauge.increment(1.0);
@@ -224,26 +254,30 @@ where
             app = tracing::field::Empty,
             template_id = tracing::field::Empty,
             recipients = tracing::field::Empty,
+            caller = tracing::field::Empty,
         );
         // The service that was polled ready handles this call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(
-            async move {
-                // Decremented on drop too: a call the client cancels is dropped mid-flight.
-                let _in_flight = InFlight::enter(method_row);
-                let started = Instant::now();
-                let result = inner.call(request).await;
-                let code = match &result {
-                    Ok(response) => code_index(response),
-                    Err(_) => INTERNAL,
-                };
-                let finished = finished(method_row, code);
-                finished.requests.increment(1);
-                finished.duration.record(started.elapsed().as_secs_f64());
-                result
-            }
-            .instrument(span),
+            CALL_CALLER
+                .scope(Cell::new(None), async move {
+                    // Decremented on drop too: a call the client cancels is dropped mid-flight.
+                    let _in_flight = InFlight::enter(method_row);
+                    let started = Instant::now();
+                    let result = inner.call(request).await;
+                    let code = match &result {
+                        Ok(response) => code_index(response),
+                        Err(_) => INTERNAL,
+                    };
+                    let caller = CALL_CALLER.with(Cell::take);
+                    let caller = caller.as_deref().unwrap_or(CallerRpcMetrics::anonymous());
+                    let finished = caller.finished(method_row, code);
+                    finished.requests.increment(1);
+                    finished.duration.record(started.elapsed().as_secs_f64());
+                    result
+                })
+                .instrument(span),
         )
     }
 }

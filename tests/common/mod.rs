@@ -2,6 +2,7 @@
 //! and a real gRPC client.
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod process;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
@@ -99,6 +100,8 @@ pub fn serve_config() -> ServeConfig {
         template_checks: true,
         template_refresh: Duration::from_secs(600),
         push_listen: None,
+        callers: Default::default(),
+        tls: None,
     }
 }
 

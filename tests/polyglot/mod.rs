@@ -1,6 +1,8 @@
 //! Harness for the polyglot tests: the real `wechat-notify serve --sandbox` binary on free
 //! loopback ports, the callers' toolchains that `scripts/test` installs, and external commands
 //! run with a time limit.
+//! Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use std::{
     env,
@@ -18,6 +20,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use wechat_notify::config::{DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, DEFAULT_SANDBOX_LISTEN};
 
 /// How long the binary may take to report SERVING.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,10 +100,15 @@ impl Service {
     /// A port taken between choosing and binding it makes the binary exit; then it is tried
     /// again on other ports.
     pub fn start(name: &str) -> Service {
+        Self::start_with(name, &Options::default())
+    }
+
+    /// [`Self::start`] with `options`: more arguments, and TLS for the health check.
+    pub fn start_with(name: &str, options: &Options) -> Service {
         let mut last_log = String::new();
         for attempt in 1..=3 {
             let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.log"));
-            match Self::try_start(&log) {
+            match Self::try_start(&log, options) {
                 Ok(service) => return service,
                 Err(reason) => {
                     last_log = fs::read_to_string(&log).unwrap_or_default();
@@ -111,7 +119,7 @@ impl Service {
         panic!("wechat-notify serve --sandbox did not become SERVING; its log:\n{last_log}");
     }
 
-    fn try_start(log: &Path) -> Result<Service, String> {
+    fn try_start(log: &Path, options: &Options) -> Result<Service, String> {
         let [grpc, metrics, sandbox] = free_ports();
         let log_file = fs::File::create(log).map_err(|error| error.to_string())?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_wechat-notify"));
@@ -123,6 +131,8 @@ impl Service {
             .arg(metrics.to_string())
             .arg("--sandbox-listen")
             .arg(sandbox.to_string())
+            .args(&options.args)
+            .envs(options.env.iter().map(|(name, value)| (name, value)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(|error| error.to_string())?)
@@ -144,11 +154,11 @@ impl Service {
             metrics,
             sandbox,
         };
-        service.wait_serving()?;
+        service.wait_serving(options.tls_ca.as_deref())?;
         Ok(service)
     }
 
-    fn wait_serving(&mut self) -> Result<(), String> {
+    fn wait_serving(&mut self, tls_ca: Option<&str>) -> Result<(), String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -161,7 +171,7 @@ impl Service {
             if started.elapsed() > STARTUP_TIMEOUT {
                 return Err(format!("not SERVING after {STARTUP_TIMEOUT:?}"));
             }
-            if runtime.block_on(is_serving(self.grpc)) {
+            if runtime.block_on(is_serving(self.grpc, tls_ca)) {
                 return Ok(());
             }
             thread::sleep(Duration::from_millis(100));
@@ -205,10 +215,31 @@ impl Drop for Service {
     }
 }
 
-async fn is_serving(addr: SocketAddr) -> bool {
-    let Ok(endpoint) = Channel::from_shared(format!("http://{addr}")) else {
+/// How to start the service beyond `serve --sandbox` on free ports.
+#[derive(Default)]
+pub struct Options {
+    /// Further arguments of `serve`.
+    pub args: Vec<OsString>,
+    /// Further environment variables.
+    pub env: Vec<(OsString, OsString)>,
+    /// With TLS on the gRPC port: the CA (PEM) its certificate chains to, for `localhost`.
+    pub tls_ca: Option<String>,
+}
+
+async fn is_serving(addr: SocketAddr, tls_ca: Option<&str>) -> bool {
+    let scheme = if tls_ca.is_some() { "https" } else { "http" };
+    let Ok(mut endpoint) = Channel::from_shared(format!("{scheme}://{addr}")) else {
         return false;
     };
+    if let Some(ca) = tls_ca {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name("localhost");
+        let Ok(with_tls) = endpoint.tls_config(tls) else {
+            return false;
+        };
+        endpoint = with_tls;
+    }
     let Ok(channel) = endpoint.connect().await else {
         return false;
     };
@@ -294,4 +325,97 @@ pub fn path_with(dir: &Path) -> OsString {
     let mut dirs = vec![dir.to_owned()];
     dirs.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
     env::join_paths(dirs).unwrap()
+}
+
+/// One shell command of the walkthrough, with the comment lines above it.
+#[derive(Debug)]
+pub struct Step {
+    pub comment: String,
+    pub command: String,
+}
+
+/// The commands of the ```sh blocks in the `## {heading}` section of the repository's `doc`
+/// (e.g. README.md's "Quick tour"), in order. A command ends at a line end outside
+/// quotes that is not escaped with `\`.
+pub fn walkthrough(doc: &str, heading: &str) -> Vec<Step> {
+    let text = std::fs::read_to_string(repo_root().join(doc)).unwrap();
+    let section = text
+        .split("\n## ")
+        .find(|section| section.starts_with(&format!("{heading}\n")))
+        .unwrap_or_else(|| panic!("{doc} has no \"## {heading}\" section"));
+    let mut steps = Vec::new();
+    let mut in_sh_block = false;
+    let (mut comment, mut command) = (String::new(), String::new());
+    let (mut in_single, mut in_double) = (false, false);
+    for line in section.lines() {
+        if line.starts_with("```") {
+            in_sh_block = !in_sh_block && line.trim() == "```sh";
+            continue;
+        }
+        if !in_sh_block {
+            continue;
+        }
+        let quoted = in_single || in_double;
+        if !quoted && command.is_empty() {
+            if let Some(text) = line.trim().strip_prefix('#') {
+                comment.push_str(text.trim());
+                comment.push(' ');
+                continue;
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+        }
+        let mut escaped = false;
+        for character in line.chars() {
+            match character {
+                _ if escaped => escaped = false,
+                '\\' if !in_single => escaped = true,
+                '\'' if !in_double => in_single = !in_single,
+                '"' if !in_single => in_double = !in_double,
+                _ => {}
+            }
+        }
+        command.push_str(line);
+        command.push('\n');
+        if !(in_single || in_double || line.ends_with('\\')) {
+            steps.push(Step {
+                comment: std::mem::take(&mut comment).trim().to_owned(),
+                command: std::mem::take(&mut command).trim().to_owned(),
+            });
+        }
+    }
+    assert!(
+        command.is_empty(),
+        "unterminated command in README: {command}"
+    );
+    steps
+}
+
+fn port(addr: &str) -> &str {
+    addr.rsplit(':').next().unwrap()
+}
+
+/// Points the README's addresses (the service's default ports) at the ports of `service`.
+pub fn retarget(command: &str, service: &Service) -> String {
+    let mut retargeted = command.to_owned();
+    for (default, actual) in [
+        (DEFAULT_LISTEN, service.grpc.port()),
+        (DEFAULT_METRICS_LISTEN, service.metrics.port()),
+        (DEFAULT_SANDBOX_LISTEN, service.sandbox.port()),
+    ] {
+        for host in ["localhost", "127.0.0.1"] {
+            retargeted = retargeted.replace(
+                &format!("{host}:{}", port(default)),
+                &format!("{host}:{actual}"),
+            );
+        }
+        assert!(
+            !retargeted.contains(&format!(":{}", port(default))),
+            "the walkthrough names port {} in a form the test cannot point at its server: \
+             {command}",
+            port(default)
+        );
+    }
+    retargeted
 }
