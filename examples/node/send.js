@@ -170,7 +170,7 @@ async function main() {
 
     // 4. What the mini program got from wx.requestSubscribeMessage, forwarded by its backend
     // as is: the service then knows this user may get one course reminder.
-    const ledger = new notify.SubscriptionService(options.target, grpc.credentials.createInsecure());
+    const ledger = new notify.SubscriptionService(options.target, channelCredentials());
     try {
       const reportingUser = `oReportingUser-${run}`;
       const wxResult = { errMsg: 'requestSubscribeMessage:ok', [TEMPLATE]: 'accept' };
