@@ -6,7 +6,7 @@ use std::{env, path::PathBuf};
 use prost::Message;
 
 const PROTO_ROOT: &str = "proto";
-const PROTOS: &[&str] = &["notify/v1/notify.proto"];
+const PROTOS: &[&str] = &["notify/v1/notify.proto", "notify/v1/subscriptions.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");

@@ -6,8 +6,9 @@ use std::{future::Future, process::ExitCode};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind};
 
 use crate::{
-    config::{ServeArgs, ServeConfig},
-    sandbox::{self, Sandbox, SandboxApp, SandboxArgs, SandboxConfig},
+    config::{PushSettings, ServeArgs, ServeConfig},
+    push_crypto::{AesKey, PushMode},
+    sandbox::{self, PushFormat, PushTarget, Sandbox, SandboxApp, SandboxArgs, SandboxConfig},
     secret::Secret,
     server,
     signal::{Shutdown, shutdown_signal},
@@ -164,11 +165,61 @@ pub async fn serve(
     }
 }
 
+/// The push settings of the embedded sandbox's app: a fresh Token and EncodingAESKey, safe
+/// mode, as a developer would set them in the mini program's admin.
+struct SandboxPushSettings {
+    token: String,
+    encoding_aes_key: String,
+}
+
+impl SandboxPushSettings {
+    fn generate() -> Self {
+        use base64::Engine;
+        let mut key = [0u8; 32];
+        key.iter_mut().for_each(|byte| *byte = fastrand::u8(..));
+        let encoding_aes_key = base64::engine::general_purpose::STANDARD_NO_PAD.encode(key);
+        Self {
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            encoding_aes_key,
+        }
+    }
+}
+
+/// Points the embedded sandbox's pushes at the service's own push endpoint, so the whole loop
+/// (popup -> push -> ledger -> send) runs offline.
+fn wire_sandbox_pushes(sandbox: &EmbeddedSandbox, push_addr: std::net::SocketAddr) {
+    let mut addr = push_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let Ok(url) = url::Url::parse(&format!("http://{addr}/wechat/push/{SANDBOX_APP_NAME}")) else {
+        return;
+    };
+    tracing::info!(%url, "embedded sandbox pushes subscription events to the service");
+    let server = &sandbox.server;
+    server.sandbox().set_push_target(
+        &sandbox.appid,
+        Some(PushTarget {
+            url,
+            token: sandbox.push.token.clone(),
+            encoding_aes_key: Some(sandbox.push.encoding_aes_key.clone()),
+            mode: PushMode::Safe,
+            format: PushFormat::Xml,
+        }),
+    );
+}
+
+/// The embedded sandbox and what the service's app was configured with.
+struct EmbeddedSandbox {
+    server: sandbox::SandboxServer,
+    appid: String,
+    push: SandboxPushSettings,
+}
+
 /// Starts the sandbox on its loopback address, auto-accepting subscriptions so a first send
-/// just works, and configures one app against it with a fresh random secret.
-async fn start_embedded_sandbox(
-    config: &mut ServeConfig,
-) -> std::io::Result<sandbox::SandboxServer> {
+/// just works, and configures one app against it with a fresh random secret and push settings
+/// (the push listener on a free loopback port unless NOTIFY_PUSH_LISTEN says otherwise).
+async fn start_embedded_sandbox(config: &mut ServeConfig) -> std::io::Result<EmbeddedSandbox> {
     let sandbox_config = SandboxConfig {
         auto_accept: true,
         ..SandboxConfig::default()
@@ -182,10 +233,27 @@ async fn start_embedded_sandbox(
     let running = Sandbox::new(sandbox_config)
         .spawn(config.sandbox_listen)
         .await?;
-    let mut app = config
-        .app_defaults
-        .app(SANDBOX_APP_NAME.to_owned(), appid, Secret::new(secret));
+    let mut app = config.app_defaults.app(
+        SANDBOX_APP_NAME.to_owned(),
+        appid.clone(),
+        Secret::new(secret),
+    );
     app.api_bases = vec![running.base_url()];
+    let push = SandboxPushSettings::generate();
+    app.push = Some(PushSettings {
+        token: Secret::new(push.token.as_str()),
+        aes_key: AesKey::from_encoding_key(&push.encoding_aes_key).ok(),
+        mode: PushMode::Safe,
+    });
+    // The sandbox must know the push URL before the service says SERVING (a first popup would
+    // otherwise go nowhere), so port 0 is resolved to a free port here.
+    let mut push_listen = config
+        .push_listen
+        .unwrap_or_else(|| std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)));
+    if push_listen.port() == 0 {
+        push_listen = std::net::TcpListener::bind(push_listen)?.local_addr()?;
+    }
+    config.push_listen = Some(push_listen);
     tracing::info!(
         base_url = %running.base_url(),
         console = %running.base_url(),
@@ -193,7 +261,13 @@ async fn start_embedded_sandbox(
         "embedded sandbox listening (a fake WeChat API for development)"
     );
     config.apps = vec![app];
-    Ok(running)
+    let sandbox = EmbeddedSandbox {
+        server: running,
+        appid,
+        push,
+    };
+    wire_sandbox_pushes(&sandbox, push_listen);
+    Ok(sandbox)
 }
 
 #[cfg(test)]

@@ -29,7 +29,9 @@ pub use setting::{BOOLEAN_SPELLINGS, Given, Setting, Source, Sources, settings};
 use setting::{parse_bool, parse_choice, parse_listen, parse_number};
 
 use crate::{
+    push_crypto::{AesKey, PushMode},
     secret::Secret,
+    subscriptions::SubscriptionCheck,
     tls::TlsFiles,
     validation::MAX_ID_BYTES,
     wechat::{ClientOptions, TokenMode},
@@ -97,6 +99,21 @@ pub struct AppConfig {
     pub max_in_flight: usize,
     /// Sustained sends per second, per app; bursts of at most one second's worth.
     pub rate_per_sec: u32,
+    /// What sends do with the subscription ledger.
+    pub subscription_check: SubscriptionCheck,
+    /// WeChat's event pushes to `/wechat/push/{app}`; `None` refuses them.
+    pub push: Option<PushSettings>,
+}
+
+/// An app's 消息推送 settings, as set in the mini program's admin.
+#[derive(Clone, Debug)]
+pub struct PushSettings {
+    /// The Token (only used for signatures; redacted in Debug).
+    pub token: Secret,
+    /// The key of the EncodingAESKey; `None` in plaintext mode.
+    pub aes_key: Option<AesKey>,
+    /// The encryption mode.
+    pub mode: PushMode,
 }
 
 /// The per-app settings given by flags (`WECHAT_API_BASE`, `WECHAT_TOKEN_MODE`,
@@ -113,6 +130,8 @@ pub struct AppDefaults {
     pub max_in_flight: usize,
     /// Sustained sends per second, per app.
     pub rate_per_sec: u32,
+    /// What sends do with the subscription ledger (`NOTIFY_SUBSCRIPTION_CHECK`).
+    pub subscription_check: SubscriptionCheck,
 }
 
 impl AppDefaults {
@@ -126,6 +145,8 @@ impl AppDefaults {
             token_mode: self.token_mode,
             max_in_flight: self.max_in_flight,
             rate_per_sec: self.rate_per_sec,
+            subscription_check: self.subscription_check,
+            push: None,
         }
     }
 }
@@ -175,6 +196,8 @@ pub struct ServeConfig {
     pub template_refresh: Duration,
     /// Where the state shared by replicas lives; `None`: in this process only.
     pub redis: Option<RedisConfig>,
+    /// Where WeChat's event pushes are received (HTTP); `None` for no push listener.
+    pub push_listen: Option<SocketAddr>,
     /// Who may call, and what each caller may do (docs/callers.md).
     pub callers: CallersConfig,
     /// TLS on the gRPC port; `None` serves plaintext.
@@ -458,6 +481,20 @@ pub struct ServeArgs {
         default_missing_value = "true"
     )]
     pub redis_cluster: Option<String>,
+    /// Where WeChat's event pushes are received (HTTP, /wechat/push/{app}); unset: no
+    /// push listener. Apps set push_token, push_aes_key and push_mode in the apps file
+    #[arg(long, env = "NOTIFY_PUSH_LISTEN", value_name = "ADDR")]
+    pub push_listen: Option<String>,
+
+    /// What sends do with the subscription ledger: off, observe (record, never block) or
+    /// enforce (refuse a send the ledger knows cannot be delivered); also the default of TOML apps
+    #[arg(
+        long,
+        env = "NOTIFY_SUBSCRIPTION_CHECK",
+        value_name = "MODE",
+        default_value = "observe"
+    )]
+    pub subscription_check: String,
 
     /// Where each value came from, for error messages: [`Sources::from_matches`] of `serve`'s
     /// parsed arguments (unknown, and both names shown, when left empty).
@@ -580,6 +617,12 @@ impl ServeArgs {
             rate_per_sec: number(RATE_PER_SEC, &self.rate_per_sec, RATE_PER_SEC_RANGE)?
                 .try_into()
                 .unwrap_or(u32::MAX),
+            subscription_check: checked(
+                sources,
+                SUBSCRIPTION_CHECK,
+                &self.subscription_check,
+                parse_choice(&self.subscription_check),
+            )?,
         };
         let max_batch_recipients = as_usize(number(
             MAX_BATCH_RECIPIENTS,
@@ -625,6 +668,16 @@ impl ServeArgs {
             None => None,
         };
 
+        // Empty counts as unset: no push listener.
+        let push_listen = match self.push_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(checked(
+                sources,
+                PUSH_LISTEN,
+                text,
+                parse_listen(text, "0.0.0.0:8090"),
+            )?),
+        };
         let require_callers = boolean(REQUIRE_CALLERS, &self.require_callers, false)?;
         let (apps, mut callers, file_redis) = self.apps(sandbox, &app_defaults, &env)?;
         callers.require_callers = require_callers;
@@ -685,6 +738,7 @@ impl ServeArgs {
             template_checks,
             template_refresh: Duration::from_secs(template_refresh),
             redis,
+            push_listen,
             callers,
             tls,
         })

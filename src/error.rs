@@ -34,6 +34,8 @@ pub fn code_of(error: &SendError) -> Code {
         }
         ErrorKind::StoreUnavailable => Code::Unavailable,
         ErrorKind::Token(upstream) | ErrorKind::Upstream(upstream) => upstream_code(upstream),
+        ErrorKind::NotSubscribed(_) => Code::FailedPrecondition,
+        ErrorKind::LedgerUnavailable(_) => Code::Unavailable,
     }
 }
 
@@ -139,7 +141,10 @@ pub fn status_of(error: &SendError) -> Status {
             details.set_error_info("RATE_LIMITED", SERVICE_DOMAIN, HashMap::new());
         }
         ErrorKind::NotStarted(_) => {}
-        ErrorKind::StoreUnavailable => {
+        ErrorKind::NotSubscribed(_) => {
+            details.set_error_info("NOT_SUBSCRIBED", SERVICE_DOMAIN, HashMap::new());
+        }
+        ErrorKind::StoreUnavailable | ErrorKind::LedgerUnavailable(_) => {
             details.set_error_info("STORE_UNAVAILABLE", SERVICE_DOMAIN, HashMap::new());
         }
         ErrorKind::Token(upstream) | ErrorKind::Upstream(upstream) => match upstream {
@@ -311,6 +316,24 @@ mod tests {
         assert_eq!(info.domain, WECHAT_DOMAIN);
         assert_eq!(info.metadata["errcode"], "43101");
         assert!(info.metadata["errmsg"].contains("43101"));
+    }
+
+    #[test]
+    fn ledger_refusals_are_failed_precondition_not_subscribed() {
+        let status = status_of(&SendError::new(
+            ErrorKind::NotSubscribed("the user rejected this template"),
+            0,
+        ));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("NOT_SUBSCRIBED", SERVICE_DOMAIN)
+        );
+        assert!(
+            status.metadata().get(ERRCODE_METADATA).is_none(),
+            "wechat was not called"
+        );
     }
 
     #[test]

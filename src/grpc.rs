@@ -1,6 +1,8 @@
 //! `notify.v1.NotifyService` over tonic: translates protobuf to the service's types and back.
 //! No business rules here; `crate::error` picks the status codes.
 
+mod subscriptions;
+
 use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
@@ -15,6 +17,8 @@ use crate::{
     telemetry::code_name,
     wechat::MiniprogramState,
 };
+
+pub use subscriptions::SubscriptionsGrpc;
 
 /// The gRPC face of a [`Notifier`].
 #[derive(Clone)]

@@ -3,5 +3,6 @@
 
 tonic::include_proto!("notify.v1");
 
-/// Encoded `FileDescriptorSet` of `proto/notify/v1/notify.proto`, for server reflection.
+/// Encoded `FileDescriptorSet` of `proto/notify/v1/` (`notify.proto`, `subscriptions.proto`),
+/// for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("notify_descriptor");

@@ -30,15 +30,17 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use crate::{
     callers::{Callers, layer::CallersLayer},
     config::ServeConfig,
-    grpc::NotifyGrpc,
+    grpc::{NotifyGrpc, SubscriptionsGrpc},
     idempotency::{IdempotencyStore, MemoryIdempotencyStore},
     pb,
+    push::PushEndpoint,
     service::{App, Notifier, SendError},
     signal::{Shutdown, Signal},
     store::{
         RedisStore, idempotency::RedisIdempotencyStore, limits::SharedLimits,
         token::RedisTokenStore,
     },
+    subscriptions::MemoryLedger,
     telemetry::{
         self, CountTemplateErrcodes, CountTokenErrcodes, REQUEST_ID_HEADER, RpcTelemetryLayer,
         catalog::UPSTREAM_IN_FLIGHT,
@@ -54,6 +56,8 @@ const WARM_UP_STORE_WAIT: Duration = Duration::from_secs(5);
 
 /// The gRPC service name health answers for (besides `""`).
 pub const SERVICE_NAME: &str = "notify.v1.NotifyService";
+/// The subscriptions service, which health answers for too.
+pub const SUBSCRIPTION_SERVICE_NAME: &str = "notify.v1.SubscriptionService";
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,8 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// Where `GET /metrics` is served.
     pub metrics_addr: SocketAddr,
+    /// Where WeChat's pushes are received (`/wechat/push/{app}`), when configured.
+    pub push_addr: Option<SocketAddr>,
     notifier: Arc<Notifier>,
     begin_shutdown: Option<oneshot::Sender<()>>,
     done: JoinHandle<Result<(), ServeError>>,
@@ -160,16 +166,23 @@ pub async fn start(
             config.idempotency.capacity,
         )),
     };
-    let notifier = Arc::new(Notifier::new(
-        apps.clone(),
-        idempotency,
-        config.max_batch_recipients,
-    ));
+    let notifier = Arc::new(
+        Notifier::new(apps.clone(), idempotency, config.max_batch_recipients)
+            .with_ledger(Arc::new(MemoryLedger::default())),
+    );
 
     let grpc_listener = bind(config.listen).await?;
     let metrics_listener = bind(config.metrics_listen).await?;
     let grpc_addr = local_addr(&grpc_listener, config.listen)?;
     let metrics_addr = local_addr(&metrics_listener, config.metrics_listen)?;
+    let push_listener = match config.push_listen {
+        Some(addr) => Some((bind(addr).await?, addr)),
+        None => None,
+    };
+    let push_addr = match &push_listener {
+        Some((listener, addr)) => Some(local_addr(listener, *addr)?),
+        None => None,
+    };
 
     let health = HealthReporter::new();
     set_health(&health, ServingStatus::NotServing).await;
@@ -204,7 +217,8 @@ pub async fn start(
         .add_service(health::draining_health(&health, drain.clone()))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(NotifyGrpc::new(notifier.clone()).into_server());
+        .add_service(NotifyGrpc::new(notifier.clone()).into_server())
+        .add_service(SubscriptionsGrpc::new(notifier.clone(), drain.clone()).into_server());
     let tls_reloader = tls.as_ref().map(ReloadingTls::spawn_reloader);
     let grpc: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> = match tls {
         None => Box::pin(grpc.serve_with_incoming_shutdown(
@@ -229,6 +243,24 @@ pub async fn start(
             tracing::error!(%error, "metrics listener failed");
         }
     });
+    let push_task = push_listener.map(|(listener, _)| {
+        let pushing: Vec<_> = apps
+            .iter()
+            .zip(&config.apps)
+            .filter_map(|(app, settings)| Some((app.clone(), settings.push.clone()?)))
+            .collect();
+        if pushing.is_empty() {
+            tracing::warn!(
+                "the push listener is on, but no app sets push_token: every push is refused"
+            );
+        }
+        let router = PushEndpoint::new(notifier.clone(), pushing).router();
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "push listener failed");
+            }
+        })
+    });
     // Serving already, so probes get a clear NOT_SERVING (not a timeout) during the warm-up.
     let mut serve_task = tokio::spawn(grpc);
 
@@ -248,6 +280,9 @@ pub async fn start(
         if let Some(upkeep) = &store_upkeep {
             upkeep.abort();
         }
+        if let Some(push_task) = &push_task {
+            push_task.abort();
+        }
         if let Some(reloader) = &tls_reloader {
             reloader.abort();
         }
@@ -266,7 +301,7 @@ pub async fn start(
     let became_ready = match &store {
         None => {
             set_health(&health, ServingStatus::Serving).await;
-            tracing::info!(%grpc_addr, %metrics_addr, apps = app_count, "serving");
+            tracing::info!(%grpc_addr, %metrics_addr, push_addr = ?push_addr, apps = app_count, "serving");
             None
         }
         Some(store) => {
@@ -276,7 +311,7 @@ pub async fn start(
                 store.wait_connected().await;
                 spawn_refreshers(&apps, &refreshers);
                 set_health(&health, ServingStatus::Serving).await;
-                tracing::info!(%grpc_addr, %metrics_addr, apps = app_count, "serving");
+                tracing::info!(%grpc_addr, %metrics_addr, push_addr = ?push_addr, apps = app_count, "serving");
             }))
         }
     };
@@ -359,6 +394,9 @@ pub async fn start(
         }
         metrics_task.abort();
         metrics_upkeep.abort();
+        if let Some(push_task) = push_task {
+            push_task.abort();
+        }
         if let Some(reloader) = tls_reloader {
             reloader.abort();
         }
@@ -369,6 +407,7 @@ pub async fn start(
     Ok(Running {
         grpc_addr,
         metrics_addr,
+        push_addr,
         notifier,
         begin_shutdown: Some(begin_shutdown),
         done,
@@ -458,6 +497,7 @@ fn build_apps(
                 app.max_in_flight,
                 app.rate_per_sec,
             )
+            .with_subscription_check(app.subscription_check)
             .with_callers(config.callers.callers.len());
             let built = match store {
                 Some(store) => built.with_shared_limits(SharedLimits::new(
@@ -533,6 +573,9 @@ fn sample_live_gauges(apps: &[Arc<App>]) {
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     health.set_service_status(SERVICE_NAME, status).await;
+    health
+        .set_service_status(SUBSCRIPTION_SERVICE_NAME, status)
+        .await;
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -241,6 +241,11 @@ impl TemplateCache {
     }
 
     /// The template from the current list, without locking.
+    /// The template as the last loaded list has it, without waiting or loading.
+    pub fn cached(&self, template_id: &str) -> Option<Arc<TemplateInfo>> {
+        self.listed(template_id)
+    }
+
     fn listed(&self, template_id: &str) -> Option<Arc<TemplateInfo>> {
         self.list.load().as_ref()?.get(template_id)
     }

@@ -56,6 +56,24 @@ fn assert_example_output(service: &Service, outcome: &Outcome, true_word: &str) 
     );
     assert_eq!(field(out, "batch:", "succeeded"), "2", "{out}");
     assert_eq!(field(out, "batch:", "failed"), "0", "{out}");
+    // The report is recorded and answered back: one one-time grant from the client.
+    assert_eq!(
+        field(out, "recorded:", "template"),
+        "sandbox-course-reminder",
+        "{out}"
+    );
+    assert_eq!(
+        field(out, "recorded:", "status"),
+        "SUBSCRIPTION_STATUS_ACCEPTED",
+        "{out}"
+    );
+    assert_eq!(field(out, "recorded:", "remaining"), "1", "{out}");
+    assert_eq!(
+        field(out, "known:", "source"),
+        "SUBSCRIPTION_SOURCE_CLIENT_REPORT",
+        "{out}"
+    );
+    assert_eq!(field(out, "known:", "remaining"), "1", "{out}");
 
     let inbox = service.inbox(DEMO_USER);
     let delivered: Vec<u64> = inbox["messages"]
@@ -81,7 +99,8 @@ fn python_example_sends_handles_43101_and_batches() {
             .current_dir(&example_dir)
             .args(["-m", "grpc_tools.protoc", "-I", "../../proto"])
             .args(["--python_out=.", "--pyi_out=.", "--grpc_python_out=."])
-            .arg("../../proto/notify/v1/notify.proto");
+            .arg("../../proto/notify/v1/notify.proto")
+            .arg("../../proto/notify/v1/subscriptions.proto");
         command
     });
     assert!(
@@ -179,7 +198,11 @@ fn readme_grpcurl_walkthrough_runs_as_written() {
 
     let list = next(" list");
     ok(&list, "list");
-    for service_name in ["notify.v1.NotifyService", "grpc.health.v1.Health"] {
+    for service_name in [
+        "notify.v1.NotifyService",
+        "notify.v1.SubscriptionService",
+        "grpc.health.v1.Health",
+    ] {
         assert!(list.stdout.contains(service_name), "{}", list.describe());
     }
     let describe = next("describe notify.v1.NotifyService");

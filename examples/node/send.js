@@ -1,7 +1,8 @@
-// Calls wechat-notify from Node: one message, a declined user (43101), one batch.
+// Calls wechat-notify from Node: one message, a declined user (43101), one batch, a report.
 //
-// Run it against `cargo run -- serve --sandbox` (see README.md beside this file). The proto is
-// loaded at run time from proto/notify/v1/notify.proto: no generated code.
+// Run it against `cargo run -- serve --sandbox` (see README.md beside this file). The protos are
+// loaded at run time from proto/notify/v1/ (notify.proto and subscriptions.proto beside it): no
+// generated code.
 'use strict';
 
 const crypto = require('node:crypto');
@@ -42,7 +43,8 @@ const { values: options } = parseArgs({
   },
 });
 
-const definition = protoLoader.loadSync(options.proto, {
+const protos = [options.proto, path.join(path.dirname(options.proto), 'subscriptions.proto')];
+const definition = protoLoader.loadSync(protos, {
   keepCase: true, // field names as in the proto: template_id, idempotency_key
   longs: String, // msgid is a uint64 above 2^53: a JS number would round it
   enums: String,
@@ -165,6 +167,24 @@ async function main() {
       }
     }
     console.log(`batch: succeeded=${batch.succeeded} failed=${batch.failed}`);
+
+    // 4. What the mini program got from wx.requestSubscribeMessage, forwarded by its backend
+    // as is: the service then knows this user may get one course reminder.
+    const ledger = new notify.SubscriptionService(options.target, channelCredentials());
+    try {
+      const reportingUser = `oReportingUser-${run}`;
+      const wxResult = { errMsg: 'requestSubscribeMessage:ok', [TEMPLATE]: 'accept' };
+      const recorded = await call(ledger, 'RecordSubscriptions', { openid: reportingUser, results: wxResult });
+      for (const entry of recorded.subscriptions) {
+        console.log(`recorded: template=${entry.template_id} status=${entry.status} remaining=${entry.remaining}`);
+      }
+      const known = await call(ledger, 'GetSubscriptions', { openid: reportingUser });
+      for (const entry of known.subscriptions) {
+        console.log(`known: template=${entry.template_id} kind=${entry.kind} source=${entry.source} remaining=${entry.remaining}`);
+      }
+    } finally {
+      ledger.close();
+    }
     return 0;
   } finally {
     client.close();

@@ -1,7 +1,8 @@
-"""Calls wechat-notify from Python: one message, a declined user (43101), one batch.
+"""Calls wechat-notify from Python: one message, a declined user (43101), one batch, a report.
 
 Run it against `cargo run -- serve --sandbox` (see README.md beside this file). The stubs
-(`notify/v1/notify_pb2*.py`) are generated from proto/notify/v1/notify.proto with grpcio-tools.
+(`notify/v1/*_pb2*.py`) are generated from proto/notify/v1/notify.proto and
+subscriptions.proto with grpcio-tools.
 """
 
 import argparse
@@ -13,7 +14,12 @@ import uuid
 
 import grpc
 
-from notify.v1 import notify_pb2, notify_pb2_grpc
+from notify.v1 import (
+    notify_pb2,
+    notify_pb2_grpc,
+    subscriptions_pb2,
+    subscriptions_pb2_grpc,
+)
 
 # The sandbox's demo user and one of its seed templates (docs/sandbox.md).
 DEMO_USER = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M"
@@ -177,6 +183,29 @@ def main():
                 print(f"  {result.touser}: code={result.code} "
                       f"wechat-errcode={result.wechat_errcode} {result.message}")
         print(f"batch: succeeded={response.succeeded} failed={response.failed}")
+
+        # 4. What the mini program got from wx.requestSubscribeMessage, forwarded by its
+        # backend as is: the service then knows this user may get one course reminder.
+        ledger = subscriptions_pb2_grpc.SubscriptionServiceStub(channel)
+        reporting_user = f"oReportingUser-{run}"
+        wx_result = {"errMsg": "requestSubscribeMessage:ok", TEMPLATE: "accept"}
+        recorded = ledger.RecordSubscriptions(
+            subscriptions_pb2.RecordSubscriptionsRequest(openid=reporting_user, results=wx_result),
+            timeout=DEADLINE_SECONDS,
+        )
+        for entry in recorded.subscriptions:
+            status = subscriptions_pb2.SubscriptionStatus.Name(entry.status)
+            print(f"recorded: template={entry.template_id} status={status} "
+                  f"remaining={entry.remaining}")
+        known = ledger.GetSubscriptions(
+            subscriptions_pb2.GetSubscriptionsRequest(openid=reporting_user),
+            timeout=DEADLINE_SECONDS,
+        )
+        for entry in known.subscriptions:
+            kind = subscriptions_pb2.SubscriptionKind.Name(entry.kind)
+            source = subscriptions_pb2.SubscriptionSource.Name(entry.source)
+            print(f"known: template={entry.template_id} kind={kind} source={source} "
+                  f"remaining={entry.remaining}")
     return 0
 
 

@@ -19,7 +19,13 @@ use super::{
     read_secret_file,
     redis::RedisSettings,
 };
-use crate::{secret::Secret, wechat::TokenMode};
+use crate::{
+    config::PushSettings,
+    push_crypto::{AesKey, PushMode},
+    secret::Secret,
+    subscriptions::SubscriptionCheck,
+    wechat::TokenMode,
+};
 
 /// The keys of an `[[apps]]` table.
 const APP_KEYS: &[&str] = &[
@@ -32,6 +38,10 @@ const APP_KEYS: &[&str] = &[
     "token_mode",
     "max_in_flight",
     "rate_per_sec",
+    "subscription_check",
+    "push_token",
+    "push_aes_key",
+    "push_mode",
 ];
 
 /// The keys of the `[redis]` table.
@@ -208,6 +218,10 @@ impl FileReader<'_> {
         if let Some(value) = table.get("rate_per_sec") {
             app.rate_per_sec = integer(value, RATE_PER_SEC_RANGE).map_err(at("rate_per_sec"))?;
         }
+        if let Some(value) = table.get("subscription_check") {
+            app.subscription_check = subscription_check(value).map_err(at("subscription_check"))?;
+        }
+        app.push = self.push(index, table)?;
         Ok(app)
     }
 
@@ -241,6 +255,64 @@ impl FileReader<'_> {
             None => None,
         };
         Ok(settings)
+    }
+
+    /// The push settings from `push_token`, `push_aes_key` and `push_mode`: none of them, or a
+    /// token (3 to 32 letters and digits, as WeChat's admin allows) with, for the encrypted
+    /// modes, the 43-character EncodingAESKey. The mode defaults to `safe` with a key and
+    /// `plaintext` without. No message quotes the token or the key.
+    fn push(&self, index: usize, table: &Table) -> Result<Option<PushSettings>, ConfigError> {
+        let at = |key: &str| {
+            let key = format!("apps[{index}].{key}");
+            move |problem: String| self.error(&key, problem)
+        };
+        let given = |key: &str| table.get(key);
+        let Some(token) = given("push_token") else {
+            if let Some(key) = ["push_aes_key", "push_mode"]
+                .into_iter()
+                .find(|key| table.contains_key(*key))
+            {
+                return Err(at(key)("needs push_token".to_owned()));
+            }
+            return Ok(None);
+        };
+        let token = string(token).map_err(at("push_token"))?;
+        if !(3..=32).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(at("push_token")(
+                "must be 3 to 32 letters and digits (as in WeChat's push settings)".to_owned(),
+            ));
+        }
+        let aes_key = match given("push_aes_key") {
+            Some(value) => Some(
+                AesKey::from_encoding_key(string(value).map_err(at("push_aes_key"))?).map_err(
+                    |problem| at("push_aes_key")(format!("the EncodingAESKey {problem}")),
+                )?,
+            ),
+            None => None,
+        };
+        let mode = match given("push_mode") {
+            Some(value) => {
+                let text = string(value).map_err(at("push_mode"))?;
+                PushMode::parse(text).ok_or_else(|| {
+                    at("push_mode")(format!(
+                        "must be \"plaintext\", \"compatible\" or \"safe\", got \"{}\"",
+                        text.escape_debug()
+                    ))
+                })?
+            }
+            None if aes_key.is_some() => PushMode::Safe,
+            None => PushMode::Plaintext,
+        };
+        if mode != PushMode::Plaintext && aes_key.is_none() {
+            return Err(at("push_aes_key")(
+                "is required by the compatible and safe push modes".to_owned(),
+            ));
+        }
+        Ok(Some(PushSettings {
+            token: Secret::new(token),
+            aes_key,
+            mode,
+        }))
     }
 
     /// The secret from exactly one of `secret`, `secret_env` and `secret_file`.
@@ -386,6 +458,16 @@ fn token_mode(value: &Value) -> Result<TokenMode, String> {
             other.escape_debug()
         )),
     }
+}
+
+fn subscription_check(value: &Value) -> Result<SubscriptionCheck, String> {
+    let text = string(value)?;
+    SubscriptionCheck::parse(text).ok_or_else(|| {
+        format!(
+            "must be \"off\", \"observe\" or \"enforce\", got \"{}\"",
+            text.escape_debug()
+        )
+    })
 }
 
 /// An environment variable name: non-empty, no `=` or NUL (which no variable name can hold).

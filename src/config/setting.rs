@@ -103,6 +103,10 @@ settings! {
     REDIS_KEY_PREFIX = "NOTIFY_REDIS_KEY_PREFIX", "--redis-key-prefix";
     /// Redis Cluster mode.
     REDIS_CLUSTER = "NOTIFY_REDIS_CLUSTER", "--redis-cluster";
+    /// Where WeChat's event pushes are received.
+    PUSH_LISTEN = "NOTIFY_PUSH_LISTEN", "--push-listen";
+    /// What sends do with the subscription ledger.
+    SUBSCRIPTION_CHECK = "NOTIFY_SUBSCRIPTION_CHECK", "--subscription-check";
     /// The gRPC port's certificate chain (PEM).
     TLS_CERT = "NOTIFY_TLS_CERT", "--tls-cert";
     /// The gRPC port's private key (PEM).

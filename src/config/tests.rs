@@ -6,6 +6,7 @@ use std::{collections::HashMap, io::Write, path::Path};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use super::*;
+use crate::push_crypto::PushMode;
 
 #[derive(Parser, Debug)]
 struct TestCli {
@@ -123,8 +124,10 @@ fn defaults() {
         token_mode: TokenMode::Stable,
         max_in_flight: 64,
         rate_per_sec: 500,
+        subscription_check: SubscriptionCheck::Observe,
     };
     assert_eq!(config.app_defaults, expected_defaults);
+    assert_eq!(config.push_listen, None, "no push listener unless set");
 
     let [app] = config.apps.as_slice() else {
         panic!("one app expected: {:?}", config.apps);
@@ -742,7 +745,7 @@ fn file_errors_name_the_key() {
         (
             "[[apps]]\nappid = \"wx1\"\nsecret = \"a\"\nsecert = \"b\"\n",
             "apps[0].secert: unknown key; expected one of name, appid, secret, secret_env, \
-             secret_file, api_base, token_mode, max_in_flight, rate_per_sec",
+             secret_file, api_base, token_mode, max_in_flight, rate_per_sec, subscription_check, push_token, push_aes_key, push_mode",
         ),
         (
             "listen = \"0.0.0.0:1\"\n[[apps]]\nappid = \"wx1\"\nsecret = \"a\"\n",
@@ -992,4 +995,98 @@ fn the_file_configures_redis_and_flags_win() {
     );
 }
 
+#[test]
+fn subscription_and_push_settings() {
+    let unset = config(&with_one_app(&["--push-listen", ""])).expect("valid");
+    assert_eq!(unset.push_listen, None, "empty counts as unset");
+    let config = config(&with_one_app(&[
+        "--push-listen",
+        "127.0.0.1:8090",
+        "--subscription-check",
+        "enforce",
+    ]))
+    .expect("valid");
+    assert_eq!(config.push_listen, Some("127.0.0.1:8090".parse().unwrap()));
+    assert_eq!(
+        config.apps[0].subscription_check,
+        SubscriptionCheck::Enforce
+    );
+    assert!(
+        config.apps[0].push.is_none(),
+        "push settings come from the apps file"
+    );
+    assert_eq!(
+        error(&with_one_app(&["--subscription-check", "always"])),
+        "--subscription-check always: expected off or observe or enforce"
+    );
+    assert_eq!(
+        error(&with_one_app(&["--push-listen", "8090"])),
+        "--push-listen 8090: expected IP:PORT or localhost:PORT, e.g. 0.0.0.0:8090"
+    );
+
+    let key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    let dir = ConfigDir::new(&format!(
+        "[[apps]]\nname = \"plain\"\nappid = \"wx1\"\nsecret = \"a\"\npush_token = \"Tok3n\"\n\
+         [[apps]]\nname = \"safe\"\nappid = \"wx2\"\nsecret = \"b\"\npush_token = \"Tok3n\"\n\
+         push_aes_key = \"{key}\"\nsubscription_check = \"off\"\n\
+         [[apps]]\nname = \"mixed\"\nappid = \"wx3\"\nsecret = \"c\"\npush_token = \"Tok3n\"\n\
+         push_aes_key = \"{key}\"\npush_mode = \"compatible\"\n"
+    ));
+    let config = dir.load(&[], no_env).expect("valid");
+    let modes: Vec<_> = config
+        .apps
+        .iter()
+        .map(|app| app.push.as_ref().map(|push| push.mode))
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            Some(PushMode::Plaintext),
+            Some(PushMode::Safe),
+            Some(PushMode::Compatible)
+        ]
+    );
+    assert_eq!(config.apps[1].subscription_check, SubscriptionCheck::Off);
+    assert_eq!(
+        config.apps[0].subscription_check,
+        SubscriptionCheck::Observe
+    );
+    let debug = format!("{:?}", config.apps);
+    assert!(!debug.contains("Tok3n") && !debug.contains(key), "{debug}");
+
+    let base = "[[apps]]\nappid = \"wx1\"\nsecret = \"a\"\n";
+    let cases = [
+        (
+            "push_mode = \"safe\"\n",
+            "apps[0].push_mode: needs push_token",
+        ),
+        (
+            "push_token = \"Tok3n\"\npush_mode = \"safe\"\n",
+            "apps[0].push_aes_key: is required by the compatible and safe push modes",
+        ),
+        (
+            "push_token = \"Tok3n\"\npush_mode = \"aes\"\n",
+            "apps[0].push_mode: must be \"plaintext\", \"compatible\" or \"safe\", got \"aes\"",
+        ),
+        (
+            "push_token = \"a!\"\n",
+            "apps[0].push_token: must be 3 to 32 letters and digits (as in WeChat's push settings)",
+        ),
+        (
+            "push_token = \"Tok3n\"\npush_aes_key = \"tooshortsecretkey\"\n",
+            "apps[0].push_aes_key: the EncodingAESKey must be 43 characters, got 17",
+        ),
+        (
+            "subscription_check = \"block\"\n",
+            "apps[0].subscription_check: must be \"off\", \"observe\" or \"enforce\", got \"block\"",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let toml = format!("{base}{extra}");
+        let dir = ConfigDir::new(&toml);
+        let error = dir.error(no_env);
+        assert_eq!(error, expected, "for {toml:?}");
+        assert!(!error.contains("tooshortsecretkey"));
+    }
+}
 mod callers;

@@ -113,6 +113,7 @@ async fn overview(State(sandbox): State<Sandbox>) -> Json<Value> {
             "GET|POST|DELETE /sandbox/faults", "POST /sandbox/tokens/revoke",
             "GET /sandbox/stats", "GET /sandbox/templates", "GET /sandbox/sends",
             "GET /sandbox/events", "GET /sandbox/ui",
+            "GET /sandbox/pushes", "POST /sandbox/push-target",
         ],
     }))
 }
@@ -126,6 +127,9 @@ struct SubscriptionRequest {
     /// What `wx.requestSubscribeMessage` reported for the template.
     status: String,
     count: Option<u32>,
+    /// Where the user answered: `popup` (the default for accept) or `change` (turned off from
+    /// the settings, the default for reject): it decides which event is pushed.
+    event: Option<String>,
 }
 
 async fn record_subscription(State(sandbox): State<Sandbox>, body: Bytes) -> ControlResult {
@@ -163,8 +167,26 @@ async fn record_subscription(State(sandbox): State<Sandbox>, body: Bytes) -> Con
     if request.count == Some(0) {
         return Err(ControlError::bad_request("count must be at least 1"));
     }
-    if let Some(grant) = grant {
-        sandbox.subscribe(&appid, &request.openid, &request.template_id, grant);
+    let from_settings = match (request.event.as_deref(), grant) {
+        (None, Some(Grant::Reject)) | (Some("change"), Some(Grant::Reject)) => true,
+        (None | Some("popup"), _) => false,
+        (Some("change"), _) => {
+            return Err(ControlError::bad_request(
+                "event change goes with status reject (a user turns templates off, never on, from the settings)",
+            ));
+        }
+        (Some(other), _) => {
+            return Err(ControlError::bad_request(format!(
+                "event must be popup or change, not {other:?}"
+            )));
+        }
+    };
+    match grant {
+        Some(_) if from_settings => {
+            sandbox.revoke(&appid, &request.openid, &request.template_id);
+        }
+        Some(grant) => sandbox.subscribe(&appid, &request.openid, &request.template_id, grant),
+        None => {}
     }
     Ok(Json(subscription_json(
         &sandbox,

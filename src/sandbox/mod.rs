@@ -21,6 +21,7 @@ mod events;
 mod failures;
 mod faults;
 mod params;
+mod push;
 mod reply;
 mod send;
 mod state;
@@ -44,6 +45,7 @@ pub use events::{EVENTS_CAPACITY, STATS_INTERVAL};
 pub use failures::FailedSend;
 pub use faults::{ActiveFault, Fault, FaultEndpoint};
 pub use params::is_valid_openid;
+pub use push::{PushFormat, PushRecord, PushTarget};
 pub use state::{Grant, InboxMessage, QuotaLeft, RecordedSend, SandboxStats, TokenFetches};
 pub use templates::{Keyword, Template, TemplateKind};
 
@@ -57,6 +59,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Sandbox {
     inner: Arc<Inner>,
+    /// WeChat's pushes to the apps' push URLs (`push`).
+    pusher: Arc<push::Pusher>,
 }
 
 impl fmt::Debug for Sandbox {
@@ -78,6 +82,7 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Sandbox {
         Sandbox {
             inner: Arc::new(Inner::new(config)),
+            pusher: Arc::default(),
         }
     }
 
@@ -95,6 +100,7 @@ impl Sandbox {
             .route("/wxaapi/newtmpl/gettemplate", get(endpoints::get_template))
             .merge(control::routes())
             .merge(console::routes())
+            .merge(push::routes())
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
             .with_state(self.clone())
@@ -200,6 +206,34 @@ impl Sandbox {
         };
         self.inner.lock().subscribe(key, kind, grant);
         self.changed(Changed::Subscriptions);
+        // The popup push WeChat makes for the same answer: one per accepted message.
+        let (status, pushes) = match grant {
+            Grant::Accept { count } => ("accept", count),
+            Grant::Reject => ("reject", 1),
+        };
+        for _ in 0..pushes {
+            self.pusher.push(
+                appid,
+                openid,
+                template_id,
+                push::PushEvent::Popup { status },
+            );
+        }
+    }
+
+    /// The user turns the template off from the settings: every grant is gone (as a reject),
+    /// and WeChat pushes `subscribe_msg_change_event`.
+    pub fn revoke(&self, appid: &str, openid: &str, template_id: &str) {
+        let kind = self.inner.template(appid, template_id).map(|t| t.kind);
+        let key = SubscriptionKey {
+            appid: appid.to_string(),
+            openid: openid.to_string(),
+            template_id: template_id.to_string(),
+        };
+        self.inner.lock().subscribe(key, kind, Grant::Reject);
+        self.changed(Changed::Subscriptions);
+        self.pusher
+            .push(appid, openid, template_id, push::PushEvent::Change);
     }
 
     /// Injects a fault; faults apply in injection order, the first matching one per call.

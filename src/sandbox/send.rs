@@ -42,6 +42,16 @@ pub(crate) async fn send(
     let _in_flight = inner.enter_send();
     let token = query_param(query.as_deref(), "access_token");
     let outcome = process(inner, token.as_deref(), &body, Instant::now());
+    if let Some(delivered) = &outcome.delivered {
+        sandbox.pusher.push(
+            &delivered.appid,
+            &delivered.openid,
+            &delivered.template_id,
+            super::push::PushEvent::Sent {
+                msgid: delivered.msgid,
+            },
+        );
+    }
     if let Some(latency) = outcome.latency {
         tokio::time::sleep(latency).await;
     }
@@ -54,6 +64,16 @@ struct Outcome {
     latency: Option<Duration>,
     /// An injected fault answered instead of the checks.
     injected: bool,
+    /// The message delivered, for the `subscribe_msg_sent_event` push.
+    delivered: Option<Delivered>,
+}
+
+/// A message that reached the inbox.
+struct Delivered {
+    appid: String,
+    openid: String,
+    template_id: String,
+    msgid: u64,
 }
 
 impl Outcome {
@@ -62,6 +82,7 @@ impl Outcome {
             reply,
             latency,
             injected: false,
+            delivered: None,
         }
     }
 
@@ -70,6 +91,7 @@ impl Outcome {
             reply,
             latency,
             injected: true,
+            delivered: None,
         }
     }
 }
@@ -162,15 +184,18 @@ fn check_and_deliver(
             return Outcome::injected(answer.into(), latency);
         }
     }
-    let reply = match state.use_quota(&inner.config, &appid, inner.since_start(now)) {
-        Err(QuotaExceeded::Daily) => Reply::errcode(45009),
-        Err(QuotaExceeded::Minute) => Reply::errcode(45011),
+    let (reply, delivered) = match state.use_quota(&inner.config, &appid, inner.since_start(now)) {
+        Err(QuotaExceeded::Daily) => (Reply::errcode(45009), None),
+        Err(QuotaExceeded::Minute) => (Reply::errcode(45011), None),
         Ok(()) => match check_message(inner, &appid, body) {
-            Err(reply) => reply,
+            Err(reply) => (reply, None),
             Ok(message) => deliver(inner, state, appid, message),
         },
     };
-    Outcome::checked(reply, latency)
+    Outcome {
+        delivered,
+        ..Outcome::checked(reply, latency)
+    }
 }
 
 /// The record of a refused send: what was asked, what was answered, and why.
@@ -356,7 +381,12 @@ fn check_choice(
     }
 }
 
-fn deliver(inner: &Inner, state: &mut Mutable, appid: String, message: Message) -> Reply {
+fn deliver(
+    inner: &Inner,
+    state: &mut Mutable,
+    appid: String,
+    message: Message,
+) -> (Reply, Option<Delivered>) {
     let key = SubscriptionKey {
         appid,
         openid: message.touser,
@@ -364,9 +394,15 @@ fn deliver(inner: &Inner, state: &mut Mutable, appid: String, message: Message) 
     };
     let auto_accept = inner.auto_accept.load(std::sync::atomic::Ordering::SeqCst);
     if !state.consume_grant(&key, message.template.kind, auto_accept) {
-        return Reply::errcode(43101);
+        return (Reply::errcode(43101), None);
     }
     let msgid = state.next_msgid();
+    let delivered = Delivered {
+        appid: key.appid.clone(),
+        openid: key.openid.clone(),
+        template_id: key.template_id.clone(),
+        msgid,
+    };
     let message = InboxMessage {
         text: message.template.render(&message.data),
         title: message.template.title.clone(),
@@ -384,7 +420,7 @@ fn deliver(inner: &Inner, state: &mut Mutable, appid: String, message: Message) 
         .events
         .publish(|| SandboxEvent::Delivered(Box::new(message.clone())));
     state.deliver(message);
-    ok_reply(inner, msgid)
+    (ok_reply(inner, msgid), Some(delivered))
 }
 
 fn ok_reply(inner: &Inner, msgid: u64) -> Reply {

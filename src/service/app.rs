@@ -22,6 +22,7 @@ use crate::{
     idempotency::Record,
     service::CallerRef,
     store::limits::{Admit, SharedLimits},
+    subscriptions::SubscriptionCheck,
     telemetry::{self, catalog::MessageCounters},
     templates::TemplateCache,
     token::TokenCache,
@@ -112,6 +113,8 @@ pub struct App {
     pub name: String,
     /// The AppID.
     pub appid: String,
+    /// What sends do with the subscription ledger.
+    pub subscription_check: SubscriptionCheck,
     /// Concurrent upstream sends at most.
     pub max_in_flight: usize,
     api: AppApi,
@@ -147,6 +150,7 @@ impl App {
         Self {
             name,
             appid: api.appid().to_owned(),
+            subscription_check: SubscriptionCheck::default(),
             max_in_flight,
             api,
             tokens,
@@ -182,6 +186,12 @@ impl App {
                 .get_or_init(|| MessageCounters::new(&self.name, crate::config::ANONYMOUS)),
         };
         counters.count(outcome);
+    }
+
+    /// The same app, doing `check` with the subscription ledger on every send.
+    pub fn with_subscription_check(mut self, check: SubscriptionCheck) -> Self {
+        self.subscription_check = check;
+        self
     }
 
     /// The same app, checking messages against its template list from `templates`.

@@ -242,7 +242,7 @@ impl Notifier {
                 &["batch", key, &message.touser],
             )
         });
-        self.deliver_once(&shared.app, message, key, &admission)
+        self.deliver_recorded(&shared.app, message, key, &admission)
             .await
     }
 }

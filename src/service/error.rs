@@ -33,6 +33,13 @@ pub enum ErrorKind {
     /// unreachable): not risked, since it might be a duplicate. Nothing was sent.
     #[error("not sent: the idempotency store is unreachable, so a duplicate cannot be ruled out")]
     StoreUnavailable,
+    /// Under `subscription_check = enforce`, the ledger knows WeChat would answer 43101;
+    /// nothing was sent.
+    #[error("not sent: {0}")]
+    NotSubscribed(&'static str),
+    /// The subscription ledger's store could not be used.
+    #[error("{0}")]
+    LedgerUnavailable(String),
 }
 
 /// Why a send was never started.

@@ -6,6 +6,7 @@ mod app;
 mod batch;
 mod check;
 mod error;
+mod subscriptions;
 mod template_check;
 
 use std::{
@@ -27,10 +28,12 @@ use app::{Admission, SEND_ADMISSION_WAIT};
 pub use app::{App, until_next_minute, until_quota_day_ends};
 pub use batch::{BatchRequest, RecipientInput, RecipientOutcome};
 pub use error::{ErrorKind, NotStarted, SendError};
+pub use subscriptions::{MAX_QUERIED_TEMPLATES, MAX_REPORTED_TEMPLATES};
 
 use self::check::Violations;
 use crate::{
     idempotency::{IdempotencyStore, Keyed, Record},
+    subscriptions::Ledger,
     telemetry::catalog::MessageCounters,
     validation::MAX_ID_BYTES,
     wechat::{MiniprogramState, SubscribeMessage},
@@ -101,6 +104,8 @@ fn outcome_label(result: &Result<Receipt, SendError>) -> &'static str {
         Ok(_) => "sent",
         Err(error) => match &error.kind {
             ErrorKind::Invalid(_) | ErrorKind::UnknownApp(_) => "invalid",
+            // Refused for the ledger's reasons, as WeChat would have with 43101.
+            ErrorKind::NotSubscribed(_) => "rejected",
             _ if error.wechat_errcode().is_some() => "rejected",
             _ => "failed",
         },
@@ -113,6 +118,8 @@ pub struct Notifier {
     only_app: Option<Arc<App>>,
     idempotency: Arc<dyn IdempotencyStore<SendError>>,
     max_batch_recipients: usize,
+    /// What users granted; `None` leaves sends unchecked and the subscription RPCs unavailable.
+    ledger: Option<Arc<dyn Ledger>>,
     /// Sends whose caller went away finish as tasks of their own, so a request to WeChat is
     /// never cut in half (its outcome would become unknown and unrecorded); so do batches.
     /// Shutdown waits for them.
@@ -137,8 +144,15 @@ impl Notifier {
             only_app,
             idempotency,
             max_batch_recipients,
+            ledger: None,
             tasks: TaskTracker::new(),
         }
+    }
+
+    /// The same service keeping subscriptions in `ledger`.
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Every configured app, once each.
@@ -255,10 +269,36 @@ impl Notifier {
         // If the caller goes away mid-send, the request to WeChat still completes (on a task
         // of its own) and its outcome is recorded under the idempotency key.
         FinishOnDrop::new(
-            async move { notifier.deliver_once(&app, message, key, &admission).await },
+            async move {
+                notifier
+                    .deliver_recorded(&app, message, key, &admission)
+                    .await
+            },
             &self.tasks,
         )
         .await
+    }
+
+    /// Delivers `message` unless the ledger refuses it (under `enforce`), and records what the
+    /// send taught the ledger.
+    async fn deliver_recorded(
+        self: &Arc<Self>,
+        app: &Arc<App>,
+        message: SubscribeMessage,
+        key: Option<String>,
+        admission: &Admission,
+    ) -> Result<Receipt, SendError> {
+        if !self.tracks_subscriptions(app) {
+            return self.deliver_once(app, message, key, admission).await;
+        }
+        self.check_subscription(app, &message.touser, &message.template_id)
+            .await?;
+        let (touser, template_id) = (message.touser.clone(), message.template_id.clone());
+        let result = self.deliver_once(app, message, key, admission).await;
+        let outcome = result.as_ref().map(|receipt| !receipt.deduplicated);
+        self.record_send_outcome(app, &touser, &template_id, outcome)
+            .await;
+        result
     }
 
     /// Delivers `message`, at most once per idempotency key (scoped by [`scoped_key`]).

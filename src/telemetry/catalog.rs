@@ -75,6 +75,15 @@ pub const RPC_REQUESTS_TOTAL: &str = "wechat_notify_rpc_requests_total";
 pub const RPC_DURATION: &str = "wechat_notify_rpc_duration_seconds";
 /// Gauge `{method}`: gRPC calls being handled.
 pub const RPC_IN_FLIGHT: &str = "wechat_notify_rpc_in_flight";
+/// Counter `{app, result}`: send-time ledger lookups, `hit` (an entry) or `miss` (none).
+pub const SUBSCRIPTION_LEDGER_LOOKUPS_TOTAL: &str =
+    "wechat_notify_subscription_ledger_lookups_total";
+/// Counter `{app}`: sends refused under `enforce` without calling WeChat.
+pub const SUBSCRIPTION_SENDS_SAVED_TOTAL: &str = "wechat_notify_subscription_sends_saved_total";
+/// Counter `{app, event}`: pushes applied, by `popup`, `change`, `sent` or `other`.
+pub const SUBSCRIPTION_PUSH_EVENTS_TOTAL: &str = "wechat_notify_subscription_push_events_total";
+/// Counter `{app, result}`: push requests received, by result (see `crate::push`).
+pub const PUSH_REQUESTS_TOTAL: &str = "wechat_notify_push_requests_total";
 /// Gauge `{version}`, always 1: which build is running.
 pub const BUILD_INFO: &str = "wechat_notify_build_info";
 
@@ -156,6 +165,28 @@ pub(crate) fn describe_all() {
         STORE_UP,
         "1 while the shared Redis answers, 0 while it does not (only with NOTIFY_REDIS_URL)."
     );
+    describe_counter!(
+        SUBSCRIPTION_LEDGER_LOOKUPS_TOTAL,
+        "Subscription ledger lookups made for sends (subscription_check observe or enforce), by \
+         result: hit (the ledger had an entry for the user and template) or miss."
+    );
+    describe_counter!(
+        SUBSCRIPTION_SENDS_SAVED_TOTAL,
+        "Sends refused with NOT_SUBSCRIBED under subscription_check = enforce, without calling \
+         WeChat."
+    );
+    describe_counter!(
+        SUBSCRIPTION_PUSH_EVENTS_TOTAL,
+        "WeChat event pushes applied, by event: popup, change, sent (delivery results) or other \
+         (acknowledged and ignored)."
+    );
+    describe_counter!(
+        PUSH_REQUESTS_TOTAL,
+        "Requests to the push listener by result: verified (GET URL check), accepted, \
+         duplicate (a retry of a push already accepted), bad_signature, stale (signed more \
+         than 5 minutes away from now), bad_request (bad mode, \
+         body, ciphertext or appid), unknown_app."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label tells which build is running."
@@ -177,6 +208,11 @@ pub(crate) fn register_app(app: &str, max_in_flight: usize, callers: &[&str]) {
         }
     }
     metrics::counter!(TOKEN_FETCHES_TOTAL, "app" => app.to_owned()).increment(0);
+    metrics::counter!(SUBSCRIPTION_SENDS_SAVED_TOTAL, "app" => app.to_owned()).increment(0);
+    for result in ["hit", "miss"] {
+        metrics::counter!(SUBSCRIPTION_LEDGER_LOOKUPS_TOTAL, "app" => app.to_owned(), "result" => result)
+            .increment(0);
+    }
     metrics::counter!(TOKEN_FETCH_FAILURES_TOTAL, "app" => app.to_owned()).increment(0);
     metrics::gauge!(UPSTREAM_IN_FLIGHT, "app" => app.to_owned()).set(0.0);
     metrics::gauge!(UPSTREAM_IN_FLIGHT_LIMIT, "app" => app.to_owned()).set(max_in_flight as f64);

@@ -24,6 +24,15 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const KNOWN_METHODS: &[(&str, &str)] = &[
     ("/notify.v1.NotifyService/SendSubscribe", "SendSubscribe"),
     ("/notify.v1.NotifyService/BatchSend", "BatchSend"),
+    (
+        "/notify.v1.SubscriptionService/RecordSubscriptions",
+        "RecordSubscriptions",
+    ),
+    (
+        "/notify.v1.SubscriptionService/GetSubscriptions",
+        "GetSubscriptions",
+    ),
+    ("/notify.v1.SubscriptionService/WatchEvents", "WatchEvents"),
     ("/grpc.health.v1.Health/Check", "HealthCheck"),
     ("/grpc.health.v1.Health/Watch", "HealthWatch"),
     (
@@ -42,9 +51,12 @@ fn method_label(path: &str) -> &'static str {
 }
 
 /// Every method label, `other` last: the rows of the metric handle tables.
-const METHOD_LABELS: [&str; 6] = [
+const METHOD_LABELS: [&str; 9] = [
     "SendSubscribe",
     "BatchSend",
+    "RecordSubscriptions",
+    "GetSubscriptions",
+    "WatchEvents",
     "HealthCheck",
     "HealthWatch",
     "Reflection",

@@ -12,10 +12,14 @@ use tonic::transport::Channel;
 use url::Url;
 use wechat_notify::{
     config::{AppConfig, AppDefaults, IdempotencyOptions, LogFormat, ServeConfig},
-    pb::{self, notify_service_client::NotifyServiceClient},
+    pb::{
+        self, notify_service_client::NotifyServiceClient,
+        subscription_service_client::SubscriptionServiceClient,
+    },
     sandbox::{Sandbox, SandboxApp, SandboxConfig, SandboxServer},
     secret::Secret,
     server::{self, Running},
+    subscriptions::SubscriptionCheck,
     wechat::{ClientOptions, TokenMode},
 };
 
@@ -61,6 +65,8 @@ pub fn app_config(name: &str, app: &SandboxApp, bases: Vec<Url>) -> AppConfig {
         token_mode: TokenMode::Stable,
         max_in_flight: 64,
         rate_per_sec: 100_000,
+        subscription_check: SubscriptionCheck::Observe,
+        push: None,
     }
 }
 
@@ -76,6 +82,7 @@ pub fn serve_config() -> ServeConfig {
             token_mode: TokenMode::Stable,
             max_in_flight: 64,
             rate_per_sec: 100_000,
+            subscription_check: SubscriptionCheck::Observe,
         },
         sandbox: false,
         sandbox_listen: loopback(),
@@ -94,6 +101,7 @@ pub fn serve_config() -> ServeConfig {
         template_checks: true,
         template_refresh: Duration::from_secs(600),
         redis: None,
+        push_listen: None,
         callers: Default::default(),
         tls: None,
     }
@@ -163,6 +171,35 @@ pub async fn connect(addr: SocketAddr) -> NotifyServiceClient<Channel> {
         .await
         .expect("grpc connects");
     NotifyServiceClient::new(channel)
+}
+
+/// A SubscriptionService client of the server at `addr`.
+pub async fn subscriptions_client(addr: SocketAddr) -> SubscriptionServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("grpc connects");
+    SubscriptionServiceClient::new(channel)
+}
+
+/// Polls `check` every 20 ms until it answers `Some`, for at most 10 s (a push is applied
+/// after its answer, on a task of its own).
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A loopback URL on which nothing listens: connections are refused.
