@@ -21,9 +21,9 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+pub use self::redis::{ENTRY_TTL, RedisLedger};
 pub use events::{EventHub, WatchItem, Watcher};
 pub use memory::{MemoryLedger, PUSH_DEDUPE_TTL};
-pub use self::redis::{ENTRY_TTL, RedisLedger};
 pub use rules::{Verdict, verdict};
 
 /// What an app's sends do with the ledger (`subscription_check`).

@@ -13,8 +13,8 @@
 //! Updates are an optimistic read-modify-write: read the user's hash, apply [`rules`] here (the
 //! very rules of the in-memory store; they live in Rust, not in Lua), and write back with a
 //! script that writes only if `#version` is still the one read, else the update is computed
-//! again (at most [`CAS_ATTEMPTS`] times; two writers on one user are rare, a whole herd on one
-//! user is the only way to run out). A conflict costs a retry, never a lost update.
+//! again (at most [`CAS_ATTEMPTS`] times, after a short random pause; two writers on one user are
+//! rare, a herd on one user is the only way to run out). A conflict costs a retry, never a lost update.
 //!
 //! Events go out only through Redis, so this replica's watchers get its own events once, from
 //! the subscription like everyone else's; when the PUBLISH itself fails they are handed to the
@@ -24,7 +24,7 @@
 use std::{
     collections::BTreeMap,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use async_trait::async_trait;
@@ -40,8 +40,9 @@ use crate::store::RedisStore;
 /// How long a user's entries are kept after their last write (a long-term grant lasts until
 /// the user turns it off, so entries must outlive quiet months; a year and a bit).
 pub const ENTRY_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
-/// Write attempts of one update before it gives up as unavailable.
-const CAS_ATTEMPTS: u32 = 8;
+/// Write attempts of one update before it gives up as unavailable (each conflict means another
+/// writer of the same user succeeded; after one, a loser waits a random 0..=n ms).
+const CAS_ATTEMPTS: u32 = 32;
 /// Delay before subscribing again after the event subscription failed or ended.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 /// The hash field counting writes (not a template id: those have no `#`).
@@ -169,6 +170,11 @@ async fn relay(store: Arc<RedisStore>, hub: Arc<EventHub>, channel: String) {
     }
 }
 
+fn whole_millis(at: SystemTime) -> SystemTime {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    UNIX_EPOCH + Duration::from_millis(since.as_millis() as u64)
+}
+
 /// The least recently changed templates beyond [`MAX_TEMPLATES_PER_USER`], as the in-memory
 /// store drops them.
 fn evictions(entries: &BTreeMap<String, Subscription>) -> Vec<String> {
@@ -194,9 +200,10 @@ impl Ledger for RedisLedger {
         updates: Vec<Update>,
     ) -> Result<Vec<Subscription>, LedgerError> {
         let key = self.user_key(appid, openid);
-        for _ in 0..CAS_ATTEMPTS {
+        for attempt in 1..=CAS_ATTEMPTS {
             let (version, mut entries) = self.read_user(&key).await?;
-            let now = SystemTime::now();
+            // Whole milliseconds, as stored: the answer equals what a read gives after.
+            let now = whole_millis(SystemTime::now());
             let mut touched: BTreeMap<String, Subscription> = BTreeMap::new();
             for update in &updates {
                 let template_id = update.template_id();
@@ -234,7 +241,9 @@ impl Ledger for RedisLedger {
             }
             let written: i64 = self.store.invoke(&invocation).await.map_err(unavailable)?;
             if written == 0 {
-                tokio::task::yield_now().await;
+                // Spread the writers that lost, so they do not collide again in step.
+                let backoff = fastrand::u64(0..=attempt.min(10) as u64);
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
                 continue;
             }
             for subscription in touched.values() {
