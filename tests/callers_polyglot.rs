@@ -9,7 +9,10 @@ mod polyglot;
 use std::{ffi::OsString, path::Path, process::Command};
 
 use common::pki::{Ca, Leaf};
-use polyglot::{Options, Service, node_modules, path_with, repo_root, retarget, run, venv_python};
+use polyglot::{
+    Options, Service, generate_python_stubs, node_modules, path_with, repo_root, retarget, run,
+    venv_python,
+};
 
 const TOKEN: &str = "ops-token-0123456789abcdef0123";
 const DEMO_USER: &str = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M";
@@ -191,16 +194,7 @@ fn assert_sent(service: &Service, outcome: &polyglot::Outcome) {
 fn python_example_speaks_tls_with_a_token_or_a_certificate() {
     let python = venv_python();
     let example_dir = repo_root().join("examples/python");
-    let generate = run({
-        let mut command = Command::new(&python);
-        command
-            .current_dir(&example_dir)
-            .args(["-m", "grpc_tools.protoc", "-I", "../../proto"])
-            .args(["--python_out=.", "--pyi_out=.", "--grpc_python_out=."])
-            .arg("../../proto/notify/v1/notify.proto");
-        command
-    });
-    assert!(generate.status.success(), "{}", generate.describe());
+    generate_python_stubs(&python);
 
     // `ops` may only SendSubscribe, so the token run uses `shop`'s certificate for the batch
     // half: run once with the certificate (everything), once with the token (refused batch).

