@@ -40,7 +40,7 @@ use crate::{
         RedisStore, idempotency::RedisIdempotencyStore, limits::SharedLimits,
         token::RedisTokenStore,
     },
-    subscriptions::MemoryLedger,
+    subscriptions::{Ledger, MemoryLedger, RedisLedger},
     telemetry::{
         self, CountTemplateErrcodes, CountTokenErrcodes, REQUEST_ID_HEADER, RpcTelemetryLayer,
         catalog::UPSTREAM_IN_FLIGHT,
@@ -166,9 +166,12 @@ pub async fn start(
             config.idempotency.capacity,
         )),
     };
+    let ledger: Arc<dyn Ledger> = match &store {
+        Some(store) => Arc::new(RedisLedger::new(store.clone())),
+        None => Arc::new(MemoryLedger::default()),
+    };
     let notifier = Arc::new(
-        Notifier::new(apps.clone(), idempotency, config.max_batch_recipients)
-            .with_ledger(Arc::new(MemoryLedger::default())),
+        Notifier::new(apps.clone(), idempotency, config.max_batch_recipients).with_ledger(ledger),
     );
 
     let grpc_listener = bind(config.listen).await?;

@@ -1,7 +1,7 @@
 //! Several replicas of the real binary on one Redis behave as one service: one token fetch for
 //! a herd, one send per idempotency key, the app's rate as a total, a shared 45011 pause, and
-//! keyed sends refused (not risked) while Redis is down. The same core promises on a real
-//! three-node Redis Cluster.
+//! keyed sends refused (not risked) while Redis is down, one subscription ledger and its events
+//! for all. The same core promises on a real three-node Redis Cluster.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{redis::*, *};
 use tonic::Code;
 use wechat_notify::{
-    pb,
+    pb::{self, subscription_service_client::SubscriptionServiceClient},
     sandbox::{Fault, Sandbox, SandboxConfig, SandboxServer},
 };
 
@@ -413,11 +413,20 @@ async fn while_redis_is_down_keyed_sends_are_refused_and_all_resumes_after() {
         refused.get_error_details().error_info().unwrap().reason,
         "STORE_UNAVAILABLE"
     );
+    // Unkeyed sends go on, the ledger (observe, the default) unread and unwritten.
     clients[1]
         .clone()
         .send_subscribe(course_request(&openid(2)))
         .await
         .expect("unkeyed sends go on");
+    let port = cluster.replicas[1].port;
+    let mut ledger = subscriptions_client(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    let unrecorded = record(&mut ledger, &openid(2), "accept").await.unwrap_err();
+    assert_eq!(unrecorded.code(), Code::Unavailable);
+    assert_eq!(
+        unrecorded.get_error_details().error_info().unwrap().reason,
+        "STORE_UNAVAILABLE"
+    );
     assert_eq!(replica_health(&cluster, 1).await, Some(1), "still SERVING");
 
     redis.resume().await;
@@ -460,4 +469,139 @@ async fn a_replica_started_without_redis_is_not_serving_until_it_connects() {
     assert_eq!(replica_health(&cluster, 0).await, Some(2), "NOT_SERVING");
     redis.resume().await;
     cluster.replicas[0].serving(READY).await;
+}
+
+async fn record(
+    client: &mut SubscriptionServiceClient<tonic::transport::Channel>,
+    openid: &str,
+    answer: &str,
+) -> Result<Vec<pb::Subscription>, tonic::Status> {
+    client
+        .record_subscriptions(pb::RecordSubscriptionsRequest {
+            openid: openid.to_owned(),
+            results: [(COURSE_REMINDER.to_owned(), answer.to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .map(|answer| answer.into_inner().subscriptions)
+}
+
+async fn get(
+    client: &mut SubscriptionServiceClient<tonic::transport::Channel>,
+    openid: &str,
+) -> Vec<pb::Subscription> {
+    client
+        .get_subscriptions(pb::GetSubscriptionsRequest {
+            openid: openid.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .subscriptions
+}
+
+/// The next change event for `openid` on `watch`, if one comes within `limit`.
+async fn change_for(
+    watch: &mut tonic::Streaming<pb::Event>,
+    openid: &str,
+    limit: Duration,
+) -> Option<pb::Subscription> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let event = tokio::time::timeout_at(deadline, watch.message())
+            .await
+            .ok()?
+            .unwrap()?
+            .event;
+        if let Some(pb::event::Event::SubscriptionChanged(change)) = event
+            && change.openid == openid
+        {
+            return change.subscription;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_and_its_events_are_shared_by_the_replicas() {
+    let redis = RedisServer::start().await;
+    let enforce = [("NOTIFY_SUBSCRIPTION_CHECK", "enforce".to_owned())];
+    let cluster = Cluster::start(&redis.url(), &enforce, 2).await;
+    let clients = cluster.clients().await;
+    let mut ledgers = Vec::new();
+    for replica in &cluster.replicas {
+        ledgers.push(
+            subscriptions_client(format!("127.0.0.1:{}", replica.port).parse().unwrap()).await,
+        );
+    }
+
+    // Recorded on A, read on B.
+    let accepted = openid(1);
+    let recorded = record(&mut ledgers[0], &accepted, "accept").await.unwrap();
+    assert_eq!(get(&mut ledgers[1], &accepted).await, recorded);
+
+    // A watcher on B sees a change made through A. B's subscription to the shared events may
+    // still be starting when its first watcher opens: record again until one arrives.
+    let mut watch = ledgers[1]
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let watched = openid(2);
+    let mut seen = None;
+    for _ in 0..20 {
+        record(&mut ledgers[0], &watched, "accept").await.unwrap();
+        seen = change_for(&mut watch, &watched, Duration::from_millis(500)).await;
+        if seen.is_some() {
+            break;
+        }
+    }
+    let seen = seen.expect("a change recorded on A reaches a watcher on B");
+    assert_eq!(seen.status, pb::SubscriptionStatus::Accepted as i32);
+    // A send on A (a grant used) reaches B's watcher too.
+    clients[0]
+        .clone()
+        .send_subscribe(course_request(&watched))
+        .await
+        .expect("the user holds grants");
+    // (Changes of the records above may still be queued ahead of it.)
+    let used = loop {
+        let change = change_for(&mut watch, &watched, Duration::from_secs(10))
+            .await
+            .expect("the send's outcome reaches B");
+        if change.source == pb::SubscriptionSource::SendOutcome as i32 {
+            break change;
+        }
+    };
+    assert_eq!(used.source, pb::SubscriptionSource::SendOutcome as i32);
+    assert_eq!(used, get(&mut ledgers[1], &watched).await[0]);
+
+    // Enforce over replicas: rejected on A, refused on B without a call.
+    let rejected = openid(3);
+    record(&mut ledgers[0], &rejected, "reject").await.unwrap();
+    let calls = cluster.sandbox().stats().send_requests;
+    let refused = clients[1]
+        .clone()
+        .send_subscribe(course_request(&rejected))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    use tonic_types::StatusExt;
+    assert_eq!(
+        refused.get_error_details().error_info().unwrap().reason,
+        "NOT_SUBSCRIBED"
+    );
+    assert_eq!(cluster.sandbox().stats().send_requests, calls, "no call");
+
+    // Concurrent accepts of one user over both replicas: none is lost (each is a grant).
+    let herd = openid(4);
+    let accepts = (0..20).map(|n| {
+        let mut ledger = ledgers[n % 2].clone();
+        let herd = herd.clone();
+        tokio::spawn(async move { record(&mut ledger, &herd, "accept").await })
+    });
+    for accept in futures::future::join_all(accepts).await {
+        accept.unwrap().expect("every accept is recorded");
+    }
+    assert_eq!(get(&mut ledgers[1], &herd).await[0].remaining, 20);
 }

@@ -235,7 +235,8 @@ impl Notifier {
                 entry
             }),
             Err(error) => {
-                tracing::warn!(app = %app.name, %error, "ledger unavailable; sending unchecked");
+                // Only a shared store fails, and it logs its outages once, not once per send.
+                tracing::debug!(app = %app.name, %error, "ledger unavailable; sending unchecked");
                 return Ok(());
             }
         };
@@ -284,7 +285,7 @@ impl Notifier {
             Err(_) => return,
         };
         if let Err(error) = ledger.apply(&app.appid, touser, vec![update]).await {
-            tracing::warn!(app = %app.name, %error, "send outcome not recorded in the ledger");
+            tracing::debug!(app = %app.name, %error, "send outcome not recorded in the ledger");
         }
     }
 }

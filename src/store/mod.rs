@@ -12,6 +12,8 @@
 //!   budget.
 //! - [`idempotency`]: the records and the in-progress claims (a lease).
 //! - [`limits`]: the app's rate over all replicas, the 45011 pause and the 45009 stop.
+//! - The subscription ledger and its events: `crate::subscriptions::RedisLedger`, on the same
+//!   connection and keys.
 //!
 //! Every atomic step is one Lua script (EVALSHA through `redis::Script`). When Redis cannot be
 //! reached the service stays up: keyed sends are refused (`STORE_UNAVAILABLE`) unless their

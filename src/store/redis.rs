@@ -212,6 +212,12 @@ impl RedisStore {
             .await;
     }
 
+    /// A client for a pub/sub connection of its own (the first configured node; on a Redis
+    /// Cluster a PUBLISH reaches the subscribers of every node).
+    pub fn pubsub_client(&self) -> redis::RedisResult<redis::Client> {
+        redis::Client::open(self.config.urls[0].expose())
+    }
+
     /// A listener for announced keys (register it before looking at the state it waits for).
     pub(crate) fn listen(&self) -> Listener {
         self.wakeups.listen()
@@ -238,7 +244,7 @@ impl RedisStore {
         let store = self.clone();
         tokio::spawn(async move {
             store.connect().await;
-            let subscriber = match redis::Client::open(store.config.urls[0].expose()) {
+            let subscriber = match store.pubsub_client() {
                 Ok(client) => Some(tokio::spawn(
                     store.wakeups.clone().run(client, store.keys.wake_channel()),
                 )),

@@ -4,14 +4,16 @@
 //!
 //! - [`rules`]: how one update changes one entry, and what an entry says about a send. Pure, so
 //!   every store applies the same rules.
-//! - [`Ledger`]: the store trait; [`MemoryLedger`] keeps entries in process (bounded), and a
-//!   shared store (Redis) drops in beside it.
+//! - [`Ledger`]: the store trait; [`MemoryLedger`] keeps entries in process (bounded);
+//!   [`RedisLedger`] keeps them on the shared Redis (`NOTIFY_REDIS_URL`), so that every replica
+//!   sees the same entries and every replica's watchers see every event.
 //! - [`events`]: per-app broadcast with a bounded buffer per watcher.
 //!
 //! The ledger decides nothing about sends itself; `crate::service` asks it and acts.
 
 pub mod events;
 mod memory;
+mod redis;
 pub mod rules;
 pub mod wire;
 
@@ -19,6 +21,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+pub use self::redis::{ENTRY_TTL, RedisLedger};
 pub use events::{EventHub, WatchItem, Watcher};
 pub use memory::{MemoryLedger, PUSH_DEDUPE_TTL};
 pub use rules::{Verdict, verdict};
