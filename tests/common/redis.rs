@@ -171,31 +171,40 @@ pub struct Replica {
 impl Replica {
     /// Starts a replica with these extra environment variables (the app, the API base and
     /// the ports are set here).
+    ///
+    /// [`free_port`] releases its port before the binary binds it, and on a busy machine
+    /// another socket can take it in between: a replica that exits before it listens is started
+    /// again on another port (a few times), so such a collision never fails a test.
     pub fn spawn(
         app: &wechat_notify::sandbox::SandboxApp,
         api_base: &str,
         env: &[(&str, String)],
     ) -> Replica {
-        let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wechat-notify"));
-        command
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("WECHAT_APPID", &app.appid)
-            .env("WECHAT_SECRET", &app.secret)
-            .env("WECHAT_API_BASE", api_base)
-            .env("NOTIFY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("NOTIFY_METRICS_LISTEN", "127.0.0.1:0")
-            .env("NOTIFY_SHUTDOWN_GRACE", "1")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (name, value) in env {
-            command.env(name, value);
+        for _ in 0..5 {
+            let port = free_port();
+            let mut command = Command::new(env!("CARGO_BIN_EXE_wechat-notify"));
+            command
+                .arg("serve")
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("WECHAT_APPID", &app.appid)
+                .env("WECHAT_SECRET", &app.secret)
+                .env("WECHAT_API_BASE", api_base)
+                .env("NOTIFY_LISTEN", format!("127.0.0.1:{port}"))
+                .env("NOTIFY_METRICS_LISTEN", "127.0.0.1:0")
+                .env("NOTIFY_SHUTDOWN_GRACE", "1")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            for (name, value) in env {
+                command.env(name, value);
+            }
+            let mut child = command.spawn().expect("the binary starts");
+            if listens_or_runs(&mut child, port) {
+                return Replica { child, port };
+            }
         }
-        let child = command.spawn().expect("the binary starts");
-        Replica { child, port }
+        panic!("a replica exited before listening five times over");
     }
 
     /// A gRPC client, once health says SERVING (waits at most `limit`).
@@ -247,4 +256,21 @@ impl Drop for Replica {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// True once `port` accepts a connection, or while the child still runs after a generous wait
+/// (the caller's own wait then reports a replica that never serves); false if the child exited
+/// first (its port was taken).
+fn listens_or_runs(child: &mut Child, port: u16) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
