@@ -481,6 +481,7 @@ pub struct ServeArgs {
         default_missing_value = "true"
     )]
     pub redis_cluster: Option<String>,
+
     /// Where WeChat's event pushes are received (HTTP, /wechat/push/{app}); unset: no
     /// push listener. Apps set push_token, push_aes_key and push_mode in the apps file
     #[arg(long, env = "NOTIFY_PUSH_LISTEN", value_name = "ADDR")]

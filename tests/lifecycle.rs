@@ -20,23 +20,13 @@ use wechat_notify::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() {
-    let [grpc_addr, metrics_addr, sandbox_addr] = free_addrs();
+    let addrs @ [grpc_addr, _, sandbox_addr] = free_addrs();
     let logs = tempfile::NamedTempFile::new().unwrap();
-    let mut command = command(logs.path());
-    command.args([
-        "serve",
-        "--sandbox",
-        "--listen",
-        &grpc_addr.to_string(),
-        "--metrics-listen",
-        &metrics_addr.to_string(),
-        "--sandbox-listen",
-        &sandbox_addr.to_string(),
-        "--shutdown-delay",
-        "0",
-        "--shutdown-grace",
-        "20",
-    ]);
+    let command = serve_sandbox(
+        logs.path(),
+        addrs,
+        &["--shutdown-delay", "0", "--shutdown-grace", "20"],
+    );
     let mut process = Process::spawn(command);
     let health_channel = wait_until_serving(grpc_addr, &mut process).await;
 
@@ -153,22 +143,10 @@ async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sigterm_new_connections_are_served_for_the_delay_with_health_not_serving() {
-    let [grpc_addr, metrics_addr, sandbox_addr] = free_addrs();
+    let addrs @ [grpc_addr, _, _] = free_addrs();
     let logs = tempfile::NamedTempFile::new().unwrap();
-    let mut command = command(logs.path());
-    command.args([
-        "serve",
-        "--sandbox",
-        "--listen",
-        &grpc_addr.to_string(),
-        "--metrics-listen",
-        &metrics_addr.to_string(),
-        "--sandbox-listen",
-        &sandbox_addr.to_string(),
-        // Far longer than the test needs: the second signal below ends it.
-        "--shutdown-delay",
-        "300",
-    ]);
+    // Far longer than the test needs: the second signal below ends it.
+    let command = serve_sandbox(logs.path(), addrs, &["--shutdown-delay", "300"]);
     let mut process = Process::spawn(command);
     wait_until_serving(grpc_addr, &mut process).await;
 

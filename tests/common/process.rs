@@ -32,6 +32,21 @@ pub fn command(logs: &Path) -> Command {
     command
 }
 
+/// `serve --sandbox` on `grpc`, `metrics` and `sandbox` (see [`command`]), then `extra`.
+pub fn serve_sandbox(
+    logs: &Path,
+    [grpc, metrics, sandbox]: [SocketAddr; 3],
+    extra: &[&str],
+) -> Command {
+    let mut command = command(logs);
+    command
+        .args(["serve", "--sandbox", "--listen", &grpc.to_string()])
+        .args(["--metrics-listen", &metrics.to_string()])
+        .args(["--sandbox-listen", &sandbox.to_string()])
+        .args(extra);
+    command
+}
+
 /// Free loopback addresses: bound, read and released (`--listen 127.0.0.1:0` would not tell
 /// the test its port).
 pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
