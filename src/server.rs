@@ -41,13 +41,10 @@ use crate::{
         token::RedisTokenStore,
     },
     subscriptions::{Ledger, MemoryLedger, RedisLedger},
-    telemetry::{
-        self, CountTemplateErrcodes, CountTokenErrcodes, REQUEST_ID_HEADER, RpcTelemetryLayer,
-        catalog::UPSTREAM_IN_FLIGHT,
-    },
+    telemetry::{self, REQUEST_ID_HEADER, RpcTelemetryLayer, catalog},
     templates::{TemplateCache, TemplateOptions},
     tls::{self, ReloadingTls, TlsProblem},
-    token::{TOKEN_EXPIRES_IN_SECONDS, TokenCache, TokenOptions},
+    token::{TokenCache, TokenOptions},
     wechat::{WechatClient, WechatError},
 };
 
@@ -474,24 +471,23 @@ fn build_apps(
                     app.api_bases.clone(),
                 )
                 .with_metrics_label(&app.name);
-            let source = CountTokenErrcodes::new(&app.name, Arc::new(api.clone()));
+            let source = Arc::new(api.clone());
             let tokens = match store {
                 Some(store) => TokenCache::with_store(
                     &app.name,
-                    Arc::new(source),
+                    source,
                     Arc::new(RedisTokenStore::new(store.clone(), &app.appid)),
                     TokenOptions::default(),
                 ),
-                None => TokenCache::new(&app.name, Arc::new(source), TokenOptions::default()),
+                None => TokenCache::new(&app.name, source, TokenOptions::default()),
             };
-            telemetry::catalog::register_app(&app.name, app.max_in_flight, &caller_labels);
+            catalog::register_app(&app.name, app.max_in_flight, &caller_labels);
             let templates = config.template_checks.then(|| {
-                let source = CountTemplateErrcodes::new(&app.name, Arc::new(api.clone()));
                 let options = TemplateOptions {
                     refresh_interval: config.template_refresh,
                     ..TemplateOptions::default()
                 };
-                TemplateCache::new(&app.name, Arc::new(source), tokens.clone(), options)
+                TemplateCache::new(&app.name, Arc::new(api.clone()), tokens.clone(), options)
             });
             let built = App::new(
                 app.name.clone(),
@@ -562,14 +558,9 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 /// Gauges whose value is only known now: set at scrape time.
 fn sample_live_gauges(apps: &[Arc<App>]) {
     for app in apps {
-        let seconds = app
-            .tokens()
-            .time_to_expiry()
-            .unwrap_or_default()
-            .as_secs_f64();
-        metrics::gauge!(TOKEN_EXPIRES_IN_SECONDS, "app" => app.name.clone()).set(seconds);
-        metrics::gauge!(UPSTREAM_IN_FLIGHT, "app" => app.name.clone())
-            .set(app.sends_in_flight() as f64);
+        let expires_in = app.tokens().time_to_expiry().unwrap_or_default();
+        catalog::set_token_expires_in(&app.name, expires_in);
+        catalog::set_upstream_in_flight(&app.name, app.sends_in_flight());
     }
 }
 

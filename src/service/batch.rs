@@ -12,7 +12,7 @@ use super::{
     App, CallerRef, Notifier, Receipt, SendError,
     app::{Admission, BATCH_ADMISSION_WAIT, BatchStop},
     check::Violations,
-    non_empty, outcome_label, template_check,
+    non_empty, outcome, template_check,
 };
 use crate::wechat::{MiniprogramState, SubscribeMessage, TemplateInfo};
 
@@ -209,7 +209,7 @@ impl Notifier {
                         .await;
                     shared
                         .app
-                        .count_message(shared.caller.as_ref(), outcome_label(&result));
+                        .count_message(shared.caller.as_ref(), outcome(&result));
                     (offset, RecipientOutcome { touser, result })
                 }
             })

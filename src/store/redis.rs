@@ -285,7 +285,7 @@ impl RedisStore {
                     return;
                 }
                 Err(error) => {
-                    metrics::counter!(super::health::STORE_ERRORS_TOTAL).increment(1);
+                    crate::telemetry::catalog::count_store_error();
                     if !logged {
                         tracing::warn!(%error, "cannot connect to redis; health stays NOT_SERVING until it connects");
                         logged = true;

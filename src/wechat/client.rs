@@ -24,11 +24,7 @@ use super::{
     redact::{describe_reqwest_error, redact_url, scrub},
     templates::{TemplateInfo, parse_templates},
 };
-use crate::secret::Secret;
-
-/// Histogram of upstream HTTP request latency, labelled `app` and `endpoint` (`send`, `token`,
-/// `templates`).
-pub const UPSTREAM_REQUEST_DURATION: &str = "wechat_notify_upstream_request_duration_seconds";
+use crate::{secret::Secret, telemetry::catalog};
 
 /// The longest `expires_in` accepted from a token endpoint. WeChat documents "within 7200
 /// seconds"; anything beyond a day is a broken answer, not a long-lived token.
@@ -170,13 +166,8 @@ impl AppInner {
             Endpoint::Send => 1,
             Endpoint::Templates => 2,
         };
-        self.durations[index].get_or_init(|| {
-            metrics::histogram!(
-                UPSTREAM_REQUEST_DURATION,
-                "app" => self.metrics_app.clone(),
-                "endpoint" => endpoint.label(),
-            )
-        })
+        self.durations[index]
+            .get_or_init(|| catalog::upstream_request_duration(&self.metrics_app, endpoint.into()))
     }
 }
 

@@ -12,8 +12,7 @@ mod templates;
 mod wire;
 
 pub use client::{
-    AppApi, ClientOptions, Delivered, FetchedToken, SendAttempt, TokenMode,
-    UPSTREAM_REQUEST_DURATION, WechatClient,
+    AppApi, ClientOptions, Delivered, FetchedToken, SendAttempt, TokenMode, WechatClient,
 };
 pub use errors::{Endpoint, ErrorClass, WechatError};
 pub use redact::{REDACTED, redact_url, scrub};
