@@ -142,7 +142,7 @@ pub async fn serve(
     shutdown: impl Future<Output = Shutdown> + Send + 'static,
 ) -> ExitCode {
     // Kept alive until the service has shut down.
-    let _sandbox = if config.sandbox {
+    let sandbox = if config.sandbox {
         match start_embedded_sandbox(&mut config).await {
             Ok(sandbox) => Some(sandbox),
             Err(error) => {
@@ -153,7 +153,27 @@ pub async fn serve(
     } else {
         None
     };
-    match server::start(config, shutdown).await {
+    let listeners = match server::Listeners::bind(&config).await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let addrs = listeners.addrs;
+    if let (Some(sandbox), Some(push)) = (&sandbox, addrs.push) {
+        // Before the service serves: a first popup must find its push URL.
+        wire_sandbox_pushes(sandbox, push);
+    }
+    // Every address as bound (port 0 resolved): what operators and tests read to connect.
+    tracing::info!(
+        grpc = %addrs.grpc,
+        metrics = %addrs.metrics,
+        push = addrs.push.map(tracing::field::display),
+        sandbox = sandbox.as_ref().map(|sandbox| tracing::field::display(sandbox.server.addr)),
+        "listening"
+    );
+    match server::start_on(config, listeners, shutdown).await {
         Ok(running) => match running.wait().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(_already_logged) => ExitCode::from(EXIT_FAILURE),
@@ -218,7 +238,8 @@ struct EmbeddedSandbox {
 
 /// Starts the sandbox on its loopback address, auto-accepting subscriptions so a first send
 /// just works, and configures one app against it with a fresh random secret and push settings
-/// (the push listener on a free loopback port unless NOTIFY_PUSH_LISTEN says otherwise).
+/// (the push listener on a loopback port the system picks unless NOTIFY_PUSH_LISTEN says
+/// otherwise).
 async fn start_embedded_sandbox(config: &mut ServeConfig) -> std::io::Result<EmbeddedSandbox> {
     let sandbox_config = SandboxConfig {
         auto_accept: true,
@@ -245,15 +266,13 @@ async fn start_embedded_sandbox(config: &mut ServeConfig) -> std::io::Result<Emb
         aes_key: AesKey::from_encoding_key(&push.encoding_aes_key).ok(),
         mode: PushMode::Safe,
     });
-    // The sandbox must know the push URL before the service says SERVING (a first popup would
-    // otherwise go nowhere), so port 0 is resolved to a free port here.
-    let mut push_listen = config
+    // Bound with the service's other listeners; `serve` then points the sandbox's pushes at it.
+    config
         .push_listen
-        .unwrap_or_else(|| std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)));
-    if push_listen.port() == 0 {
-        push_listen = std::net::TcpListener::bind(push_listen)?.local_addr()?;
-    }
-    config.push_listen = Some(push_listen);
+        .get_or_insert(std::net::SocketAddr::from((
+            std::net::Ipv4Addr::LOCALHOST,
+            0,
+        )));
     tracing::info!(
         base_url = %running.base_url(),
         console = %running.base_url(),
@@ -261,13 +280,11 @@ async fn start_embedded_sandbox(config: &mut ServeConfig) -> std::io::Result<Emb
         "embedded sandbox listening (a fake WeChat API for development)"
     );
     config.apps = vec![app];
-    let sandbox = EmbeddedSandbox {
+    Ok(EmbeddedSandbox {
         server: running,
         appid,
         push,
-    };
-    wire_sandbox_pushes(&sandbox, push_listen);
-    Ok(sandbox)
+    })
 }
 
 #[cfg(test)]

@@ -133,10 +133,69 @@ impl Drop for Running {
     }
 }
 
-/// Builds everything from `config`, binds, and serves until `shutdown_signal` resolves or
-/// [`Running::shutdown`] is called.
+/// Where the service listens, as bound (a port 0 in the config is the port the system chose).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddrs {
+    /// gRPC.
+    pub grpc: SocketAddr,
+    /// `GET /metrics`.
+    pub metrics: SocketAddr,
+    /// WeChat's pushes, when configured.
+    pub push: Option<SocketAddr>,
+}
+
+/// The service's listeners, bound once and handed to [`start_on`]: their addresses are known
+/// (and can be told to others) before anything is served, and no port is ever released and
+/// bound again in between.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Their addresses.
+    pub addrs: ListenAddrs,
+    grpc: TcpListener,
+    metrics: TcpListener,
+    push: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `listen`, `metrics_listen` and `push_listen` (when set) of `config`.
+    pub async fn bind(config: &ServeConfig) -> Result<Self, StartError> {
+        let grpc = bind(config.listen).await?;
+        let metrics = bind(config.metrics_listen).await?;
+        let push = match config.push_listen {
+            Some(addr) => Some((bind(addr).await?, addr)),
+            None => None,
+        };
+        let addrs = ListenAddrs {
+            grpc: local_addr(&grpc, config.listen)?,
+            metrics: local_addr(&metrics, config.metrics_listen)?,
+            push: match &push {
+                Some((listener, addr)) => Some(local_addr(listener, *addr)?),
+                None => None,
+            },
+        };
+        Ok(Self {
+            addrs,
+            grpc,
+            metrics,
+            push: push.map(|(listener, _)| listener),
+        })
+    }
+}
+
+/// Binds the listeners `config` names, then [`start_on`] them.
 pub async fn start(
     config: ServeConfig,
+    shutdown_signal: impl Future<Output = Shutdown> + Send + 'static,
+) -> Result<Running, StartError> {
+    let listeners = Listeners::bind(&config).await?;
+    start_on(config, listeners, shutdown_signal).await
+}
+
+/// Builds everything from `config` and serves on `listeners` until `shutdown_signal` resolves or
+/// [`Running::shutdown`] is called.
+pub async fn start_on(
+    config: ServeConfig,
+    listeners: Listeners,
     shutdown_signal: impl Future<Output = Shutdown> + Send + 'static,
 ) -> Result<Running, StartError> {
     // First, so that every series below lands in the one recorder `/metrics` renders.
@@ -171,18 +230,17 @@ pub async fn start(
         Notifier::new(apps.clone(), idempotency, config.max_batch_recipients).with_ledger(ledger),
     );
 
-    let grpc_listener = bind(config.listen).await?;
-    let metrics_listener = bind(config.metrics_listen).await?;
-    let grpc_addr = local_addr(&grpc_listener, config.listen)?;
-    let metrics_addr = local_addr(&metrics_listener, config.metrics_listen)?;
-    let push_listener = match config.push_listen {
-        Some(addr) => Some((bind(addr).await?, addr)),
-        None => None,
-    };
-    let push_addr = match &push_listener {
-        Some((listener, addr)) => Some(local_addr(listener, *addr)?),
-        None => None,
-    };
+    let Listeners {
+        addrs:
+            ListenAddrs {
+                grpc: grpc_addr,
+                metrics: metrics_addr,
+                push: push_addr,
+            },
+        grpc: grpc_listener,
+        metrics: metrics_listener,
+        push: push_listener,
+    } = listeners;
 
     let health = HealthReporter::new();
     set_health(&health, ServingStatus::NotServing).await;
@@ -243,7 +301,7 @@ pub async fn start(
             tracing::error!(%error, "metrics listener failed");
         }
     });
-    let push_task = push_listener.map(|(listener, _)| {
+    let push_task = push_listener.map(|listener| {
         let pushing: Vec<_> = apps
             .iter()
             .zip(&config.apps)
