@@ -281,7 +281,7 @@ pub async fn start_on(
     let grpc: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> = match tls {
         None => Box::pin(grpc.serve_with_incoming_shutdown(
             // TCP_NODELAY: a small answer must not wait for the client's delayed ACK (Nagle),
-            // which showed as tens of milliseconds of p99 at moderate load.
+            // which showed in the tail latency at moderate load.
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             drain.clone().cancelled_owned(),
         )),

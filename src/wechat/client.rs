@@ -172,8 +172,8 @@ impl AppInner {
 }
 
 /// The send endpoint's URL on each API base (same order) with one token in the query. Built once
-/// per token instead of once per message: building and percent-encoding it showed as ~2% of the
-/// service's instructions per message.
+/// per token instead of once per message: building and percent-encoding it showed in the
+/// service's profile.
 struct SendUrls {
     token: Secret,
     urls: Vec<Url>,
