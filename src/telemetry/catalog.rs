@@ -227,8 +227,13 @@ pub fn register_app(app: &str, max_in_flight: usize, callers: &[&str]) {
     metrics::counter!(TOKEN_FETCHES_TOTAL, "app" => app.to_owned()).increment(0);
     metrics::counter!(SUBSCRIPTION_SENDS_SAVED_TOTAL, "app" => app.to_owned()).increment(0);
     for result in LedgerLookup::ALL {
-        metrics::counter!(SUBSCRIPTION_LEDGER_LOOKUPS_TOTAL, "app" => app.to_owned(), "result" => result.label())
-            .increment(0);
+        labelled(
+            SUBSCRIPTION_LEDGER_LOOKUPS_TOTAL,
+            app,
+            "result",
+            result.label(),
+        )
+        .increment(0);
     }
     metrics::counter!(TOKEN_FETCH_FAILURES_TOTAL, "app" => app.to_owned()).increment(0);
     set_upstream_in_flight(app, 0);
@@ -353,15 +358,13 @@ pub fn set_token_expires_in(app: &str, expires_in: Duration) {
 /// Creates `app`'s template fetch series at zero (only when template checks are on).
 pub fn register_template_fetches(app: &str) {
     for result in TemplateFetch::ALL {
-        metrics::counter!(TEMPLATE_FETCHES_TOTAL, "app" => app.to_owned(), "result" => result.label())
-            .increment(0);
+        labelled(TEMPLATE_FETCHES_TOTAL, app, "result", result.label()).increment(0);
     }
 }
 
 /// Counts one template list request to WeChat for `app`.
 pub fn count_template_fetch(app: &str, result: TemplateFetch) {
-    metrics::counter!(TEMPLATE_FETCHES_TOTAL, "app" => app.to_owned(), "result" => result.label())
-        .increment(1);
+    labelled(TEMPLATE_FETCHES_TOTAL, app, "result", result.label()).increment(1);
 }
 
 /// Sets `wechat_notify_store_up`.
@@ -380,8 +383,13 @@ pub fn count_store_error() {
 
 /// Counts one send-time ledger lookup for `app`.
 pub fn count_ledger_lookup(app: &str, result: LedgerLookup) {
-    metrics::counter!(SUBSCRIPTION_LEDGER_LOOKUPS_TOTAL, "app" => app.to_owned(), "result" => result.label())
-        .increment(1);
+    labelled(
+        SUBSCRIPTION_LEDGER_LOOKUPS_TOTAL,
+        app,
+        "result",
+        result.label(),
+    )
+    .increment(1);
 }
 
 /// Counts one send of `app` refused under `enforce` without calling WeChat.
@@ -391,20 +399,22 @@ pub fn count_send_saved(app: &str) {
 
 /// Counts one push applied for `app`.
 pub fn count_push_event(app: &str, event: PushEventKind) {
-    metrics::counter!(SUBSCRIPTION_PUSH_EVENTS_TOTAL, "app" => app.to_owned(), "event" => event.label())
-        .increment(1);
+    labelled(SUBSCRIPTION_PUSH_EVENTS_TOTAL, app, "event", event.label()).increment(1);
 }
 
 /// Creates `app`'s push request series at zero (an app that takes pushes).
 pub fn register_push_app(app: &str) {
     for result in PushResult::ALL {
-        metrics::counter!(PUSH_REQUESTS_TOTAL, "app" => app.to_owned(), "result" => result.label())
-            .increment(0);
+        labelled(PUSH_REQUESTS_TOTAL, app, "result", result.label()).increment(0);
     }
 }
 
 /// Counts one request to the push listener for `app` (`unknown` when no app takes it).
 pub fn count_push_request(app: &str, result: PushResult) {
-    metrics::counter!(PUSH_REQUESTS_TOTAL, "app" => app.to_owned(), "result" => result.label())
-        .increment(1);
+    labelled(PUSH_REQUESTS_TOTAL, app, "result", result.label()).increment(1);
+}
+
+/// The counter `name` of `app` whose other label `key` is `value`.
+fn labelled(name: &'static str, app: &str, key: &'static str, value: &'static str) -> Counter {
+    metrics::counter!(name, "app" => app.to_owned(), key => value)
 }
