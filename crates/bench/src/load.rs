@@ -16,12 +16,33 @@ use std::{
 use tokio::{sync::Semaphore, time::Instant};
 use tonic::transport::{Channel, Endpoint};
 
-use super::{
+use crate::pb::{self, notify_service_client::NotifyServiceClient};
+use crate::{
     process::ProcessWatch,
     report::{Latency, Report},
     upstream::BENCH_TOKEN,
 };
-use crate::pb::{self, notify_service_client::NotifyServiceClient};
+
+/// A caller's bearer token (docs/callers.md). `Debug` never shows it.
+#[derive(Clone)]
+pub struct BearerToken(Arc<str>);
+
+impl BearerToken {
+    /// Wraps a token.
+    pub fn new(token: impl Into<Arc<str>>) -> Self {
+        Self(token.into())
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken([redacted])")
+    }
+}
 
 /// What each call does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +84,7 @@ pub struct LoadOptions {
     /// Speak TLS to the service, trusting this CA (PEM), for the name `localhost`.
     pub tls_ca: Option<String>,
     /// A caller's bearer token, sent as `authorization: Bearer ...` on every call.
-    pub token: Option<crate::secret::Secret>,
+    pub token: Option<BearerToken>,
 }
 
 /// How long the generator keeps trying to reach a service that is still starting.
@@ -82,9 +103,38 @@ const DATA: [(&str, &str); 3] = [
     ("phrase4", "李老师"),
 ];
 
-/// The canonical name of a gRPC code number (as the service's metrics and logs spell it).
+/// The service's request size limit (docs/api.md): a BatchSend of 10,000 recipients needs more
+/// than tonic's default 4 MiB.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// gRPC's canonical code names, by code number, as the service's metrics and logs spell them.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The canonical name of a gRPC code number.
 fn code_name(code: i32) -> &'static str {
-    crate::telemetry::code_name(tonic::Code::from(code))
+    usize::try_from(code)
+        .ok()
+        .and_then(|index| CODE_NAMES.get(index))
+        .copied()
+        .unwrap_or("UNKNOWN")
 }
 
 /// A 28-character openid, distinct per index (the sandbox's openid rule).
@@ -348,8 +398,8 @@ async fn callers(options: &LoadOptions) -> Result<Vec<Caller>, String> {
     for _ in 0..options.connections {
         let channel = connect(&options.target, options.tls_ca.as_deref()).await?;
         let client = NotifyServiceClient::new(channel)
-            .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES)
-            .max_encoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         callers.push(match &batch_request {
             Some(request) => Caller::Batch {
                 client,
