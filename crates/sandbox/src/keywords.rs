@@ -27,7 +27,8 @@
 //! or a digit, and no value may hold control characters such as newlines; a time is `HH:MM` or
 //! `HH:MM:SS`; a date is `2019年10月1日`, `2019年10月`, `10月1日`, or written with `-`, `/` or
 //! `.` (`2018-01-01`, `2018/01/01`, `2018.01.01`, `2018-01`, `01-01`). WeChat does not say how it
-//! counts characters; here each Unicode scalar value counts one.
+//! counts characters; here each Unicode scalar value counts one. Nor does it say whether spaces
+//! around a time, a date or an amount count; here they are ignored.
 //!
 //! Where the table is silent the sandbox takes the reading that lets a value through, as WeChat
 //! decides and the sandbox only imitates: refusing what WeChat might accept would fail a
@@ -48,10 +49,11 @@ pub fn keyword_type(key: &str) -> Option<&str> {
     (numbered && named).then_some(name)
 }
 
-/// Checks `value` for the keyword `key`. A value must not be empty or blank whatever its type;
-/// a type with no rule here (`enum`, whose values come from the template) takes anything else.
+/// Checks `value` for the keyword `key`. A value must not be empty whatever its type (a blank
+/// one is not empty: a space is a symbol, which most types take); a type with no rule here
+/// (`enum`, whose values come from the template) takes anything else.
 pub fn check(key: &str, value: &str) -> Result<(), Broken> {
-    if value.trim().is_empty() {
+    if value.is_empty() {
         return Err(format!("{key} is empty"));
     }
     let Some(keyword_type) = keyword_type(key) else {
@@ -112,17 +114,17 @@ const RULES: &[Rule] = &[
     Rule {
         keyword_type: "time",
         described: "a 24-hour time, a date allowed in front, or two joined by ~",
-        obeys: |value| is_period(value, Moment::Time),
+        obeys: |value| is_period(value.trim(), Moment::Time),
     },
     Rule {
         keyword_type: "date",
         described: "a date, a 24-hour time allowed after, or two joined by ~",
-        obeys: |value| is_period(value, Moment::Date),
+        obeys: |value| is_period(value.trim(), Moment::Date),
     },
     Rule {
         keyword_type: "amount",
         described: "a currency symbol and at most 10 digits, a decimal part and 元 allowed",
-        obeys: is_amount,
+        obeys: |value| is_amount(value.trim()),
     },
     Rule {
         keyword_type: "phone_number",
@@ -286,9 +288,10 @@ enum Moment {
     Date,
 }
 
-/// One moment of the kind, or two joined by `~` (spaces allowed around it).
+/// One moment of the kind, or two joined by `~` (spaces allowed around it). The full-width `～`,
+/// which a Chinese keyboard types for `~`, joins too.
 fn is_period(value: &str, first: Moment) -> bool {
-    let (start, end) = match value.split_once('~') {
+    let (start, end) = match value.split_once(['~', '～']) {
         Some((start, end)) => (start.trim_end(), Some(end.trim_start())),
         None => (value, None),
     };
@@ -442,7 +445,8 @@ mod tests {
             check("phrase1", "配送中ing"),
             Err("phrase must be at most 5 Chinese characters".to_owned())
         );
-        assert_eq!(check("thing1", "  "), Err("thing1 is empty".to_owned()));
+        assert_eq!(check("thing1", ""), Err("thing1 is empty".to_owned()));
+        assert_eq!(check("thing1", "  "), Ok(()), "spaces are symbols");
         assert_eq!(
             check("thing1", "a\nb"),
             Err("thing holds the control character U+000A".to_owned())
