@@ -9,13 +9,15 @@
 //! and encryption are written from WeChat's documentation, so that a rule the service gets
 //! wrong is not wrong here too.
 //!
-//! Modules: [`config`] and [`templates`] (what it is built from), [`keywords`] (WeChat's
-//! keyword rules), `tokens` (token rules), `send` (the send checks), `endpoints` (the token and
-//! template endpoints), `state` (subscriptions, inbox, counters), `failures` (refused sends and
-//! their causes), `faults`, `push` (WeChat's event pushes), `control` (the `/sandbox/` routes),
-//! `events` (the live stream), `console` (the page), [`cli`] (`wechat-sandbox`, also
-//! `wechat-notify sandbox`). Below them all, `params` and `reply` (what a request reads and how
-//! WeChat answers), so that imports only point down.
+//! Modules (no module imports one that imports it back): [`cli`] (`wechat-sandbox`, also
+//! `wechat-notify sandbox`); `server` (the routes and a server on a socket); the route modules
+//! `send` (the send checks), `endpoints` (the token and template endpoints), `control` (the
+//! `/sandbox/` routes) and `console` (the page and its live stream); `sandbox` ([`Sandbox`]:
+//! the state and what it can be told to do); `state` (subscriptions, inbox, counters),
+//! `events` (what the console hears), `push` (WeChat's event pushes), `failures` (refused sends
+//! and their causes), `faults`, `inbox`, `tokens` (token rules); [`config`] and [`templates`]
+//! (what it is built from) and [`keywords`] (WeChat's keyword rules); `params` and `reply`
+//! (what a request reads and how WeChat answers, shared by the route modules).
 
 pub mod cli;
 pub mod config;
