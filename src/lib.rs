@@ -10,13 +10,13 @@
 //! - [`validation`], [`idempotency`], [`token`], [`wechat`]: the pieces it decides with.
 //! - [`store`]: the state replicas share on Redis (`NOTIFY_REDIS_URL`), behind the token and
 //!   idempotency store traits and the app's limits.
-//! - [`sandbox`]: the fake WeChat API; only the composition root and tests use it.
-//! - [`bench`]: the load generator and fixed-answer upstream of `wechat-notify bench`.
 //! - [`signal`]: the shutdown signals every command waits for (below them all).
+//!
+//! Beside it in the workspace, and never imported by production code: the fake WeChat API
+//! (`crates/sandbox`, `wechat_notify_sandbox`), which only [`cli`] uses, for `serve --sandbox`
+//! and `wechat-notify sandbox` (the default cargo feature `sandbox`), and the load generator
+//! (`crates/bench`, `wechat-notify-bench`).
 
-#![forbid(unsafe_code)]
-
-pub mod bench;
 pub mod callers;
 pub mod cli;
 pub mod codec;
@@ -27,7 +27,6 @@ pub mod idempotency;
 pub mod pb;
 pub mod push;
 pub mod push_crypto;
-pub mod sandbox;
 pub mod secret;
 pub mod server;
 pub mod service;

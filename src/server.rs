@@ -419,7 +419,6 @@ pub async fn start(
 
 /// The configured callers; with none, says once that the service is open.
 fn build_callers(config: &ServeConfig) -> Arc<Callers> {
-    // With `--sandbox` the CLI added the sandbox's app to `config.apps` before the start.
     let apps: Vec<(String, String)> = config
         .apps
         .iter()

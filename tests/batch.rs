@@ -13,12 +13,8 @@ use std::{
 use common::*;
 use futures::future::join_all;
 use tonic::{Code, Request};
-use wechat_notify::{
-    config::ServeConfig,
-    pb,
-    sandbox::{Fault, SandboxConfig},
-    service::until_next_minute,
-};
+use wechat_notify::{config::ServeConfig, pb, service::until_next_minute};
+use wechat_notify_sandbox::{Fault, SandboxConfig};
 
 fn recipient(touser: impl Into<String>) -> pb::Recipient {
     pb::Recipient {

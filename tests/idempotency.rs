@@ -7,7 +7,8 @@ use futures::future::join_all;
 use std::time::Duration;
 
 use tonic::Code;
-use wechat_notify::{pb, sandbox::Fault};
+use wechat_notify::pb;
+use wechat_notify_sandbox::Fault;
 
 fn keyed(touser: &str, key: &str) -> pb::SendSubscribeRequest {
     pb::SendSubscribeRequest {

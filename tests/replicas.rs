@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use common::{redis::*, *};
 use tonic::Code;
-use wechat_notify::{
-    pb::{self, subscription_service_client::SubscriptionServiceClient},
-    sandbox::{Fault, Sandbox, SandboxConfig, SandboxServer},
-};
+use wechat_notify::pb::{self, subscription_service_client::SubscriptionServiceClient};
+use wechat_notify_sandbox::{Fault, Sandbox, SandboxConfig, SandboxServer};
 
 const READY: Duration = Duration::from_secs(30);
 

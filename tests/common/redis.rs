@@ -176,7 +176,7 @@ impl Replica {
     /// another socket can take it in between: a replica that exits before it listens is started
     /// again on another port (a few times), so such a collision never fails a test.
     pub fn spawn(
-        app: &wechat_notify::sandbox::SandboxApp,
+        app: &wechat_notify_sandbox::SandboxApp,
         api_base: &str,
         env: &[(&str, String)],
     ) -> Replica {

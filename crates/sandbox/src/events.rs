@@ -1,26 +1,20 @@
-//! Live events for the console: `GET /sandbox/events`, a Server-Sent Events stream of what
-//! happens in the sandbox (a delivery, a refused send, a change made through the control API)
-//! and, once a second, the counters.
+//! Live events for the console (streamed by `GET /sandbox/events`, see `console`): what happens
+//! in the sandbox (a delivery, a refused send, a change made through the control API), each as
+//! a Server-Sent Event.
 //!
 //! Events go through a bounded broadcast channel. A client too slow to keep up loses the oldest
 //! and is told to `resync` (read the lists again), so a slow browser tab never holds back a
 //! send. Nothing is built or cloned for the channel while no one listens.
 
-use std::{convert::Infallible, time::Duration};
+use std::time::Duration;
 
-use axum::{
-    extract::State,
-    response::sse::{Event, KeepAlive, Sse},
-};
-use futures::Stream;
+use axum::response::sse::Event;
 use serde::Serialize;
 use serde_json::json;
-use tokio::{
-    sync::broadcast::{self, error::RecvError},
-    time::MissedTickBehavior,
-};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
-use super::{Sandbox, failures::FailedSend, state::InboxMessage};
+use crate::{failures::FailedSend, inbox::InboxMessage};
 
 /// Events kept for a client that has not read them yet; beyond, it resyncs.
 pub const EVENTS_CAPACITY: usize = 256;
@@ -49,7 +43,8 @@ pub(crate) enum SandboxEvent {
 }
 
 impl SandboxEvent {
-    fn into_sse(self) -> Event {
+    /// The event as the stream sends it.
+    pub fn into_sse(self) -> Event {
         let event = match &self {
             SandboxEvent::Delivered(message) => {
                 Event::default().event("delivered").json_data(message)
@@ -64,7 +59,7 @@ impl SandboxEvent {
 }
 
 /// Tells a client to read every list again.
-fn resync_event(missed: u64) -> Event {
+pub(crate) fn resync_event(missed: u64) -> Event {
     Event::default()
         .event("resync")
         .data(json!({ "missed": missed }).to_string())
@@ -75,19 +70,25 @@ pub(crate) struct EventHub {
     sender: broadcast::Sender<SandboxEvent>,
     /// Cancelled when a server of this sandbox shuts down, so that open streams end and the
     /// graceful shutdown does not wait for a browser tab.
-    closing: tokio_util::sync::CancellationToken,
+    closing: CancellationToken,
 }
 
 impl Default for EventHub {
     fn default() -> Self {
         Self {
             sender: broadcast::channel(EVENTS_CAPACITY).0,
-            closing: tokio_util::sync::CancellationToken::new(),
+            closing: CancellationToken::new(),
         }
     }
 }
 
 impl EventHub {
+    /// A new listener: the events from now on, and the token cancelled when the sandbox's
+    /// server shuts down.
+    pub fn listen(&self) -> (broadcast::Receiver<SandboxEvent>, CancellationToken) {
+        (self.sender.subscribe(), self.closing.clone())
+    }
+
     /// Publishes the event `make` builds, only when someone listens.
     pub fn publish(&self, make: impl FnOnce() -> SandboxEvent) {
         if self.sender.receiver_count() > 0 {
@@ -99,38 +100,4 @@ impl EventHub {
     pub fn close(&self) {
         self.closing.cancel();
     }
-}
-
-/// `GET /sandbox/events`.
-pub(crate) async fn events(
-    State(sandbox): State<Sandbox>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let hub = &sandbox.inner.events;
-    let receiver = hub.sender.subscribe();
-    let closing = hub.closing.clone();
-    let mut ticks = tokio::time::interval(STATS_INTERVAL);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let stream = futures::stream::unfold(
-        (sandbox, receiver, ticks, closing),
-        |(sandbox, mut receiver, mut ticks, closing)| async move {
-            let event = tokio::select! {
-                () = closing.cancelled() => return None,
-                received = receiver.recv() => match received {
-                    Ok(event) => event.into_sse(),
-                    Err(RecvError::Lagged(missed)) => resync_event(missed),
-                    Err(RecvError::Closed) => return None,
-                },
-                _ = ticks.tick() => stats_event(&sandbox),
-            };
-            Some((Ok(event), (sandbox, receiver, ticks, closing)))
-        },
-    );
-    Sse::new(stream).keep_alive(KeepAlive::default())
-}
-
-fn stats_event(sandbox: &Sandbox) -> Event {
-    Event::default()
-        .event("stats")
-        .json_data(sandbox.stats())
-        .unwrap_or_else(|_| resync_event(0))
 }

@@ -18,20 +18,24 @@ use axum::{
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::{
+use crate::{
     Sandbox,
     events::SandboxEvent,
     failures::{self, FailedSend},
     faults::FaultEndpoint,
+    inbox::InboxMessage,
+    keywords,
     params::{is_valid_openid, query_param},
     reply::{Reply, unix_ms},
-    state::{InboxMessage, Inner, Mutable, QuotaExceeded, RecordedSend, SubscriptionKey},
+    state::{Inner, Mutable, QuotaExceeded, RecordedSend, SubscriptionKey},
     templates::{Keyword, Template},
     tokens::{TokenCheck, token_prefix},
 };
 
 /// Values WeChat accepts for `miniprogram_state`.
 const MINIPROGRAM_STATES: &[&str] = &["developer", "trial", "formal"];
+/// Values WeChat accepts for `lang`, the language of the card's "进入小程序查看" label.
+const LANGS: &[&str] = &["zh_CN", "en_US", "zh_HK", "zh_TW"];
 
 pub(crate) async fn send(
     State(sandbox): State<Sandbox>,
@@ -47,7 +51,7 @@ pub(crate) async fn send(
             &delivered.appid,
             &delivered.openid,
             &delivered.template_id,
-            super::push::PushEvent::Sent {
+            crate::push::PushEvent::Sent {
                 msgid: delivered.msgid,
             },
         );
@@ -284,7 +288,7 @@ fn check_message(inner: &Inner, appid: &str, body: Option<&Value>) -> Result<Mes
         MINIPROGRAM_STATES,
         "formal",
     )?;
-    let lang = check_choice(body.get("lang"), "lang", crate::validation::LANGS, "zh_CN")?;
+    let lang = check_choice(body.get("lang"), "lang", LANGS, "zh_CN")?;
     Ok(Message {
         touser,
         template,
@@ -332,20 +336,12 @@ fn check_data(
     Ok(values)
 }
 
+/// An enumerated keyword takes only the template's values; any other obeys its type's rule.
 fn value_obeys_rule(template: &Template, keyword: &Keyword, value: &str) -> bool {
-    if value.trim().is_empty() {
-        return false;
-    }
     if let Some(allowed) = template.enum_values.get(&keyword.key) {
         return allowed.iter().any(|a| a == value);
     }
-    keyword_rule(&keyword.key, value).is_ok()
-}
-
-/// A value against its keyword type's WeChat rule, from the product's one rule table
-/// ([`crate::validation`]), so the sandbox and the service never disagree about a rule.
-fn keyword_rule(key: &str, value: &str) -> Result<(), String> {
-    crate::validation::check_keyword_value(key, value)
+    keywords::check(&keyword.key, value).is_ok()
 }
 
 /// `page` is optional (absent or empty: no page); with a page list configured, its path (the
@@ -435,7 +431,7 @@ fn ok_reply(inner: &Inner, msgid: u64) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::templates::default_templates;
+    use crate::templates::default_templates;
 
     fn errmsg_of(reply: Reply) -> String {
         let Reply::Json(value) = reply else {

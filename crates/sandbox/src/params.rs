@@ -20,7 +20,7 @@ pub fn is_valid_openid(openid: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::config::DEMO_OPENID;
+    use crate::config::DEMO_OPENID;
 
     #[test]
     fn query_params_are_decoded() {

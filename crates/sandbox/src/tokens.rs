@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 
 use tokio::time::Instant;
 
-use super::config::{FORCE_REFRESH_DAILY_LIMIT, FORCE_REFRESH_MIN_INTERVAL};
+use crate::config::{FORCE_REFRESH_DAILY_LIMIT, FORCE_REFRESH_MIN_INTERVAL};
 
 /// Token records remembered at most; beyond it, the longest-dead ones are forgotten (a
 /// forgotten token then answers 40014 instead of 40001 or 42001).

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::{
+use crate::{
     Sandbox,
     faults::FaultEndpoint,
     params::query_param,

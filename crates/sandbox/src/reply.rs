@@ -10,7 +10,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::faults::FaultAnswer;
+use crate::faults::FaultAnswer;
 
 /// One answer of a WeChat endpoint.
 #[derive(Clone, Debug, PartialEq)]

@@ -16,12 +16,33 @@ use std::{
 use tokio::{sync::Semaphore, time::Instant};
 use tonic::transport::{Channel, Endpoint};
 
-use super::{
+use crate::pb::{self, notify_service_client::NotifyServiceClient};
+use crate::{
     process::ProcessWatch,
     report::{Latency, Report},
     upstream::BENCH_TOKEN,
 };
-use crate::pb::{self, notify_service_client::NotifyServiceClient};
+
+/// A caller's bearer token (docs/callers.md). `Debug` never shows it.
+#[derive(Clone)]
+pub struct BearerToken(Arc<str>);
+
+impl BearerToken {
+    /// Wraps a token.
+    pub fn new(token: impl Into<Arc<str>>) -> Self {
+        Self(token.into())
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken([redacted])")
+    }
+}
 
 /// What each call does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +84,7 @@ pub struct LoadOptions {
     /// Speak TLS to the service, trusting this CA (PEM), for the name `localhost`.
     pub tls_ca: Option<String>,
     /// A caller's bearer token, sent as `authorization: Bearer ...` on every call.
-    pub token: Option<crate::secret::Secret>,
+    pub token: Option<BearerToken>,
 }
 
 /// How long the generator keeps trying to reach a service that is still starting.
@@ -82,9 +103,21 @@ const DATA: [(&str, &str); 3] = [
     ("phrase4", "李老师"),
 ];
 
-/// The canonical name of a gRPC code number (as the service's metrics and logs spell it).
-fn code_name(code: i32) -> &'static str {
-    crate::telemetry::code_name(tonic::Code::from(code))
+/// The service's request size limit (docs/api.md): a BatchSend of 10,000 recipients needs more
+/// than tonic's default 4 MiB.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The canonical name of a gRPC code number, as the service's metrics and logs spell it
+/// (`INVALID_ARGUMENT`): tonic's name for the code (`InvalidArgument`) in upper snake case.
+fn code_name(code: i32) -> String {
+    let mut name = String::new();
+    for c in format!("{:?}", tonic::Code::from(code)).chars() {
+        if c.is_ascii_uppercase() && !name.is_empty() {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 /// A 28-character openid, distinct per index (the sandbox's openid rule).
@@ -163,7 +196,7 @@ impl Caller {
                 authorize(&mut request, authorization.as_ref());
                 match client.send_subscribe(request).await {
                     Ok(_) => tally.messages += 1,
-                    Err(status) => tally.fail(code_name(status.code() as i32), 1),
+                    Err(status) => tally.fail(&code_name(status.code() as i32), 1),
                 }
             }
             Caller::Batch {
@@ -180,12 +213,12 @@ impl Caller {
                             if result.code == 0 {
                                 tally.messages += 1;
                             } else {
-                                tally.fail(code_name(result.code), 1);
+                                tally.fail(&code_name(result.code), 1);
                             }
                         }
                     }
                     Err(status) => tally.fail(
-                        code_name(status.code() as i32),
+                        &code_name(status.code() as i32),
                         request.recipients.len() as u64,
                     ),
                 }
@@ -348,8 +381,8 @@ async fn callers(options: &LoadOptions) -> Result<Vec<Caller>, String> {
     for _ in 0..options.connections {
         let channel = connect(&options.target, options.tls_ca.as_deref()).await?;
         let client = NotifyServiceClient::new(channel)
-            .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES)
-            .max_encoding_message_size(crate::grpc::MAX_REQUEST_BYTES);
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         callers.push(match &batch_request {
             Some(request) => Caller::Batch {
                 client,
@@ -503,4 +536,18 @@ async fn open_loop(
     // Every slot back means every call has finished.
     let _all = slots.acquire_many(concurrency as u32).await;
     std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_named_as_the_service_names_them() {
+        assert_eq!(code_name(0), "OK");
+        assert_eq!(code_name(3), "INVALID_ARGUMENT");
+        assert_eq!(code_name(4), "DEADLINE_EXCEEDED");
+        assert_eq!(code_name(16), "UNAUTHENTICATED");
+        assert_eq!(code_name(99), "UNKNOWN");
+    }
 }

@@ -1,14 +1,14 @@
-//! `wechat-notify sandbox`: the fake WeChat API on its own.
+//! `wechat-sandbox` (and `wechat-notify sandbox`): the fake WeChat API on its own.
 
 use std::{fmt, future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
-use super::{
+use crate::{
     Sandbox,
     config::{SandboxApp, SandboxConfig},
     templates::load_templates,
 };
 
-/// Flags of `wechat-notify sandbox`.
+/// Flags of `wechat-sandbox` (and `wechat-notify sandbox`).
 #[derive(Clone, clap::Args)]
 pub struct SandboxArgs {
     /// Address to listen on. Keep it loopback: this is a fake WeChat API for development.
@@ -135,6 +135,35 @@ pub async fn run(
     tracing::info!("sandbox shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT (Ctrl-C): what stops `wechat-sandbox`.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = terminate => tracing::info!("SIGTERM received"),
+        interrupted = tokio::signal::ctrl_c() => match interrupted {
+            Ok(()) => tracing::info!("SIGINT received"),
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        },
+    }
 }
 
 #[cfg(test)]

@@ -1,18 +1,30 @@
 //! The reference point the service is compared with: a bare tonic SendSubscribe handler that
 //! posts each message to the upstream with one shared reqwest client and nothing else (no
-//! validation, token cache, limiter, idempotency, metrics, spans or log lines). Same binary,
-//! same allocator, same TCP_NODELAY, so the difference with `serve` is what the service adds.
+//! validation, token cache, limiter, idempotency, metrics, spans or log lines). Same allocator,
+//! same release profile, same TCP_NODELAY, so the difference with `serve` is what the service
+//! adds.
 
-use std::{future::Future, net::SocketAddr};
+use std::{collections::BTreeMap, future::Future, net::SocketAddr};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, transport::server::TcpIncoming};
 
-use super::upstream::BENCH_TOKEN;
-use crate::{
-    pb::{self, notify_service_server::NotifyService},
-    wechat::{MiniprogramState, SubscribeMessage},
-};
+use crate::pb::{self, notify_service_server::NotifyService};
+use crate::upstream::BENCH_TOKEN;
+
+/// The body of WeChat's send call, as the service writes it for a message with no page, state
+/// or lang: `data` values wrapped as `{"value": ...}`.
+#[derive(Serialize)]
+struct SubscribeMessage {
+    touser: String,
+    template_id: String,
+    data: BTreeMap<String, Value>,
+}
+
+#[derive(Serialize)]
+struct Value {
+    value: String,
+}
 
 /// The bare forwarder.
 #[derive(Clone)]
@@ -43,6 +55,11 @@ impl Forwarder {
             .map_err(|error| format!("cannot build the http client: {error}"))?;
         Ok(Self { http, send_url })
     }
+
+    /// The tonic service, ready to add to a server.
+    pub fn into_server(self) -> pb::notify_service_server::NotifyServiceServer<Self> {
+        pb::notify_service_server::NotifyServiceServer::new(self)
+    }
 }
 
 #[tonic::async_trait]
@@ -55,10 +72,11 @@ impl NotifyService for Forwarder {
         let message = SubscribeMessage {
             touser: request.touser,
             template_id: request.template_id,
-            page: None,
-            data: request.data.into_iter().collect(),
-            miniprogram_state: MiniprogramState::Unspecified,
-            lang: None,
+            data: request
+                .data
+                .into_iter()
+                .map(|(key, value)| (key, Value { value }))
+                .collect(),
         };
         let sent = self
             .http
@@ -105,9 +123,7 @@ pub async fn serve_forwarder(
         .with_nodelay(Some(true));
     eprintln!("bare forwarder listening on {listen}, forwarding to {upstream}");
     tonic::transport::Server::builder()
-        .add_service(pb::notify_service_server::NotifyServiceServer::new(
-            forwarder,
-        ))
+        .add_service(forwarder.into_server())
         .serve_with_incoming_shutdown(incoming, stop)
         .await
         .map_err(|error| error.to_string())

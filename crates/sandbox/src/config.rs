@@ -2,7 +2,7 @@
 
 use std::{fmt, time::Duration};
 
-use super::templates::{Template, default_templates};
+use crate::templates::{Template, default_templates};
 
 /// AppID of the default sandbox app.
 pub const DEFAULT_APPID: &str = "wxsandbox000000001";
@@ -155,7 +155,7 @@ impl SandboxConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::templates::{Template, TemplateKind};
+    use crate::templates::{Template, TemplateKind};
 
     #[test]
     fn default_is_valid_and_debug_hides_secrets() {

@@ -4,19 +4,29 @@
 //!
 //! Plain HTML, CSS and JavaScript modules, compiled into the binary: no build step. The page
 //! reads and changes the sandbox only through the documented `/sandbox/...` routes, plus the
-//! live stream of `/sandbox/events`, so anything it does can be done with curl too. It renders
+//! live stream of `/sandbox/events` (served here), so anything it does can be done with curl too. It renders
 //! every value as text, and is served with a Content-Security-Policy that allows its own
 //! scripts only, as a second line of defence.
 
+use std::convert::Infallible;
+
 use axum::{
     Router,
-    extract::Path,
+    extract::{Path, State},
     http::{HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
     routing::get,
 };
+use futures::Stream;
+use tokio::{sync::broadcast::error::RecvError, time::MissedTickBehavior};
 
-use super::{Sandbox, events};
+use crate::{
+    Sandbox,
+    events::{STATS_INTERVAL, resync_event},
+};
 
 /// Where the page is served (and `/`).
 pub const CONSOLE_PATH: &str = "/sandbox/ui";
@@ -53,7 +63,7 @@ pub(crate) fn routes() -> Router<Sandbox> {
         .route(CONSOLE_PATH, get(index))
         .route("/sandbox/ui/", get(index))
         .route("/sandbox/ui/{asset}", get(asset))
-        .route("/sandbox/events", get(events::events))
+        .route("/sandbox/events", get(events))
 }
 
 async fn index() -> Response {
@@ -84,4 +94,37 @@ fn served(content_type: &'static str, content: &'static str) -> Response {
         content,
     )
         .into_response()
+}
+
+/// `GET /sandbox/events`: the live events, and once a second the counters. A client too slow
+/// to keep up loses the oldest events and is told to `resync`.
+async fn events(
+    State(sandbox): State<Sandbox>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let (receiver, closing) = sandbox.inner.events.listen();
+    let mut ticks = tokio::time::interval(STATS_INTERVAL);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let stream = futures::stream::unfold(
+        (sandbox, receiver, ticks, closing),
+        |(sandbox, mut receiver, mut ticks, closing)| async move {
+            let event = tokio::select! {
+                () = closing.cancelled() => return None,
+                received = receiver.recv() => match received {
+                    Ok(event) => event.into_sse(),
+                    Err(RecvError::Lagged(missed)) => resync_event(missed),
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = ticks.tick() => stats_event(&sandbox),
+            };
+            Some((Ok(event), (sandbox, receiver, ticks, closing)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn stats_event(sandbox: &Sandbox) -> Event {
+    Event::default()
+        .event("stats")
+        .json_data(sandbox.stats())
+        .unwrap_or_else(|_| resync_event(0))
 }

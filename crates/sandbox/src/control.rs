@@ -16,7 +16,9 @@ use axum::{
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
-use super::{
+mod push;
+
+use crate::{
     Sandbox,
     events::Changed,
     faults::{Fault, fault_json::FaultJson},
@@ -47,6 +49,7 @@ pub(crate) fn routes() -> Router<Sandbox> {
         .route("/sandbox/stats", get(stats))
         .route("/sandbox/templates", get(templates))
         .route("/sandbox/sends", get(sends))
+        .merge(push::routes())
 }
 
 /// A refused control request.
@@ -168,7 +171,7 @@ async fn record_subscription(State(sandbox): State<Sandbox>, body: Bytes) -> Con
         return Err(ControlError::bad_request("count must be at least 1"));
     }
     let from_settings = match (request.event.as_deref(), grant) {
-        (None, Some(Grant::Reject)) | (Some("change"), Some(Grant::Reject)) => true,
+        (None | Some("change"), Some(Grant::Reject)) => true,
         (None | Some("popup"), _) => false,
         (Some("change"), _) => {
             return Err(ControlError::bad_request(

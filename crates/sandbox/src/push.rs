@@ -5,8 +5,10 @@
 //! encrypted) exactly as WeChat does, in XML or JSON. Like WeChat it retries a push that got
 //! no `success` within 5 s, 3 attempts in all.
 //!
-//! It uses only the pure `crate::push_crypto`; it never imports the service's push endpoint,
-//! so the service is checked against an independent writer of the format.
+//! The signing and sealing are its own ([`seal`]), written from WeChat's description: the
+//! service's push endpoint is checked against an independent writer of the format.
+
+mod seal;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -14,19 +16,13 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use axum::{
-    Json, Router,
-    body::Bytes,
-    extract::State,
-    http::StatusCode,
-    routing::{get, post},
-};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::Sandbox;
-use crate::push_crypto::{self, AesKey, PushMode};
+pub use seal::PushMode;
+pub(crate) use seal::SealingKey;
+use seal::signature;
 
 /// Attempts per push, as WeChat makes.
 const PUSH_ATTEMPTS: u32 = 3;
@@ -128,6 +124,21 @@ impl Default for Pusher {
 }
 
 impl Pusher {
+    /// Pushes the app's events to `target` from now on (`None`: no more pushes).
+    pub(crate) fn set_target(&self, appid: &str, target: Option<PushTarget>) {
+        let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        match target {
+            Some(target) => targets.insert(appid.to_owned(), target),
+            None => targets.remove(appid),
+        };
+    }
+
+    /// The pushes made so far, oldest first.
+    pub(crate) fn log(&self) -> Vec<PushRecord> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().cloned().collect()
+    }
+
     fn next_create_time(&self) -> u64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -310,10 +321,10 @@ fn signed_request(target: &PushTarget, appid: &str, plain: &str) -> Result<Signe
         .as_secs()
         .to_string();
     let nonce = fastrand::u32(100_000_000..1_000_000_000).to_string();
-    let signature = push_crypto::sign(&[&target.token, &timestamp, &nonce]);
+    let query_signature = signature(&[&target.token, &timestamp, &nonce]);
     let mut url = target.url.clone();
     url.query_pairs_mut()
-        .append_pair("signature", &signature)
+        .append_pair("signature", &query_signature)
         .append_pair("timestamp", &timestamp)
         .append_pair("nonce", &nonce);
     let content_type = match target.format {
@@ -331,11 +342,10 @@ fn signed_request(target: &PushTarget, appid: &str, plain: &str) -> Result<Signe
         .encoding_aes_key
         .as_deref()
         .ok_or("an encrypted mode needs an EncodingAESKey")
-        .and_then(|key| AesKey::from_encoding_key(key).map_err(|_| "a malformed EncodingAESKey"))?;
-    let mut random = [0u8; 16];
-    random.iter_mut().for_each(|byte| *byte = fastrand::u8(..));
-    let encrypt = push_crypto::encrypt(&key, random, plain.as_bytes(), appid);
-    let msg_signature = push_crypto::sign(&[&target.token, &timestamp, &nonce, &encrypt]);
+        .and_then(|key| SealingKey::new(key).ok_or("a malformed EncodingAESKey"))?;
+    let random: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let encrypt = key.seal(random, plain.as_bytes(), appid);
+    let msg_signature = signature(&[&target.token, &timestamp, &nonce, &encrypt]);
     url.query_pairs_mut()
         .append_pair("encrypt_type", "aes")
         .append_pair("msg_signature", &msg_signature);
@@ -363,133 +373,4 @@ fn signed_request(target: &PushTarget, appid: &str, plain: &str) -> Result<Signe
         content_type,
         body,
     })
-}
-
-impl Sandbox {
-    /// Pushes the app's events to `target` from now on (`None`: no more pushes).
-    pub fn set_push_target(&self, appid: &str, target: Option<PushTarget>) {
-        let mut targets = self
-            .pusher
-            .targets
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        match target {
-            Some(target) => targets.insert(appid.to_owned(), target),
-            None => targets.remove(appid),
-        };
-    }
-
-    /// The pushes made so far (the last 1,000), oldest first; a push still being attempted is
-    /// not listed yet.
-    pub fn pushes(&self) -> Vec<PushRecord> {
-        self.pusher
-            .log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-}
-
-/// `GET /sandbox/pushes` and `POST /sandbox/push-target`.
-pub(crate) fn routes() -> Router<Sandbox> {
-    Router::new()
-        .route("/sandbox/pushes", get(list_pushes))
-        .route("/sandbox/push-target", post(set_target))
-}
-
-/// The body of `POST /sandbox/push-target`: the app's 消息推送 settings, as in WeChat's admin.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TargetRequest {
-    appid: Option<String>,
-    /// Where to push; `null` (or absent) stops the app's pushes.
-    url: Option<String>,
-    #[serde(default)]
-    token: String,
-    encoding_aes_key: Option<String>,
-    /// `plaintext`, `compatible` or `safe` (the default with a key; plaintext without).
-    mode: Option<String>,
-    /// `xml` (the default) or `json`.
-    format: Option<String>,
-}
-
-type Answer = (StatusCode, Json<Value>);
-
-fn refused(message: impl Into<String>) -> Answer {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({"error": message.into()})),
-    )
-}
-
-async fn set_target(State(sandbox): State<Sandbox>, body: Bytes) -> Answer {
-    let request: TargetRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => return refused(format!("bad json: {error}")),
-    };
-    let apps = &sandbox.config().apps;
-    let appid = match request.appid {
-        Some(appid) if apps.iter().any(|app| app.appid == appid) => appid,
-        Some(appid) => return refused(format!("unknown appid {appid}")),
-        None if apps.len() == 1 => apps[0].appid.clone(),
-        None => return refused("appid is required when several apps are configured"),
-    };
-    let Some(url) = request.url else {
-        sandbox.set_push_target(&appid, None);
-        return (
-            StatusCode::OK,
-            Json(json!({"appid": appid, "pushing": false})),
-        );
-    };
-    let Ok(url) = Url::parse(&url) else {
-        return refused("url must be an absolute http(s) URL");
-    };
-    if !matches!(url.scheme(), "http" | "https") {
-        return refused("url must be an absolute http(s) URL");
-    }
-    if !(3..=32).contains(&request.token.len())
-        || !request.token.bytes().all(|b| b.is_ascii_alphanumeric())
-    {
-        return refused("token must be 3 to 32 letters and digits");
-    }
-    let mode = match request.mode.as_deref() {
-        Some(mode) => match PushMode::parse(mode) {
-            Some(mode) => mode,
-            None => return refused("mode must be plaintext, compatible or safe"),
-        },
-        None if request.encoding_aes_key.is_some() => PushMode::Safe,
-        None => PushMode::Plaintext,
-    };
-    match (&request.encoding_aes_key, mode) {
-        (None, PushMode::Compatible | PushMode::Safe) => {
-            return refused("compatible and safe modes need encoding_aes_key");
-        }
-        (Some(key), _) if AesKey::from_encoding_key(key).is_err() => {
-            return refused("encoding_aes_key must be 43 characters of base64");
-        }
-        _ => {}
-    }
-    let format = match request.format.as_deref() {
-        None | Some("xml") => PushFormat::Xml,
-        Some("json") => PushFormat::Json,
-        Some(_) => return refused("format must be xml or json"),
-    };
-    let answer = json!({"appid": appid, "pushing": true, "url": url.as_str(), "format": format});
-    sandbox.set_push_target(
-        &appid,
-        Some(PushTarget {
-            url,
-            token: request.token,
-            encoding_aes_key: request.encoding_aes_key,
-            mode,
-            format,
-        }),
-    );
-    (StatusCode::OK, Json(answer))
-}
-
-async fn list_pushes(State(sandbox): State<Sandbox>) -> Json<Value> {
-    Json(json!({ "pushes": sandbox.pushes() }))
 }

@@ -1,37 +1,40 @@
-//! `wechat-notify bench`: a load generator for a running service, and a fixed-answer upstream to
+//! `wechat-notify-bench`: a load generator for a running service, and a fixed-answer upstream to
 //! run it against, so that what is measured is the service and not WeChat (see
-//! `docs/benchmarks.md`).
+//! `docs/benchmarks.md`). A crate of its own: it speaks the service's gRPC API like any caller
+//! (its own code generated from `proto/`), and none of it ships in the service's binary.
 //!
-//! - `bench send` / `bench batch`: drive SendSubscribe or BatchSend over gRPC, closed loop (a
+//! - `send` / `batch`: drive SendSubscribe or BatchSend over gRPC, closed loop (a
 //!   fixed number of calls in flight) or open loop (`--rate`: calls started on a schedule,
 //!   whatever the answers do), and report messages/s, latency percentiles, errors by gRPC code,
 //!   and the CPU time and peak RSS of the processes named with `--pid`.
-//! - `bench http`: the same against the upstream's send endpoint directly, to learn the rate the
+//! - `http`: the same against the upstream's send endpoint directly, to learn the rate the
 //!   upstream sustains alone.
-//! - `bench upstream`: a minimal fixed-answer WeChat API (token endpoints and send).
-//! - `bench forwarder`: the reference point, a bare tonic handler forwarding each SendSubscribe
+//! - `upstream`: a minimal fixed-answer WeChat API (token endpoints and send).
+//! - `forwarder`: the reference point, a bare tonic handler forwarding each SendSubscribe
 //!   with one shared reqwest client and nothing else.
 //!
 //! Every run is bounded by `--duration` (and `--requests`) and stops by itself.
 
 mod forwarder;
 mod load;
+pub mod pb;
 mod process;
 mod report;
+mod signal;
 mod upstream;
 
 use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
 
-use crate::secret::Secret;
-
 pub use forwarder::{Forwarder, serve_forwarder};
-pub use load::{LoadOptions, Scenario, run_load};
+pub use load::{BearerToken, LoadOptions, Scenario, run_load};
 pub use process::ProcessWatch;
 pub use report::{Latency, ProcessUsage, Report};
 pub use upstream::{BENCH_TOKEN, serve_upstream, upstream_router};
 
-/// Flags of `wechat-notify bench`.
-#[derive(Debug, clap::Args)]
+/// wechat-notify-bench: load generator, fixed-answer WeChat upstream and bare forwarder for
+/// benchmarking wechat-notify (see docs/benchmarks.md).
+#[derive(Debug, clap::Parser)]
+#[command(name = "wechat-notify-bench", version)]
 pub struct BenchArgs {
     #[command(subcommand)]
     command: BenchCommand,
@@ -102,9 +105,9 @@ struct LoadArgs {
         env = "NOTIFY_BENCH_TOKEN",
         hide_env_values = true,
         value_name = "TOKEN",
-        value_parser = parse_secret
+        value_parser = parse_token
     )]
-    token: Option<Secret>,
+    token: Option<BearerToken>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,13 +145,13 @@ struct ForwarderArgs {
 /// Resolves on SIGTERM/SIGINT or after `exit_after`.
 async fn stop_signal(exit_after: Duration) {
     tokio::select! {
-        _ = crate::signal::shutdown_signal() => {}
+        () = signal::stop_requested() => {}
         () = tokio::time::sleep(exit_after) => {}
     }
 }
 
-fn parse_secret(value: &str) -> Result<Secret, std::convert::Infallible> {
-    Ok(Secret::new(value))
+fn parse_token(value: &str) -> Result<BearerToken, std::convert::Infallible> {
+    Ok(BearerToken::new(value))
 }
 
 fn parse_pid(value: &str) -> Result<(String, u32), String> {
@@ -188,7 +191,7 @@ impl LoadArgs {
     }
 }
 
-/// Runs `wechat-notify bench ...` on `runtime`.
+/// Runs the command on `runtime`.
 pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let (options, json) = match args.command {
         BenchCommand::Upstream(args) => {
@@ -197,7 +200,7 @@ pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
             return match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("wechat-notify bench upstream: {error}");
+                    eprintln!("wechat-notify-bench upstream: {error}");
                     ExitCode::FAILURE
                 }
             };
@@ -207,7 +210,7 @@ pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
             return match runtime.block_on(serve_forwarder(args.listen, &args.upstream, stop)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("wechat-notify bench forwarder: {error}");
+                    eprintln!("wechat-notify-bench forwarder: {error}");
                     ExitCode::FAILURE
                 }
             };
@@ -232,7 +235,7 @@ pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let options = match options {
         Ok(options) => options,
         Err(error) => {
-            eprintln!("wechat-notify bench: {error}");
+            eprintln!("wechat-notify-bench: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -248,7 +251,7 @@ pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("wechat-notify bench: {error}");
+            eprintln!("wechat-notify-bench: {error}");
             ExitCode::FAILURE
         }
     }

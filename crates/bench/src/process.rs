@@ -6,7 +6,7 @@
 
 use std::{fs, time::Duration};
 
-use super::report::ProcessUsage;
+use crate::report::ProcessUsage;
 
 /// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`).
 const TICKS_PER_SECOND: f64 = 100.0;
