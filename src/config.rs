@@ -26,7 +26,7 @@ pub use callers::{
     TokenDigest,
 };
 pub use setting::{BOOLEAN_SPELLINGS, Given, Setting, Source, Sources, settings};
-use setting::{parse_bool, parse_choice, parse_listen, parse_number};
+use setting::{parse_bool, parse_choice, parse_listen, parse_number, parse_token_mode};
 
 use crate::{
     push_crypto::{AesKey, PushMode},
@@ -608,7 +608,7 @@ impl ServeArgs {
                 sources,
                 TOKEN_MODE,
                 &self.token_mode,
-                parse_choice(&self.token_mode),
+                parse_token_mode(&self.token_mode),
             )?,
             max_in_flight: as_usize(number(
                 MAX_IN_FLIGHT,

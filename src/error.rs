@@ -285,9 +285,11 @@ mod tests {
                 "errcode {errcode}"
             );
         }
+        // A request reqwest refuses to build stands in for any transport failure.
+        let transport = reqwest::Client::new().get("no-scheme").build().unwrap_err();
         let unknown = upstream(WechatError::OutcomeUnknown {
             endpoint: Endpoint::Send,
-            detail: "timed out".into(),
+            source: crate::wechat::TransportError::new(transport),
         });
         assert_eq!(code_of(&unknown), Code::Unknown);
         let status = status_of(&unknown);
@@ -297,7 +299,8 @@ mod tests {
         );
         let unreachable = upstream(WechatError::Unreachable {
             endpoint: Endpoint::Send,
-            detail: "refused".into(),
+            tried: 1,
+            last: None,
         });
         assert_eq!(code_of(&unreachable), Code::Unavailable);
         let http = upstream(WechatError::HttpStatus {

@@ -481,7 +481,8 @@ async fn busy_is_retried_within_one_fetch() {
             busy(),
             Reply::Error(WechatError::Unreachable {
                 endpoint: Endpoint::Token,
-                detail: "refused".into(),
+                tried: 1,
+                last: None,
             }),
             Reply::Token("t1", 7200),
         ],
