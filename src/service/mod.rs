@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use app::{Admission, SEND_ADMISSION_WAIT};
-pub use app::{App, until_next_minute, until_quota_day_ends};
+pub use app::App;
 pub use batch::{BatchRequest, RecipientInput, RecipientOutcome};
 pub use error::{ErrorKind, NotStarted, SendError};
 pub use subscriptions::{MAX_QUERIED_TEMPLATES, MAX_REPORTED_TEMPLATES};
