@@ -240,15 +240,7 @@ pub fn refusal_status(refusal: &Refusal) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn api(endpoint: Endpoint, errcode: i32) -> WechatError {
-        WechatError::Api {
-            endpoint,
-            errcode,
-            errmsg: format!("errmsg {errcode} rid: 1-2-3"),
-            rid: Some("1-2-3".into()),
-        }
-    }
+    use crate::wechat::fake::answered as api;
 
     fn upstream(error: WechatError) -> SendError {
         SendError::new(ErrorKind::Upstream(error), 1)

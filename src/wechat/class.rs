@@ -117,15 +117,7 @@ pub(crate) fn next_base(error: &TransportError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn api(endpoint: Endpoint, errcode: i32) -> WechatError {
-        WechatError::Api {
-            endpoint,
-            errcode,
-            errmsg: String::new(),
-            rid: None,
-        }
-    }
+    use crate::wechat::fake::answered as api;
 
     #[test]
     fn the_same_errcode_means_different_things_per_endpoint() {

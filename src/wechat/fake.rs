@@ -17,6 +17,19 @@ use axum::{
 use serde_json::Value;
 use url::Url;
 
+use super::{Endpoint, WechatError};
+
+/// WeChat's answer `errcode` on `endpoint`, as the client returns it (errmsg `errmsg N rid:
+/// 1-2-3`, rid `1-2-3`).
+pub fn answered(endpoint: Endpoint, errcode: i32) -> WechatError {
+    WechatError::Api {
+        endpoint,
+        errcode,
+        errmsg: format!("errmsg {errcode} rid: 1-2-3"),
+        rid: Some("1-2-3".into()),
+    }
+}
+
 /// One request the responder saw.
 #[derive(Clone, Debug)]
 pub struct Seen {
