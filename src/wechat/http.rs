@@ -1,8 +1,8 @@
 //! The HTTP exchange: one pooled `reqwest::Client` shared by every app, and one logical request
 //! walked over an app's API bases in order. It moves to the next base only when
-//! [`class::next_base`](super::class::next_base) says the request was provably not sent; any
-//! other transport failure is [`WechatError::OutcomeUnknown`] and stops there, since trying
-//! another base could deliver a message twice.
+//! [`class::next_base`] says the request was provably not sent; any other transport failure is
+//! [`WechatError::OutcomeUnknown`] and stops there, since trying another base could deliver a
+//! message twice.
 
 use std::time::Duration;
 
