@@ -29,7 +29,7 @@ pub use callers::{
     TokenDigest,
 };
 pub use setting::{BOOLEAN_SPELLINGS, Given, Setting, Source, Sources, settings};
-use setting::{parse_bool, parse_choice, parse_listen, parse_number};
+use setting::{parse_bool, parse_choice, parse_listen, parse_number, parse_token_mode};
 
 use self::app::{check_identifier, check_secret, parse_api_base_list, read_secret_file};
 use crate::{secret::Secret, tls::TlsFiles, wechat::ClientOptions};
@@ -585,7 +585,7 @@ impl ServeArgs {
                 sources,
                 TOKEN_MODE,
                 &self.token_mode,
-                parse_choice(&self.token_mode),
+                parse_token_mode(&self.token_mode),
             )?,
             max_in_flight: as_usize(number(
                 MAX_IN_FLIGHT,

@@ -7,7 +7,10 @@
 //!   INVALID_ARGUMENT); [`error`]: the one place that picks a gRPC code.
 //! - [`callers`]: who is calling and what it may do; [`tls`]: TLS on the gRPC port.
 //! - [`service`]: decides (validation, idempotency, retries, batch fan-out); knows no tonic.
-//! - [`validation`], [`idempotency`], [`token`], [`wechat`]: the pieces it decides with.
+//! - [`validation`], [`idempotency`], [`token`], [`templates`], [`wechat`]: the pieces it
+//!   decides with; [`retry`]: the one backoff formula and the clock of WeChat's quota windows,
+//!   which all of them wait by (whether to retry a WeChat answer at all is
+//!   `wechat::WechatError::retry`'s).
 //! - [`store`]: the state replicas share on Redis (`NOTIFY_REDIS_URL`), behind the token and
 //!   idempotency store traits and the app's limits.
 //! - [`signal`]: the shutdown signals every command waits for (below them all).
@@ -27,6 +30,7 @@ pub mod idempotency;
 pub mod pb;
 pub mod push;
 pub mod push_crypto;
+pub mod retry;
 pub mod secret;
 pub mod server;
 pub mod service;

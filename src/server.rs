@@ -48,7 +48,7 @@ use crate::{
     templates::{TemplateCache, TemplateOptions},
     tls::{self, ReloadingTls, TlsProblem},
     token::{TOKEN_EXPIRES_IN_SECONDS, TokenCache, TokenOptions},
-    wechat::{WechatClient, WechatError},
+    wechat::{ClientBuildError, WechatClient, WechatError},
 };
 
 /// How long the warm-up waits for the shared store before fetching tokens without it.
@@ -70,7 +70,7 @@ pub enum StartError {
     },
     /// The HTTP client could not be built.
     #[error("cannot build the wechat client: {0}")]
-    Client(WechatError),
+    Client(#[source] ClientBuildError),
     /// `warm_tokens` was set and an app's token could not be fetched.
     #[error("cannot fetch a token for app {app}: {source}")]
     WarmUp { app: String, source: WechatError },

@@ -8,7 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use super::{Endpoint, WechatError};
+use super::api_error;
+use crate::{
+    secret::Secret,
+    wechat::{Endpoint, WechatError},
+};
 
 /// Subscription kind of a template (WeChat's `type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,21 +94,19 @@ fn is_keyword_key(key: &str) -> bool {
     !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Parses a `gettemplate` answer. Builds its own error messages: nothing of the body is echoed.
+/// Parses a `gettemplate` answer (`secrets` scrubbed from an errmsg). Builds its own error
+/// messages: nothing of the body is echoed.
 pub(crate) fn parse_templates(
     body: &[u8],
-    errcode_of: impl FnOnce(&serde_json::Value) -> Result<Option<WechatError>, WechatError>,
+    secrets: &[&Secret],
 ) -> Result<Vec<TemplateInfo>, WechatError> {
-    let invalid = |detail: &str| WechatError::InvalidResponse {
-        endpoint: Endpoint::Templates,
-        detail: detail.to_owned(),
-    };
+    let invalid = |detail: &str| WechatError::invalid(Endpoint::Templates, detail);
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| invalid("body is not json"))?;
     if !value.is_object() {
         return Err(invalid("body is not a json object"));
     }
-    if let Some(error) = errcode_of(&value)? {
+    if let Some(error) = api_error(Endpoint::Templates, &value, secrets)? {
         return Err(error);
     }
     let items = value
@@ -174,10 +176,6 @@ mod tests {
 
     use super::*;
 
-    fn no_errcode(_: &serde_json::Value) -> Result<Option<WechatError>, WechatError> {
-        Ok(None)
-    }
-
     #[test]
     fn keywords_come_from_the_content_in_order() {
         assert_eq!(
@@ -223,7 +221,7 @@ mod tests {
                 {"priTmplId": "T-odd", "content": "nothing to see", "type": 7}
             ]
         });
-        let templates = parse_templates(body.to_string().as_bytes(), no_errcode).unwrap();
+        let templates = parse_templates(body.to_string().as_bytes(), &[]).unwrap();
         assert_eq!(templates.len(), 3);
         let status = &templates[0];
         assert_eq!(status.id, "T-status");
@@ -253,7 +251,7 @@ mod tests {
             json!({"data": [{"priTmplId": "T"}, {"title": "no id"}]}).to_string(),
             json!({"data": [{"priTmplId": " "}]}).to_string(),
         ] {
-            let error = parse_templates(body.as_bytes(), no_errcode).unwrap_err();
+            let error = parse_templates(body.as_bytes(), &[]).unwrap_err();
             assert!(
                 matches!(
                     error,
@@ -267,6 +265,6 @@ mod tests {
         }
         // No templates at all is an answer, not an error.
         let empty = json!({"errcode": 0, "errmsg": "ok", "data": []}).to_string();
-        assert_eq!(parse_templates(empty.as_bytes(), no_errcode).unwrap(), []);
+        assert_eq!(parse_templates(empty.as_bytes(), &[]).unwrap(), []);
     }
 }

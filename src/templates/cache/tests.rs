@@ -39,6 +39,8 @@ struct FakeList {
     ids: StdMutex<Vec<&'static str>>,
     script: StdMutex<VecDeque<WechatError>>,
     tokens_seen: StdMutex<Vec<String>>,
+    /// When each call started.
+    called_at: StdMutex<Vec<Instant>>,
 }
 
 impl FakeList {
@@ -52,6 +54,7 @@ impl FakeList {
             ids: StdMutex::new(ids.to_vec()),
             script: StdMutex::new(VecDeque::new()),
             tokens_seen: StdMutex::new(Vec::new()),
+            called_at: StdMutex::new(Vec::new()),
         })
     }
 
@@ -79,6 +82,7 @@ impl TemplateSource for FakeList {
             .lock()
             .unwrap()
             .push(token.expose().to_owned());
+        self.called_at.lock().unwrap().push(Instant::now());
         tokio::time::sleep(self.delay).await;
         if let Some(error) = self.script.lock().unwrap().pop_front() {
             return Err(error);
@@ -240,22 +244,33 @@ async fn without_a_list_sends_go_unchecked_and_loads_back_off() {
     assert_eq!(lookup(&cache, "A").await, Lookup::Unavailable);
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(list.calls(), 1);
-    // The refresher retries after 30 s, then 60 s (both still failing), then 120 s.
-    sleep_secs(31).await;
-    assert_eq!(list.calls(), 2);
-    sleep_secs(60).await;
-    assert_eq!(list.calls(), 3);
-    sleep_secs(60).await;
-    assert_eq!(
-        list.calls(),
-        3,
-        "backing off: 120 s after the second failure"
-    );
-    assert_eq!(lookup(&cache, "A").await, Lookup::Unavailable);
-    sleep_secs(61).await;
-    assert_eq!(list.calls(), 4);
+    // The refresher tries again after each failure: 30 s, then 60 s, then 120 s at most (and
+    // at least half of each), and no send causes a request meanwhile.
+    for calls in 2..=4 {
+        while list.calls() < calls {
+            sleep_secs(1).await;
+        }
+        if calls < 4 {
+            // Failed again (its answer takes 50 ms): backing off for 15 s at least.
+            sleep_secs(1).await;
+            let asked = Instant::now();
+            assert_eq!(lookup(&cache, "A").await, Lookup::Unavailable);
+            assert_eq!(asked.elapsed(), Duration::ZERO);
+            assert_eq!(list.calls(), calls);
+        }
+    }
     assert_eq!(listed(&lookup(&cache, "A").await), "A");
     assert_eq!(list.calls(), 4);
+    let called_at = list.called_at.lock().unwrap().clone();
+    let answered_after = list.delay;
+    for (retry, ceiling) in [(1, 30), (2, 60), (3, 120)] {
+        let ceiling = Duration::from_secs(ceiling);
+        let waited = called_at[retry] - called_at[retry - 1] - answered_after;
+        assert!(
+            ceiling / 2 <= waited && waited <= ceiling,
+            "retry {retry} after {waited:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -320,9 +335,8 @@ async fn the_refresher_stops_with_the_cache() {
 }
 
 #[test]
-fn backoff_doubles_up_to_the_maximum() {
-    let options = TemplateOptions::default();
-    let secs: Vec<_> = (1..=7).map(|n| backoff(&options, n).as_secs()).collect();
+fn backoff_doubles_up_to_ten_minutes() {
+    let retry = TemplateOptions::default().retry;
+    let secs: Vec<_> = (1..=7).map(|n| retry.ceiling(n).as_secs()).collect();
     assert_eq!(secs, [30, 60, 120, 240, 480, 600, 600]);
-    assert_eq!(backoff(&options, u32::MAX), options.retry_max);
 }

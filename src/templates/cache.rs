@@ -13,10 +13,12 @@
 //!   is picked up by its first send.
 //! - **Fail open**: when no list can be had (no token, an errcode such as 48001, no answer),
 //!   [`Lookup::Unavailable`] says to send unchecked. The first failure of a streak is logged as
-//!   a warning; loads are retried with backoff from [`TemplateOptions::retry_min`] up to
-//!   [`TemplateOptions::retry_max`], and no send waits for a load before then.
-//! - **Tokens** come from the app's [`TokenCache`]; a token WeChat rejects here is reported to
-//!   [`TokenCache::reject`] the same way as after a send, and the load counts as failed.
+//!   a warning; failed loads are tried again after [`TemplateOptions::retry`]'s backoff, and no
+//!   send waits for a load before then. Every failure is tried again (the list is a read, and
+//!   it is reloaded in the background anyway): the backoff only paces it.
+//! - **Tokens** come from the app's [`TokenCache`]; a token WeChat rejects here
+//!   (`Retry::NewToken`) is reported to [`TokenCache::reject`] the same way as after a send,
+//!   and the load counts as failed.
 //!
 //! Only `tokio::time` is used, so all of this is testable with paused time.
 
@@ -41,9 +43,10 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    retry::Backoff,
     secret::Secret,
     token::TokenCache,
-    wechat::{AppApi, ErrorClass, TemplateInfo, WechatError},
+    wechat::{AppApi, Retry, TemplateInfo, WechatError},
 };
 
 /// Counter `{app, result}` of template list requests to WeChat: `ok`, `rejected` (an errcode)
@@ -78,10 +81,9 @@ pub struct TemplateOptions {
     pub miss_refresh_interval: Duration,
     /// A send waits for a load at most this long, then goes unchecked (2 s).
     pub max_wait: Duration,
-    /// First delay before a failed load is tried again (30 s)...
-    pub retry_min: Duration,
-    /// ...doubling up to this (10 min).
-    pub retry_max: Duration,
+    /// The waits before failed loads in a row are tried again (from at most 30 s, doubling up
+    /// to 10 min).
+    pub retry: Backoff,
 }
 
 impl Default for TemplateOptions {
@@ -90,8 +92,7 @@ impl Default for TemplateOptions {
             refresh_interval: Duration::from_secs(600),
             miss_refresh_interval: Duration::from_secs(30),
             max_wait: Duration::from_secs(2),
-            retry_min: Duration::from_secs(30),
-            retry_max: Duration::from_secs(600),
+            retry: Backoff::new(Duration::from_secs(30), Duration::from_secs(600)),
         }
     }
 }
@@ -305,7 +306,7 @@ impl TemplateCache {
             }
             Err(error) => {
                 state.failures = state.failures.saturating_add(1);
-                let delay = backoff(&self.options, state.failures);
+                let delay = self.options.retry.delay(state.failures);
                 state.retry_at = Some(Instant::now() + delay);
                 let retry_in_secs = delay.as_secs();
                 if state.failures == 1 {
@@ -330,7 +331,7 @@ impl TemplateCache {
         metrics::counter!(TEMPLATE_FETCHES_TOTAL, "app" => self.app.clone(), "result" => label)
             .increment(1);
         if let Err(error) = &result
-            && error.class() == Some(ErrorClass::TokenRejected)
+            && error.retry() == Retry::NewToken
         {
             // The same rule as after a send (the token cache decides whether to fetch), then
             // skip this round; a fetch failure is the token cache's to report.
@@ -360,14 +361,6 @@ impl Drop for TemplateCache {
         // Lets a sleeping refresher notice at once that the cache is gone.
         self.wake_refresher.notify_one();
     }
-}
-
-/// The delay after `failures` failed loads in a row: `retry_min` doubling up to `retry_max`.
-fn backoff(options: &TemplateOptions, failures: u32) -> Duration {
-    options
-        .retry_min
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(options.retry_max)
 }
 
 /// Reloads the list every `refresh_interval`, or at the retry time after a failure. Holds the

@@ -1,4 +1,4 @@
-//! Wire types of `subscribeMessage.send` and the token endpoints.
+//! The request body of `subscribeMessage.send`.
 //!
 //! [`SubscribeMessage`] serializes to exactly the JSON body WeChat's send endpoint takes:
 //! `{"touser", "template_id", "page"?, "data": {"k": {"value": "v"}}, "miniprogram_state"?, "lang"?}`.
