@@ -1,15 +1,16 @@
 //! The command line: `serve`, `serve --sandbox` and `sandbox`. Part of the composition root:
-//! the one production-side place that knows the sandbox, so that `serve --sandbox` can start it.
+//! the one production-side place that knows the sandbox (the `wechat-notify-sandbox` crate,
+//! behind the default cargo feature `sandbox`), so that `serve --sandbox` can start it.
+
+#[cfg(feature = "sandbox")]
+mod embedded_sandbox;
 
 use std::{future::Future, process::ExitCode};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind};
 
 use crate::{
-    config::{PushSettings, ServeArgs, ServeConfig},
-    push_crypto::{AesKey, PushMode},
-    sandbox::{self, PushFormat, PushTarget, Sandbox, SandboxApp, SandboxArgs, SandboxConfig},
-    secret::Secret,
+    config::{SandboxPlan, ServeArgs, ServeConfig, ServePlan},
     server,
     signal::{Shutdown, shutdown_signal},
     telemetry,
@@ -19,8 +20,6 @@ use crate::{
 const EXIT_CONFIG: u8 = 64;
 /// Exit code for a failure after start-up began (a port in use, a token warm-up refused).
 const EXIT_FAILURE: u8 = 1;
-/// Name of the app `serve --sandbox` configures.
-pub const SANDBOX_APP_NAME: &str = "sandbox";
 
 /// wechat-notify: send WeChat Mini Program subscribe messages with one gRPC call.
 #[derive(Debug, Parser)]
@@ -35,14 +34,30 @@ enum Command {
     /// Serve notify.v1.NotifyService (with --sandbox: against an embedded fake WeChat API).
     Serve(Box<ServeArgs>),
     /// Run the fake WeChat API alone (a development tool; never expose it).
-    Sandbox(Box<SandboxArgs>),
-    /// Load generator and fixed-answer upstream for benchmarks (see docs/benchmarks.md).
-    Bench(Box<crate::bench::BenchArgs>),
+    #[cfg(feature = "sandbox")]
+    Sandbox(Box<wechat_notify_sandbox::SandboxArgs>),
+    /// Not in this build (built without the cargo feature `sandbox`).
+    #[cfg(not(feature = "sandbox"))]
+    #[command(disable_help_flag = true)]
+    Sandbox {
+        /// Whatever was given; refused as a whole.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
-/// Parses the command line and runs the chosen command to completion.
+/// Parses the process's command line and runs the chosen command to completion.
 pub fn main() -> ExitCode {
-    let cli = match parse_command_line() {
+    run(std::env::args_os())
+}
+
+/// Parses `args` (the program's name first) and runs the chosen command to completion.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match parse_command_line(args) {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error),
     };
@@ -64,24 +79,30 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Bench(args) => crate::bench::main(*args, &runtime),
         Command::Serve(args) => {
-            let config = match args.into_config() {
-                Ok(config) => config,
+            let plan = match args.into_config() {
+                Ok(plan) => plan,
                 Err(error) => {
                     eprintln!("wechat-notify: configuration error: {error}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let _logs = telemetry::init_logging(config.log_format);
-            runtime.block_on(async { serve(config, shutdown_signal()).await })
+            match plan {
+                ServePlan::Configured(config) => {
+                    let _logs = telemetry::init_logging(config.log_format);
+                    // The signal handlers are installed inside the runtime.
+                    runtime.block_on(async { serve(config, shutdown_signal()).await })
+                }
+                ServePlan::Sandbox(plan) => serve_with_sandbox(plan, &runtime),
+            }
         }
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => {
             let _logs = telemetry::init_logging(crate::config::LogFormat::Text);
             let stopped = async {
                 shutdown_signal().await;
             };
-            match runtime.block_on(async { sandbox::run(*args, stopped).await }) {
+            match runtime.block_on(wechat_notify_sandbox::run(*args, stopped)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(%error, "sandbox failed");
@@ -89,12 +110,21 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(not(feature = "sandbox"))]
+        Command::Sandbox { .. } => {
+            eprintln!("wechat-notify: configuration error: sandbox: {NO_SANDBOX}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 
 /// The command line, with where each of `serve`'s settings came from (flag or environment).
-fn parse_command_line() -> Result<Cli, clap::Error> {
-    let matches = Cli::command().try_get_matches()?;
+fn parse_command_line<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command().try_get_matches_from(args)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
     if let (Command::Serve(args), Some(("serve", serve))) = (&mut cli.command, matches.subcommand())
     {
@@ -136,23 +166,11 @@ fn worker_threads(value: Option<std::ffi::OsString>) -> Result<usize, String> {
         })
 }
 
-/// Runs the service until `shutdown` resolves, with the embedded sandbox when configured.
+/// Runs the service until `shutdown` resolves.
 pub async fn serve(
-    mut config: ServeConfig,
+    config: ServeConfig,
     shutdown: impl Future<Output = Shutdown> + Send + 'static,
 ) -> ExitCode {
-    // Kept alive until the service has shut down.
-    let sandbox = if config.sandbox {
-        match start_embedded_sandbox(&mut config).await {
-            Ok(sandbox) => Some(sandbox),
-            Err(error) => {
-                tracing::error!(%error, addr = %config.sandbox_listen, "cannot start the embedded sandbox");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-        }
-    } else {
-        None
-    };
     let listeners = match server::Listeners::bind(&config).await {
         Ok(listeners) => listeners,
         Err(error) => {
@@ -160,17 +178,23 @@ pub async fn serve(
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let addrs = listeners.addrs;
-    if let (Some(sandbox), Some(push)) = (&sandbox, addrs.push) {
-        // Before the service serves: a first popup must find its push URL.
-        wire_sandbox_pushes(sandbox, push);
-    }
+    serve_on(config, listeners, None, shutdown).await
+}
+
+/// Says where everything listens, then serves on `listeners` until `shutdown` resolves.
+async fn serve_on(
+    config: ServeConfig,
+    listeners: server::Listeners,
+    sandbox: Option<std::net::SocketAddr>,
+    shutdown: impl Future<Output = Shutdown> + Send + 'static,
+) -> ExitCode {
+    let addrs = &listeners.addrs;
     // Every address as bound (port 0 resolved): what operators and tests read to connect.
     tracing::info!(
         grpc = %addrs.grpc,
         metrics = %addrs.metrics,
         push = addrs.push.map(tracing::field::display),
-        sandbox = sandbox.as_ref().map(|sandbox| tracing::field::display(sandbox.server.addr)),
+        sandbox = sandbox.map(tracing::field::display),
         "listening"
     );
     match server::start_on(config, listeners, shutdown).await {
@@ -185,105 +209,53 @@ pub async fn serve(
     }
 }
 
-/// The push settings of the embedded sandbox's app: a fresh Token and EncodingAESKey, safe
-/// mode, as a developer would set them in the mini program's admin.
-struct SandboxPushSettings {
-    token: String,
-    encoding_aes_key: String,
+/// Why a build without the `sandbox` feature refuses `serve --sandbox` and `sandbox`.
+#[cfg(not(feature = "sandbox"))]
+const NO_SANDBOX: &str = "this wechat-notify was built without the sandbox (cargo feature \
+                          `sandbox`, on by default); build it with the feature, or run the \
+                          sandbox's own binary, wechat-sandbox";
+
+/// `serve --sandbox` in a build without the sandbox: a configuration error.
+#[cfg(not(feature = "sandbox"))]
+fn serve_with_sandbox(_plan: SandboxPlan, _runtime: &tokio::runtime::Runtime) -> ExitCode {
+    eprintln!(
+        "wechat-notify: configuration error: {}: {NO_SANDBOX}",
+        crate::config::settings::SANDBOX
+    );
+    ExitCode::from(EXIT_CONFIG)
 }
 
-impl SandboxPushSettings {
-    fn generate() -> Self {
-        use base64::Engine;
-        let mut key = [0u8; 32];
-        key.iter_mut().for_each(|byte| *byte = fastrand::u8(..));
-        let encoding_aes_key = base64::engine::general_purpose::STANDARD_NO_PAD.encode(key);
-        Self {
-            token: uuid::Uuid::new_v4().simple().to_string(),
-            encoding_aes_key,
+/// `serve --sandbox`: starts the sandbox, binds the service's listeners, points the sandbox's
+/// pushes at the push listener as bound (port 0 resolved), then serves with its app until a
+/// signal.
+#[cfg(feature = "sandbox")]
+fn serve_with_sandbox(plan: SandboxPlan, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    let _logs = telemetry::init_logging(plan.log_format());
+    runtime.block_on(async {
+        let (config, sandbox) = match embedded_sandbox::start(plan).await {
+            Ok(started) => started,
+            Err(embedded_sandbox::StartError::Config(error)) => {
+                eprintln!("wechat-notify: configuration error: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let listeners = match server::Listeners::bind(&config).await {
+            Ok(listeners) => listeners,
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        // Before the service serves: a first popup must find its push URL.
+        if let Some(push) = listeners.addrs.push {
+            sandbox.send_pushes_to(push);
         }
-    }
-}
-
-/// Points the embedded sandbox's pushes at the service's own push endpoint, so the whole loop
-/// (popup -> push -> ledger -> send) runs offline.
-fn wire_sandbox_pushes(sandbox: &EmbeddedSandbox, push_addr: std::net::SocketAddr) {
-    let mut addr = push_addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let Ok(url) = url::Url::parse(&format!("http://{addr}/wechat/push/{SANDBOX_APP_NAME}")) else {
-        return;
-    };
-    tracing::info!(%url, "embedded sandbox pushes subscription events to the service");
-    let server = &sandbox.server;
-    server.sandbox().set_push_target(
-        &sandbox.appid,
-        Some(PushTarget {
-            url,
-            token: sandbox.push.token.clone(),
-            encoding_aes_key: Some(sandbox.push.encoding_aes_key.clone()),
-            mode: PushMode::Safe,
-            format: PushFormat::Xml,
-        }),
-    );
-}
-
-/// The embedded sandbox and what the service's app was configured with.
-struct EmbeddedSandbox {
-    server: sandbox::SandboxServer,
-    appid: String,
-    push: SandboxPushSettings,
-}
-
-/// Starts the sandbox on its loopback address, auto-accepting subscriptions so a first send
-/// just works, and configures one app against it with a fresh random secret and push settings
-/// (the push listener on a loopback port the system picks unless NOTIFY_PUSH_LISTEN says
-/// otherwise).
-async fn start_embedded_sandbox(config: &mut ServeConfig) -> std::io::Result<EmbeddedSandbox> {
-    let sandbox_config = SandboxConfig {
-        auto_accept: true,
-        ..SandboxConfig::default()
-    };
-    let secret = uuid::Uuid::new_v4().simple().to_string();
-    let appid = sandbox_config.apps[0].appid.clone();
-    let sandbox_config = SandboxConfig {
-        apps: vec![SandboxApp::new(appid.clone(), secret.clone())],
-        ..sandbox_config
-    };
-    let running = Sandbox::new(sandbox_config)
-        .spawn(config.sandbox_listen)
-        .await?;
-    let mut app = config.app_defaults.app(
-        SANDBOX_APP_NAME.to_owned(),
-        appid.clone(),
-        Secret::new(secret),
-    );
-    app.api_bases = vec![running.base_url()];
-    let push = SandboxPushSettings::generate();
-    app.push = Some(PushSettings {
-        token: Secret::new(push.token.as_str()),
-        aes_key: AesKey::from_encoding_key(&push.encoding_aes_key).ok(),
-        mode: PushMode::Safe,
-    });
-    // Bound with the service's other listeners; `serve` then points the sandbox's pushes at it.
-    config
-        .push_listen
-        .get_or_insert(std::net::SocketAddr::from((
-            std::net::Ipv4Addr::LOCALHOST,
-            0,
-        )));
-    tracing::info!(
-        base_url = %running.base_url(),
-        console = %running.base_url(),
-        inbox = %format!("{}sandbox/inbox", running.base_url()),
-        "embedded sandbox listening (a fake WeChat API for development)"
-    );
-    config.apps = vec![app];
-    Ok(EmbeddedSandbox {
-        server: running,
-        appid,
-        push,
+        // The sandbox is kept until the service has shut down.
+        serve_on(config, listeners, Some(sandbox.addr()), shutdown_signal()).await
     })
 }
 
@@ -303,5 +275,24 @@ mod tests {
             assert!(error.contains("TOKIO_WORKER_THREADS"), "{error}");
             assert!(error.contains(bad), "{error}");
         }
+    }
+
+    /// `serve --sandbox` and `sandbox` exist in every build; without the sandbox they are
+    /// configuration errors, refused before anything is bound.
+    #[cfg(not(feature = "sandbox"))]
+    #[test]
+    fn a_build_without_the_sandbox_refuses_it_as_a_configuration_error() {
+        let refused = ExitCode::from(EXIT_CONFIG);
+        assert_eq!(run(["wechat-notify", "serve", "--sandbox"]), refused);
+        assert_eq!(run(["wechat-notify", "sandbox", "--auto-accept"]), refused);
+        assert_eq!(run(["wechat-notify", "sandbox"]), refused);
+    }
+
+    #[test]
+    fn the_bench_subcommand_is_gone_from_the_service() {
+        let Err(error) = parse_command_line(["wechat-notify", "bench", "send"]) else {
+            panic!("bench parsed");
+        };
+        assert_eq!(error.kind(), ErrorKind::InvalidSubcommand);
     }
 }

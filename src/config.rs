@@ -3,11 +3,16 @@
 //! Two steps. clap gathers flags and environment variables into [`ServeArgs`] as text, and
 //! records where each came from ([`Sources`]). [`ServeArgs::into_config`] then parses every
 //! value and checks ranges and consistency, reads secret files and the TOML file, and returns a
-//! [`ServeConfig`], or a [`ConfigError`] whose message names what the user set
+//! [`ServePlan`], or a [`ConfigError`] whose message names what the user set
 //! (`NOTIFY_LISTEN=localhost:5006x`, `--max-in-flight 0`, or the TOML key) and what was expected.
 //! It binds and starts nothing, so `main` can exit 64 before any port is bound.
+//!
+//! The plan is the [`ServeConfig`] itself, or with `--sandbox` everything but the app: that one
+//! is the embedded sandbox's, known once the sandbox listens, and the command line gives it as
+//! [`AppSettings`] ([`SandboxPlan::into_config`]), checked like any app of the apps file.
 //! docs/configuration.md is the operator's reference.
 
+mod app;
 mod callers;
 mod file;
 mod redis;
@@ -17,8 +22,6 @@ mod tests;
 
 use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
-use url::Url;
-
 pub use self::redis::{DEFAULT_KEY_PREFIX, MAX_KEY_PREFIX_BYTES, RedisConfig};
 use self::redis::{RedisKey, RedisSettings};
 pub use callers::{
@@ -26,16 +29,11 @@ pub use callers::{
     TokenDigest,
 };
 pub use setting::{BOOLEAN_SPELLINGS, Given, Setting, Source, Sources, settings};
-use setting::{parse_bool, parse_choice, parse_listen, parse_number};
+use setting::{parse_bool, parse_choice, parse_listen, parse_number, parse_token_mode};
 
-use crate::{
-    push_crypto::{AesKey, PushMode},
-    secret::Secret,
-    subscriptions::SubscriptionCheck,
-    tls::TlsFiles,
-    validation::MAX_ID_BYTES,
-    wechat::{ClientOptions, TokenMode},
-};
+use self::app::{check_identifier, check_secret, parse_api_base_list, read_secret_file};
+use crate::{secret::Secret, tls::TlsFiles, wechat::ClientOptions};
+pub use app::{AppConfig, AppDefaults, AppSettings, PushSettings, PushText};
 
 /// WeChat's general API domain, the default API base.
 pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
@@ -82,75 +80,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// One configured WeChat app.
-#[derive(Clone, Debug)]
-pub struct AppConfig {
-    /// Name callers use in `app` (the appid itself also works).
-    pub name: String,
-    /// The mini program's AppID.
-    pub appid: String,
-    /// The AppSecret (redacted in Debug).
-    pub secret: Secret,
-    /// API bases, tried in order when a connection cannot be made.
-    pub api_bases: Vec<Url>,
-    /// Token endpoint family.
-    pub token_mode: TokenMode,
-    /// Concurrent upstream sends at most, per app.
-    pub max_in_flight: usize,
-    /// Sustained sends per second, per app; bursts of at most one second's worth.
-    pub rate_per_sec: u32,
-    /// What sends do with the subscription ledger.
-    pub subscription_check: SubscriptionCheck,
-    /// WeChat's event pushes to `/wechat/push/{app}`; `None` refuses them.
-    pub push: Option<PushSettings>,
-}
-
-/// An app's 消息推送 settings, as set in the mini program's admin.
-#[derive(Clone, Debug)]
-pub struct PushSettings {
-    /// The Token (only used for signatures; redacted in Debug).
-    pub token: Secret,
-    /// The key of the EncodingAESKey; `None` in plaintext mode.
-    pub aes_key: Option<AesKey>,
-    /// The encryption mode.
-    pub mode: PushMode,
-}
-
-/// The per-app settings given by flags (`WECHAT_API_BASE`, `WECHAT_TOKEN_MODE`,
-/// `NOTIFY_MAX_IN_FLIGHT`, `NOTIFY_RATE_PER_SEC`): the single app's settings, the defaults of
-/// TOML apps that leave a key out, and the settings of the sandbox's apps (whose API base is the
-/// sandbox's own address instead).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppDefaults {
-    /// API bases, tried in order.
-    pub api_bases: Vec<Url>,
-    /// Token endpoint family.
-    pub token_mode: TokenMode,
-    /// Concurrent upstream sends at most, per app.
-    pub max_in_flight: usize,
-    /// Sustained sends per second, per app.
-    pub rate_per_sec: u32,
-    /// What sends do with the subscription ledger (`NOTIFY_SUBSCRIPTION_CHECK`).
-    pub subscription_check: SubscriptionCheck,
-}
-
-impl AppDefaults {
-    /// An app with these settings.
-    pub fn app(&self, name: String, appid: String, secret: Secret) -> AppConfig {
-        AppConfig {
-            name,
-            appid,
-            secret,
-            api_bases: self.api_bases.clone(),
-            token_mode: self.token_mode,
-            max_in_flight: self.max_in_flight,
-            rate_per_sec: self.rate_per_sec,
-            subscription_check: self.subscription_check,
-            push: None,
-        }
-    }
-}
-
 /// Idempotency record keeping.
 #[derive(Clone, Debug)]
 pub struct IdempotencyOptions {
@@ -169,14 +98,8 @@ pub struct ServeConfig {
     pub metrics_listen: SocketAddr,
     /// Log line format.
     pub log_format: LogFormat,
-    /// The apps; empty with `sandbox`, which configures its own.
+    /// The apps.
     pub apps: Vec<AppConfig>,
-    /// The flags' per-app settings; what the sandbox's apps should use (with its own API base).
-    pub app_defaults: AppDefaults,
-    /// Run the embedded sandbox and send to it.
-    pub sandbox: bool,
-    /// Where the embedded sandbox listens (loopback).
-    pub sandbox_listen: SocketAddr,
     /// Fetch every app's token before reporting SERVING; exit non-zero on bad credentials.
     pub warm_tokens: bool,
     /// BatchSend recipients per call at most.
@@ -202,6 +125,49 @@ pub struct ServeConfig {
     pub callers: CallersConfig,
     /// TLS on the gRPC port; `None` serves plaintext.
     pub tls: Option<TlsFiles>,
+}
+
+/// `serve`'s settings, checked, before anything is bound.
+#[derive(Debug)]
+pub enum ServePlan {
+    /// The apps are configured (flags or the apps file): the configuration.
+    Configured(ServeConfig),
+    /// `--sandbox`: the service sends to an embedded sandbox, whose one app exists once the
+    /// sandbox listens.
+    Sandbox(SandboxPlan),
+}
+
+/// `serve --sandbox`, checked: where the sandbox and the push listener go, and everything but
+/// the sandbox's app, which [`SandboxPlan::into_config`] adds.
+#[derive(Debug)]
+pub struct SandboxPlan {
+    /// Where the embedded sandbox listens (`NOTIFY_SANDBOX_LISTEN`, loopback by default).
+    pub listen: SocketAddr,
+    /// Where the push listener will listen, for the sandbox's pushes: `NOTIFY_PUSH_LISTEN`, or
+    /// by default a loopback port (port 0: any free one).
+    pub push_listen: SocketAddr,
+    /// The flags' per-app settings, for what the sandbox's app leaves out.
+    app_defaults: AppDefaults,
+    /// Everything else; its apps are empty until the sandbox's is added.
+    config: ServeConfig,
+}
+
+impl SandboxPlan {
+    /// The log line format.
+    pub fn log_format(&self) -> LogFormat {
+        self.config.log_format
+    }
+
+    /// The configuration with `app`, the sandbox's, checked like an app of the apps file, and
+    /// the push listener on [`Self::push_listen`].
+    pub fn into_config(self, app: AppSettings) -> Result<ServeConfig, ConfigError> {
+        let app = app.check(&self.app_defaults)?;
+        Ok(ServeConfig {
+            apps: vec![app],
+            push_listen: Some(self.push_listen),
+            ..self.config
+        })
+    }
 }
 
 /// Why the configuration was refused. Every message names the environment variable and flag,
@@ -240,6 +206,16 @@ pub enum ConfigError {
     File {
         /// The file.
         path: PathBuf,
+        /// What is wrong, lowercase.
+        problem: String,
+    },
+    /// An app the command line gave (the embedded sandbox's) has a bad value.
+    #[error("the app {app}: {key}: {problem}")]
+    App {
+        /// The app's name.
+        app: String,
+        /// The key, as the apps file would name it (`api_base`).
+        key: &'static str,
         /// What is wrong, lowercase.
         problem: String,
     },
@@ -540,8 +516,9 @@ fn parse_path(value: &str) -> Result<PathBuf, std::convert::Infallible> {
 
 impl ServeArgs {
     /// Validates the settings, reads secret files and the TOML file (`secret_env` looks in the
-    /// process environment), and returns the configuration.
-    pub fn into_config(self) -> Result<ServeConfig, ConfigError> {
+    /// process environment), and returns the configuration, or with `--sandbox` the plan that
+    /// awaits the sandbox's app.
+    pub fn into_config(self) -> Result<ServePlan, ConfigError> {
         self.into_config_with_env(|name| std::env::var(name).ok())
     }
 
@@ -549,7 +526,7 @@ impl ServeArgs {
     pub fn into_config_with_env(
         self,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<ServeConfig, ConfigError> {
+    ) -> Result<ServePlan, ConfigError> {
         use settings::*;
 
         let sources = &self.sources;
@@ -608,7 +585,7 @@ impl ServeArgs {
                 sources,
                 TOKEN_MODE,
                 &self.token_mode,
-                parse_choice(&self.token_mode),
+                parse_token_mode(&self.token_mode),
             )?,
             max_in_flight: as_usize(number(
                 MAX_IN_FLIGHT,
@@ -716,14 +693,11 @@ impl ServeArgs {
             named(sources, setting, problem)
         })?;
 
-        Ok(ServeConfig {
+        let config = ServeConfig {
             listen,
             metrics_listen,
             log_format,
             apps,
-            app_defaults,
-            sandbox,
-            sandbox_listen,
             warm_tokens,
             max_batch_recipients,
             shutdown_delay: Duration::from_secs(shutdown_delay),
@@ -742,7 +716,17 @@ impl ServeArgs {
             push_listen,
             callers,
             tls,
-        })
+        };
+        if !sandbox {
+            return Ok(ServePlan::Configured(config));
+        }
+        Ok(ServePlan::Sandbox(SandboxPlan {
+            listen: sandbox_listen,
+            push_listen: push_listen
+                .unwrap_or_else(|| SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))),
+            app_defaults,
+            config,
+        }))
     }
 
     /// The TLS files, each read once here so a bad one exits 64 before any port is bound.
@@ -952,96 +936,4 @@ fn in_range<T: TryFrom<u64>>(value: u64, range: RangeInclusive<u64>) -> Result<T
         return Err(out_of_range());
     }
     T::try_from(value).map_err(|_| out_of_range())
-}
-
-/// An appid or app name: non-empty, at most [`MAX_ID_BYTES`] (what a request's `app` may hold),
-/// no whitespace or control characters (most likely a copy-and-paste accident).
-fn check_identifier(value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if value.len() > MAX_ID_BYTES {
-        return Err(format!(
-            "must be at most {MAX_ID_BYTES} bytes, got {}",
-            value.len()
-        ));
-    }
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "`{}` contains whitespace or control characters",
-            value.escape_debug()
-        ));
-    }
-    Ok(())
-}
-
-/// An AppSecret: non-empty, no whitespace or control characters. Never echoes the value.
-fn check_secret(value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Err("the secret is empty".to_owned());
-    }
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("the secret contains whitespace or control characters".to_owned());
-    }
-    Ok(())
-}
-
-/// Reads a secret file; trailing newlines (`\n`, `\r\n`) are not part of the secret.
-fn read_secret_file(path: &std::path::Path) -> Result<Secret, String> {
-    let contents = std::fs::read_to_string(path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let secret = contents.trim_end_matches(['\n', '\r']);
-    check_secret(secret).map_err(|problem| format!("{problem} (in {})", path.display()))?;
-    Ok(Secret::new(secret))
-}
-
-/// A comma-separated list of API bases, in failover order.
-fn parse_api_base_list(value: &str) -> Result<Vec<Url>, String> {
-    parse_api_bases(value.split(','))
-}
-
-/// API bases, in failover order: at least one, each an http(s) URL without credentials, query
-/// or fragment, none twice. A path is kept as a prefix and given a trailing `/`, so that joining
-/// `cgi-bin/token` onto `https://proxy.example/wechat` keeps the `wechat/`.
-fn parse_api_bases<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Vec<Url>, String> {
-    let mut bases: Vec<Url> = Vec::new();
-    for entry in entries {
-        let entry = entry.trim();
-        if entry.is_empty() {
-            return Err("empty entry in the list of URLs".to_owned());
-        }
-        let base = parse_api_base(entry)?;
-        if bases.contains(&base) {
-            return Err(format!("{base} is listed twice"));
-        }
-        bases.push(base);
-    }
-    if bases.is_empty() {
-        return Err("at least one URL is required".to_owned());
-    }
-    Ok(bases)
-}
-
-fn parse_api_base(entry: &str) -> Result<Url, String> {
-    let mut url = Url::parse(entry).map_err(|error| {
-        format!("`{entry}` is not a URL ({error}); write it as https://host[:port][/path]")
-    })?;
-    // Checked first, so the error below never repeats a password.
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("an API base must not contain credentials".to_owned());
-    }
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("`{entry}` is not an http or https URL"));
-    }
-    if url.host().is_none() {
-        return Err(format!("`{entry}` has no host"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("`{entry}` must not have a query or fragment"));
-    }
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
 }

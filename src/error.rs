@@ -69,19 +69,15 @@ fn outcome_unknown(error: &WechatError) -> bool {
         )
 }
 
-/// How long the caller should wait before trying again, where known.
+/// How long the caller should wait before trying again, where known: until the WeChat quota
+/// that stopped the send resets (45011, 45009), or the service's own hint.
 pub fn retry_after(error: &SendError) -> Option<Duration> {
+    if let Some(resets_at) = error.quota_resets_at {
+        return Some(resets_at.saturating_duration_since(tokio::time::Instant::now()));
+    }
     match &error.kind {
         ErrorKind::Throttled { retry_after, .. } => *retry_after,
-        ErrorKind::NotStarted(NotStarted::DailyQuotaExhausted | NotStarted::DailyQuotaStopped) => {
-            Some(crate::service::until_quota_day_ends())
-        }
         ErrorKind::StoreUnavailable => Some(Duration::from_secs(1)),
-        ErrorKind::Token(upstream) | ErrorKind::Upstream(upstream) => match upstream.class() {
-            Some(ErrorClass::MinuteQuota) => Some(crate::service::until_next_minute()),
-            Some(ErrorClass::DailyQuota) => Some(crate::service::until_quota_day_ends()),
-            _ => None,
-        },
         _ => None,
     }
 }
@@ -244,15 +240,7 @@ pub fn refusal_status(refusal: &Refusal) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn api(endpoint: Endpoint, errcode: i32) -> WechatError {
-        WechatError::Api {
-            endpoint,
-            errcode,
-            errmsg: format!("errmsg {errcode} rid: 1-2-3"),
-            rid: Some("1-2-3".into()),
-        }
-    }
+    use crate::wechat::fake::answered as api;
 
     fn upstream(error: WechatError) -> SendError {
         SendError::new(ErrorKind::Upstream(error), 1)
@@ -285,9 +273,11 @@ mod tests {
                 "errcode {errcode}"
             );
         }
+        // A request reqwest refuses to build stands in for any transport failure.
+        let transport = reqwest::Client::new().get("no-scheme").build().unwrap_err();
         let unknown = upstream(WechatError::OutcomeUnknown {
             endpoint: Endpoint::Send,
-            detail: "timed out".into(),
+            source: crate::wechat::TransportError::new(transport),
         });
         assert_eq!(code_of(&unknown), Code::Unknown);
         let status = status_of(&unknown);
@@ -297,7 +287,8 @@ mod tests {
         );
         let unreachable = upstream(WechatError::Unreachable {
             endpoint: Endpoint::Send,
-            detail: "refused".into(),
+            tried: 1,
+            last: None,
         });
         assert_eq!(code_of(&unreachable), Code::Unavailable);
         let http = upstream(WechatError::HttpStatus {
@@ -336,18 +327,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn quota_errors_say_when_to_retry() {
+    #[tokio::test(start_paused = true)]
+    async fn quota_errors_say_when_to_retry() {
+        let mut error = upstream(api(Endpoint::Send, 45011));
+        error.quota_resets_at = Some(tokio::time::Instant::now() + Duration::from_millis(14_200));
+        let status = status_of(&error);
+        let seconds = status.metadata().get(RETRY_AFTER_METADATA).unwrap();
+        assert_eq!(seconds, "15", "whole seconds, rounded up");
+        let info = status.get_error_details().retry_info().cloned().unwrap();
+        assert_eq!(info.retry_delay, Some(Duration::from_millis(14_200)));
+        // The mapping reads no clock of its own: without the reset time, no retry-after.
         let status = status_of(&upstream(api(Endpoint::Send, 45011)));
-        let seconds: u64 = status
-            .metadata()
-            .get(RETRY_AFTER_METADATA)
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!((1..=60).contains(&seconds));
+        assert!(status.metadata().get(RETRY_AFTER_METADATA).is_none());
     }
 
     #[test]

@@ -7,16 +7,19 @@
 //!   INVALID_ARGUMENT); [`error`]: the one place that picks a gRPC code.
 //! - [`callers`]: who is calling and what it may do; [`tls`]: TLS on the gRPC port.
 //! - [`service`]: decides (validation, idempotency, retries, batch fan-out); knows no tonic.
-//! - [`validation`], [`idempotency`], [`token`], [`wechat`]: the pieces it decides with.
+//! - [`validation`], [`idempotency`], [`token`], [`templates`], [`wechat`]: the pieces it
+//!   decides with; [`retry`]: the one backoff formula and the clock of WeChat's quota windows,
+//!   which all of them wait by (whether to retry a WeChat answer at all is
+//!   `wechat::WechatError::retry`'s).
 //! - [`store`]: the state replicas share on Redis (`NOTIFY_REDIS_URL`), behind the token and
 //!   idempotency store traits and the app's limits.
-//! - [`sandbox`]: the fake WeChat API; only the composition root and tests use it.
-//! - [`bench`]: the load generator and fixed-answer upstream of `wechat-notify bench`.
 //! - [`signal`]: the shutdown signals every command waits for (below them all).
+//!
+//! Beside it in the workspace, and never imported by production code: the fake WeChat API
+//! (`crates/sandbox`, `wechat_notify_sandbox`), which only [`cli`] uses, for `serve --sandbox`
+//! and `wechat-notify sandbox` (the default cargo feature `sandbox`), and the load generator
+//! (`crates/bench`, `wechat-notify-bench`).
 
-#![forbid(unsafe_code)]
-
-pub mod bench;
 pub mod callers;
 pub mod cli;
 pub mod codec;
@@ -27,7 +30,7 @@ pub mod idempotency;
 pub mod pb;
 pub mod push;
 pub mod push_crypto;
-pub mod sandbox;
+pub mod retry;
 pub mod secret;
 pub mod server;
 pub mod service;

@@ -1,7 +1,7 @@
-//! WeChat's message-push cryptography (消息推送): the SHA-1 signatures and the AES-256-CBC
-//! envelope of the encrypted modes. Pure functions: the push endpoint verifies and decrypts
-//! with them, and the sandbox (playing WeChat) signs and encrypts with them, so this module
-//! knows neither.
+//! WeChat's message-push cryptography (消息推送), the receiving side: the SHA-1 signatures and
+//! the AES-256-CBC envelope of the encrypted modes. Pure functions, which the push endpoint
+//! verifies and decrypts with. The sandbox, playing WeChat, signs and encrypts with its own
+//! implementation (`wechat_notify_sandbox`'s `push/seal.rs`), so each checks the other.
 //!
 //! The scheme (docs/wechat.md, section 5): `signature` is the lowercase hex SHA-1 of
 //! the lexicographically sorted `[token, timestamp, nonce]` concatenated, and `msg_signature`
@@ -16,7 +16,7 @@ use base64::{
     Engine, alphabet,
     engine::{GeneralPurpose, GeneralPurposeConfig, general_purpose::STANDARD},
 };
-use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit, block_padding::NoPadding};
+use cbc::cipher::{BlockModeDecrypt, KeyIvInit, block_padding::NoPadding};
 use sha1::{Digest, Sha1};
 
 /// The block WeChat pads to: PKCS#7 values run from 1 to 32.
@@ -165,21 +165,6 @@ pub fn decrypt(key: &AesKey, encrypt: &str, appid: &str) -> Result<Vec<u8>, Decr
     Ok(message.to_vec())
 }
 
-/// Encrypts `message` for `appid` with the 16-byte `random` prefix, as WeChat does; answers
-/// base64. The sandbox uses it to play WeChat.
-pub fn encrypt(key: &AesKey, random: [u8; 16], message: &[u8], appid: &str) -> String {
-    let mut plain = Vec::with_capacity(20 + message.len() + appid.len() + PAD_BLOCK);
-    plain.extend_from_slice(&random);
-    plain.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    plain.extend_from_slice(message);
-    plain.extend_from_slice(appid.as_bytes());
-    let pad = PAD_BLOCK - plain.len() % PAD_BLOCK;
-    plain.resize(plain.len() + pad, pad as u8);
-    let ciphertext = cbc::Encryptor::<Aes256>::new(&key.0.into(), &key.iv().into())
-        .encrypt_padded_vec::<NoPadding>(&plain);
-    STANDARD.encode(ciphertext)
-}
-
 /// Removes 32-byte PKCS#7 padding: the last byte `n` (1..=32) and `n` bytes of value `n`.
 fn unpad(plain: &[u8]) -> Result<&[u8], DecryptError> {
     let &last = plain.last().ok_or(DecryptError::Padding)?;
@@ -196,7 +181,24 @@ fn unpad(plain: &[u8]) -> Result<&[u8], DecryptError> {
 
 #[cfg(test)]
 mod tests {
+    use cbc::cipher::BlockModeEncrypt;
+
     use super::*;
+
+    /// Encrypts `message` for `appid` with the 16-byte `random` prefix, as WeChat does;
+    /// answers base64 (for the round trip).
+    fn encrypt(key: &AesKey, random: [u8; 16], message: &[u8], appid: &str) -> String {
+        let mut plain = Vec::with_capacity(20 + message.len() + appid.len() + PAD_BLOCK);
+        plain.extend_from_slice(&random);
+        plain.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        plain.extend_from_slice(message);
+        plain.extend_from_slice(appid.as_bytes());
+        let pad = PAD_BLOCK - plain.len() % PAD_BLOCK;
+        plain.resize(plain.len() + pad, pad as u8);
+        let ciphertext = cbc::Encryptor::<Aes256>::new(&key.0.into(), &key.iv().into())
+            .encrypt_padded_vec::<NoPadding>(&plain);
+        STANDARD.encode(ciphertext)
+    }
 
     const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 

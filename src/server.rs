@@ -45,7 +45,7 @@ use crate::{
     templates::{TemplateCache, TemplateOptions},
     tls::{self, ReloadingTls, TlsProblem},
     token::{TokenCache, TokenOptions},
-    wechat::{WechatClient, WechatError},
+    wechat::{ClientBuildError, WechatClient, WechatError},
 };
 
 /// How long the warm-up waits for the shared store before fetching tokens without it.
@@ -67,7 +67,7 @@ pub enum StartError {
     },
     /// The HTTP client could not be built.
     #[error("cannot build the wechat client: {0}")]
-    Client(WechatError),
+    Client(#[source] ClientBuildError),
     /// `warm_tokens` was set and an app's token could not be fetched.
     #[error("cannot fetch a token for app {app}: {source}")]
     WarmUp { app: String, source: WechatError },
@@ -474,7 +474,6 @@ pub async fn start_on(
 
 /// The configured callers; with none, says once that the service is open.
 fn build_callers(config: &ServeConfig) -> Arc<Callers> {
-    // With `--sandbox` the CLI added the sandbox's app to `config.apps` before the start.
     let apps: Vec<(String, String)> = config
         .apps
         .iter()

@@ -21,10 +21,11 @@
 //!   answered "kept" without a fetch, so a storm of rejections the token did not deserve (a stale
 //!   edge node, one user's fault) never burns the token endpoint's quota. The caller retries its
 //!   message once either way. Counted in `wechat_notify_token_rejections_total`.
-//! - **Failures**: -1 (busy) and transport failures are retried inside one fetch with exponential
-//!   backoff and jitter. Any other errcode from the token endpoint (credentials, IP whitelist,
-//!   quota) is remembered for [`TokenOptions::failure_cooldown`] and answered from memory, so a
-//!   misconfigured app never hammers WeChat.
+//! - **Failures**: what `WechatError::retry` calls transient (-1 busy, no answer, a 5xx) is
+//!   retried inside one fetch, waiting by [`TokenOptions::fetch_backoff`]. Any other errcode from
+//!   the token endpoint (credentials, IP whitelist, quota) is remembered for
+//!   [`TokenOptions::failure_cooldown`] and answered from memory, so a misconfigured app never
+//!   hammers WeChat.
 //!
 //! - **Replicas** sharing a store (e.g. `crate::store::token`) fetch once for all: a refresh
 //!   first uses a fresh token another replica stored, or takes the store's fetch lock, or waits
@@ -57,9 +58,10 @@ pub use self::{
     store::{FetchTurn, ForceBudget, MemoryTokenStore, StoredToken, TokenStore, TokenStoreError},
 };
 use crate::{
+    retry::Backoff,
     secret::Secret,
     telemetry::catalog::{self, TokenFetch},
-    wechat::{AppApi, ErrorClass, FetchedToken, TokenMode, WechatError},
+    wechat::{AppApi, FetchedToken, Retry, TokenMode, WechatError},
 };
 
 /// Longest a refresh waits for another replica's fetch (through a shared store) before it
@@ -99,10 +101,10 @@ pub struct TokenOptions {
     /// ...or this fraction of its lifetime, whichever is smaller (0.1: keeps very short
     /// lifetimes usable; a 5 s token gets 0.5 s).
     pub safety_margin_fraction: f64,
-    /// Attempts per fetch on -1 (busy) or a transport failure (3).
+    /// Attempts per fetch on a transient failure: -1 (busy), no answer, a 5xx (3).
     pub fetch_attempts: u32,
-    /// Backoff before the second attempt; doubled for each next one, with jitter (200 ms).
-    pub fetch_backoff: Duration,
+    /// The waits between them (from at most 200 ms, doubling).
+    pub fetch_backoff: Backoff,
     /// How long a non-retryable token-endpoint errcode (credentials, IP whitelist, quota) is
     /// answered from memory without calling WeChat (30 s: a fixed config comes back within
     /// half a minute, while a broken one costs WeChat at most 2 calls a minute).
@@ -111,10 +113,9 @@ pub struct TokenOptions {
     pub force_refresh_interval: Duration,
     /// Most `force_refresh` calls in any rolling 24 hours (20: WeChat's daily limit).
     pub force_refresh_daily_limit: usize,
-    /// First retry delay of the background refresher after a failure (1 s)...
-    pub background_retry_min: Duration,
-    /// ...doubling up to this (60 s).
-    pub background_retry_max: Duration,
+    /// The background refresher's waits after failed renewals in a row (from at most 1 s,
+    /// doubling up to 60 s); also the least time between two renewals.
+    pub background_retry: Backoff,
 }
 
 impl Default for TokenOptions {
@@ -124,12 +125,11 @@ impl Default for TokenOptions {
             max_safety_margin: Duration::from_secs(60),
             safety_margin_fraction: 0.1,
             fetch_attempts: 3,
-            fetch_backoff: Duration::from_millis(200),
+            fetch_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(2)),
             failure_cooldown: Duration::from_secs(30),
             force_refresh_interval: Duration::from_secs(30),
             force_refresh_daily_limit: 20,
-            background_retry_min: Duration::from_secs(1),
-            background_retry_max: Duration::from_secs(60),
+            background_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
         }
     }
 }
@@ -405,9 +405,10 @@ impl TokenCache {
             let started = Instant::now();
             match self.fetch_once(false).await {
                 Ok(fetched) => return Ok((started, fetched)),
-                Err(error) if attempt < self.options.fetch_attempts && is_transient(&error) => {
-                    let delay =
-                        jittered_backoff(self.options.fetch_backoff, attempt, Duration::MAX);
+                Err(error)
+                    if attempt < self.options.fetch_attempts && error.retry() == Retry::Backoff =>
+                {
+                    let delay = self.options.fetch_backoff.delay(attempt);
                     warn!(app = %self.app, attempt, %error, delay_ms = delay.as_millis() as u64, "token fetch failed; retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -435,8 +436,7 @@ impl TokenCache {
 
     /// Remembers an errcode that retrying cannot fix (credentials, IP whitelist, quota).
     fn start_cooldown_if_needed(&self, state: &mut RefreshState, error: &WechatError) {
-        let remembered =
-            matches!(error, WechatError::Api { .. }) && error.class() != Some(ErrorClass::Busy);
+        let remembered = error.errcode().is_some() && error.retry() != Retry::Backoff;
         if remembered {
             warn!(app = %self.app, errcode = error.errcode(), cooldown_secs = self.options.failure_cooldown.as_secs(), "token endpoint refused; not calling it again until the cooldown passes");
             self.cool_down(
@@ -515,16 +515,12 @@ async fn run_refresher(cache: Weak<TokenCache>, wake: Arc<Notify>) {
                             .as_deref()
                             .map(|cached| cached.refresh_at);
                         // At least the minimum retry delay apart, even for absurdly short lifetimes.
-                        let earliest = Instant::now() + cache.options.background_retry_min;
+                        let earliest = Instant::now() + cache.options.background_retry.base;
                         refresh_at.map_or(earliest, |at| at.max(earliest))
                     }
                     Err(error) => {
                         failures = failures.saturating_add(1);
-                        let delay = jittered_backoff(
-                            cache.options.background_retry_min,
-                            failures,
-                            cache.options.background_retry_max,
-                        );
+                        let delay = cache.options.background_retry.delay(failures);
                         let keeping = cache.usable_token(Instant::now()).is_some();
                         warn!(app = %cache.app, %error, failures, retry_in_ms = delay.as_millis() as u64, keeping_current_token = keeping, "background token refresh failed");
                         Instant::now() + delay
@@ -537,28 +533,6 @@ async fn run_refresher(cache: Weak<TokenCache>, wake: Arc<Notify>) {
             () = wake.notified() => {}
         }
     }
-}
-
-/// Worth retrying within one fetch: WeChat was busy, or the request did not get an answer.
-/// Token fetches are safe to repeat (stable mode returns the same token; a classic fetch
-/// leaves the previous token valid for 5 more minutes).
-fn is_transient(error: &WechatError) -> bool {
-    match error {
-        WechatError::Api { .. } => error.class() == Some(ErrorClass::Busy),
-        WechatError::Unreachable { .. } | WechatError::OutcomeUnknown { .. } => true,
-        WechatError::HttpStatus { status, .. } => *status >= 500,
-        WechatError::InvalidResponse { .. } => false,
-    }
-}
-
-/// `base * 2^(attempt-1)`, capped at `max`, then jittered into its upper half ("equal jitter").
-fn jittered_backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
-    let exponential = base
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(max);
-    let half = exponential / 2;
-    let jitter_nanos = fastrand::u64(0..=half.as_nanos().min(u64::MAX as u128) as u64);
-    half + Duration::from_nanos(jitter_nanos)
 }
 
 #[cfg(test)]

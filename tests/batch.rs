@@ -1,7 +1,10 @@
 //! BatchSend end to end: a real server on a loopback port, a real gRPC client, the sandbox as
 //! WeChat. Assertions are on counts, orders and bounds that hold however the two cores schedule
 //! the work; the only clock-based ones are lower bounds on elapsed time and a generous upper
-//! bound on sends per one-second window.
+//! bound on sends per one-second window. Tests whose calls meet in a given order (a deadline
+//! between two rounds of sends, a caller hanging up, a retry joining a waiting call, the pause
+//! until the next minute) run on paused time: the sandbox's latency, the deadlines and the
+//! app's quota clock are all on tokio's clock, so each event happens at its virtual instant.
 
 mod common;
 
@@ -13,12 +16,8 @@ use std::{
 use common::*;
 use futures::future::join_all;
 use tonic::{Code, Request};
-use wechat_notify::{
-    config::ServeConfig,
-    pb,
-    sandbox::{Fault, SandboxConfig},
-    service::until_next_minute,
-};
+use wechat_notify::{config::ServeConfig, pb};
+use wechat_notify_sandbox::{Fault, SandboxConfig};
 
 fn recipient(touser: impl Into<String>) -> pb::Recipient {
     pb::Recipient {
@@ -85,19 +84,16 @@ fn inbox_by_openid(harness: &Harness) -> HashMap<String, Vec<u64>> {
     by_openid
 }
 
-/// Waits (bounded) until the sandbox has no send in flight and has seen no new one for a
-/// moment, so a request still on its way over loopback is counted.
+/// Waits until no send is in flight: none holds one of the app's slots in the server (a send
+/// holds its slot until WeChat's answer is read, so its request has reached the sandbox), and
+/// the sandbox is answering none.
 async fn wait_for_sends_to_settle(harness: &Harness) {
-    let mut last_seen = None;
-    for _ in 0..100 {
-        let stats = harness.sandbox().stats();
-        if stats.in_flight_sends == 0 && last_seen == Some(stats.send_requests) {
-            return;
-        }
-        last_seen = Some(stats.send_requests);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the sandbox still has sends in flight after 5 s");
+    let app = harness.server.notifier().apps()[0].clone();
+    eventually("the sends in flight to finish", || {
+        let settled = app.sends_in_flight() == 0 && harness.sandbox().stats().in_flight_sends == 0;
+        async move { settled.then_some(()) }
+    })
+    .await;
 }
 
 fn code(result: &pb::RecipientResult) -> Code {
@@ -650,7 +646,8 @@ async fn retry_delivers_each_recipient_once(
 }
 
 /// After a call ended early: waits for its in-flight sends, checks that only part of the batch
-/// was sent and that nothing new starts, and returns how many were sent.
+/// was sent and that nothing new starts, and returns how many were sent. On paused time, the
+/// sleep lets everything that would still happen within a round of sends happen.
 async fn only_part_was_sent(harness: &Harness, recipients: usize) -> u64 {
     wait_for_sends_to_settle(harness).await;
     let sent = harness.sandbox().stats().send_requests;
@@ -688,7 +685,7 @@ async fn two_at_a_time_300_ms_each(
     (harness, request)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn after_the_deadline_no_send_starts_and_a_retry_delivers_each_recipient_once() {
     const RECIPIENTS: usize = 20;
     let (mut harness, request) = two_at_a_time_300_ms_each("late-reminders", RECIPIENTS).await;
@@ -705,7 +702,7 @@ async fn after_the_deadline_no_send_starts_and_a_retry_delivers_each_recipient_o
     retry_delivers_each_recipient_once(&mut harness, request, sent).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_caller_that_hangs_up_stops_new_sends() {
     const RECIPIENTS: usize = 20;
     let (mut harness, request) = two_at_a_time_300_ms_each("abandoned-reminders", RECIPIENTS).await;
@@ -769,7 +766,7 @@ async fn after_a_daily_quota_answer_the_rest_of_the_batch_is_not_sent() {
     assert_eq!(answered_45009 + not_sent + QUOTA, 200);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn after_a_minute_limit_answer_the_app_pauses_and_a_short_deadline_is_answered_at_once() {
     const LIMIT: u64 = 5;
     let limited = SandboxConfig {
@@ -778,15 +775,14 @@ async fn after_a_minute_limit_answer_the_app_pauses_and_a_short_deadline_is_answ
     };
     // One at a time, so the order of events is fixed.
     let mut harness = harness_with(limited, 1, 100_000, |_| {}).await;
-    // The pause lasts until the next wall-clock minute: make sure that is well past the
-    // deadline below, whatever the second hand says.
+    // The pause lasts until the next wall-clock minute on the app's quota clock, which runs on
+    // tokio's: start just after a minute turns, so the pause is well past the deadline below.
     let deadline = Duration::from_secs(3);
-    if until_next_minute() < deadline + Duration::from_secs(2) {
-        tokio::time::sleep(until_next_minute() + Duration::from_millis(100)).await;
-    }
+    let quota_clock = *harness.server.notifier().apps()[0].quota_clock();
+    tokio::time::sleep_until(quota_clock.next_minute()).await;
     let mut request = Request::new(batch_of(20));
     request.set_timeout(deadline);
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let response = harness
         .client
         .batch_send(request)
@@ -814,10 +810,12 @@ async fn after_a_minute_limit_answer_the_app_pauses_and_a_short_deadline_is_answ
     assert_eq!(harness.sandbox().stats().send_requests, LIMIT + 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_retry_joining_a_stopped_call_with_the_same_key_still_sends() {
     let harness = harness_with(SandboxConfig::default(), 1, 100_000, |_| {}).await;
-    // A slow single send holds the app's only in-flight slot.
+    // On paused time each sleep below runs everything that can run, then moves the clock: the
+    // calls reach the server in this order, at 0, 100 and 200 ms.
+    // A slow single send holds the app's only in-flight slot until 700 ms.
     harness
         .sandbox()
         .inject(Fault::latency(Duration::from_millis(700)).times(1));

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::Harness;
-use wechat_notify::bench::{LoadOptions, Report, Scenario, run_load};
+use wechat_notify_bench::{LoadOptions, Report, Scenario, run_load};
 
 fn options(target: String, scenario: Scenario) -> LoadOptions {
     LoadOptions {
@@ -99,7 +99,7 @@ async fn the_fixed_answer_upstream_and_the_bare_forwarder_answer() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let upstream = tokio::spawn(async move {
-        axum::serve(listener, wechat_notify::bench::upstream_router())
+        axum::serve(listener, wechat_notify_bench::upstream_router())
             .await
             .unwrap();
     });
@@ -110,14 +110,12 @@ async fn the_fixed_answer_upstream_and_the_bare_forwarder_answer() {
 
     // The bare forwarder (the reference point) in front of it.
     let forwarder =
-        wechat_notify::bench::Forwarder::new(&format!("http://{addr}/").parse().unwrap()).unwrap();
+        wechat_notify_bench::Forwarder::new(&format!("http://{addr}/").parse().unwrap()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let forwarder_addr = listener.local_addr().unwrap();
     let forwarding = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(
-                wechat_notify::pb::notify_service_server::NotifyServiceServer::new(forwarder),
-            )
+            .add_service(forwarder.into_server())
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
     let report = run_load(&options(format!("http://{forwarder_addr}"), Scenario::Send))
@@ -156,7 +154,7 @@ async fn the_generator_speaks_tls_with_a_bearer_token() {
     let target = format!("https://{}", harness.server.grpc_addr);
     let report = run_load(&LoadOptions {
         tls_ca: Some(ca.pem()),
-        token: Some(wechat_notify::secret::Secret::new(TOKEN)),
+        token: Some(wechat_notify_bench::BearerToken::new(TOKEN)),
         ..options(target.clone(), Scenario::Send)
     })
     .await

@@ -11,8 +11,8 @@ use tonic::Request;
 use wechat_notify::{
     config::{CallerConfig, CallersConfig, Rpc, TokenDigest},
     pb::notify_service_client::NotifyServiceClient,
-    sandbox::SandboxConfig,
 };
+use wechat_notify_sandbox::SandboxConfig;
 
 const RIGHT_TOKEN: &str = "right-bearer-token-value-0123456789";
 const WRONG_TOKEN: &str = "wrong-bearer-token-value-9876543210";
@@ -46,7 +46,7 @@ async fn trace_logs_hold_no_bearer_token_and_no_tls_key() {
         trust_forwarded_client_cert: false,
         require_callers: true,
     };
-    let sandbox = wechat_notify::sandbox::Sandbox::new(SandboxConfig::default())
+    let sandbox = wechat_notify_sandbox::Sandbox::new(SandboxConfig::default())
         .spawn(loopback())
         .await
         .unwrap();

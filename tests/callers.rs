@@ -12,8 +12,8 @@ use tonic_types::StatusExt;
 use wechat_notify::{
     config::{CallerConfig, CallersConfig, Rpc, TokenDigest},
     pb,
-    sandbox::{SandboxApp, SandboxConfig},
 };
+use wechat_notify_sandbox::{SandboxApp, SandboxConfig};
 
 const SHOP_TOKEN: &str = "shop-token-0123456789abcdef";
 const CRM_TOKEN: &str = "crm-token-0123456789abcdef";

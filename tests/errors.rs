@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use tonic::Code;
 use tonic_types::StatusExt;
-use wechat_notify::sandbox::{Fault, SandboxConfig};
+use wechat_notify_sandbox::{Fault, SandboxConfig};
 
 /// Sends one message while the sandbox answers `faults`, returning the status and the harness.
 async fn status_under(faults: Vec<Fault>) -> (tonic::Status, Harness) {

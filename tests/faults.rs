@@ -37,10 +37,8 @@ use schedule::*;
 use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
-use wechat_notify::{
-    pb,
-    sandbox::{Fault, FaultEndpoint, Sandbox, SandboxApp, SandboxConfig},
-};
+use wechat_notify::pb;
+use wechat_notify_sandbox::{Fault, FaultEndpoint, Sandbox, SandboxApp, SandboxConfig};
 
 /// Calls per round; the sandbox's inbox is checked and cleared after each.
 const ROUND: usize = 1000;

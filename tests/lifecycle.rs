@@ -13,10 +13,8 @@ use tonic::{Request, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-use wechat_notify::{
-    pb,
-    sandbox::{DEFAULT_APPID, Sandbox, SandboxConfig},
-};
+use wechat_notify::pb;
+use wechat_notify_sandbox::{DEFAULT_APPID, Sandbox, SandboxConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() {

@@ -10,11 +10,8 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use common::*;
 use tonic::Code;
-use wechat_notify::{
-    pb,
-    sandbox::{DEFAULT_APPID, Fault, SandboxConfig},
-    secret::Secret,
-};
+use wechat_notify::{pb, secret::Secret};
+use wechat_notify_sandbox::{DEFAULT_APPID, Fault, SandboxConfig};
 
 const APP: &str = "ops";
 const BAD_APP: &str = "ops-bad-secret";

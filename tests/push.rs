@@ -15,9 +15,9 @@ use wechat_notify::{
     config::PushSettings,
     pb::{self, subscription_service_client::SubscriptionServiceClient},
     push_crypto::{AesKey, PushMode},
-    sandbox::{DEFAULT_APPID, SandboxConfig},
     secret::Secret,
 };
+use wechat_notify_sandbox::{DEFAULT_APPID, SandboxConfig};
 
 const TOKEN: &str = "Tok3nForPush";
 /// 43 characters whose last one carries non-zero bits past the 32 key bytes, as WeChat's
@@ -404,7 +404,7 @@ async fn wechat_retries_of_one_push_are_applied_once() {
 #[tokio::test]
 async fn every_body_shape_wechat_sends_is_understood() {
     let push = start(PushMode::Compatible).await;
-    let long_term = wechat_notify::sandbox::templates::SERVICE_NOTICE;
+    let long_term = wechat_notify_sandbox::templates::SERVICE_NOTICE;
     let mut watch = push
         .subscriptions
         .clone()

@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use common::*;
 use serde_json::Value;
 use tonic::{Code, Request};
-use wechat_notify::{config::LogFormat, pb, sandbox::DEFAULT_APPID, telemetry};
+use wechat_notify::{config::LogFormat, pb, telemetry};
+use wechat_notify_sandbox::DEFAULT_APPID;
 
 /// The production JSON subscriber, writing into memory (installed once per binary).
 fn captured() -> &'static CapturedLogs {

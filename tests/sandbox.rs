@@ -7,7 +7,7 @@ use axum::{Router, body::Body, http::Request};
 use reqwest::Client;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use wechat_notify::sandbox::{
+use wechat_notify_sandbox::{
     DEFAULT_APPID, DEFAULT_SECRET, DEMO_OPENID, Fault, Grant, Sandbox, SandboxApp, SandboxConfig,
     SandboxServer, Template, TemplateKind,
 };
@@ -1321,7 +1321,7 @@ async fn run_serves_until_the_shutdown_future_resolves() {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        sandbox: wechat_notify::sandbox::SandboxArgs,
+        sandbox: wechat_notify_sandbox::SandboxArgs,
     }
 
     // Find a free port, then hand it to `run`.
@@ -1335,7 +1335,7 @@ async fn run_serves_until_the_shutdown_future_resolves() {
         .unwrap()
         .sandbox;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(wechat_notify::sandbox::run(args, async move {
+    let running = tokio::spawn(wechat_notify_sandbox::run(args, async move {
         let _ = stopped.await;
     }));
     let url = format!("http://{listen}/sandbox/auto-accept");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
-use wechat_notify::sandbox::{
+use wechat_notify_sandbox::{
     DEFAULT_APPID, DEFAULT_SECRET, DEMO_OPENID, Fault, Grant, Sandbox, SandboxConfig, SandboxServer,
 };
 
@@ -230,7 +230,7 @@ async fn a_client_that_falls_behind_is_told_to_resync() {
     let mut events = Events::open(&server).await;
     events.next_named("stats").await;
     // More changes than the channel keeps, while this client reads nothing.
-    for _ in 0..wechat_notify::sandbox::EVENTS_CAPACITY + 10 {
+    for _ in 0..wechat_notify_sandbox::EVENTS_CAPACITY + 10 {
         sandbox.set_auto_accept(true);
     }
     let resync = events.next_named("resync").await;

@@ -6,10 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use wechat_notify::{
-    pb,
-    sandbox::{Fault, SandboxConfig},
-};
+use wechat_notify::pb;
+use wechat_notify_sandbox::{Fault, SandboxConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_hold_no_secret_and_no_token() {
@@ -23,7 +21,7 @@ async fn trace_logs_hold_no_secret_and_no_token() {
 
     let secret = "s3cr3t-app-secret-value-for-the-test";
     let sandbox_config = SandboxConfig {
-        apps: vec![wechat_notify::sandbox::SandboxApp::new(
+        apps: vec![wechat_notify_sandbox::SandboxApp::new(
             "wxsandbox000000001",
             secret,
         )],

@@ -8,10 +8,8 @@ use std::{collections::BTreeMap, time::Duration};
 use common::*;
 use tonic::Code;
 use tonic_types::StatusExt;
-use wechat_notify::{
-    pb,
-    sandbox::{Fault, Grant, SandboxApp, SandboxConfig},
-};
+use wechat_notify::pb;
+use wechat_notify_sandbox::{Fault, Grant, SandboxApp, SandboxConfig};
 
 #[tokio::test]
 async fn a_message_reaches_wechat_as_exactly_this_json() {

@@ -14,10 +14,10 @@ use wechat_notify::{
     config::{PushSettings, ServeConfig},
     pb::{self, subscription_service_client::SubscriptionServiceClient},
     push_crypto::{AesKey, PushMode},
-    sandbox::{DEFAULT_APPID, Grant, PushFormat, PushTarget, SandboxConfig},
     secret::Secret,
     subscriptions::SubscriptionCheck,
 };
+use wechat_notify_sandbox::{DEFAULT_APPID, Grant, PushFormat, PushTarget, SandboxConfig};
 
 async fn start(
     check: SubscriptionCheck,
@@ -347,7 +347,7 @@ async fn the_sandbox_pushes_reach_watchers_and_pair_with_the_client_report() {
                 .unwrap(),
             token: TOKEN.to_owned(),
             encoding_aes_key: Some(KEY.to_owned()),
-            mode: PushMode::Safe,
+            mode: wechat_notify_sandbox::PushMode::Safe,
             format: PushFormat::Json,
         }),
     );

@@ -10,10 +10,8 @@ use std::{
 
 use common::*;
 use tonic::Code;
-use wechat_notify::{
-    pb,
-    sandbox::{Fault, SandboxConfig, Template, TemplateKind},
-};
+use wechat_notify::pb;
+use wechat_notify_sandbox::{Fault, SandboxConfig, Template, TemplateKind};
 
 const ORDER_STATUS: &str = "sandbox-order-status";
 

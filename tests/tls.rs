@@ -12,8 +12,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use wechat_notify::{
     config::{CallerConfig, CallersConfig, Rpc, TokenDigest},
     pb::notify_service_client::NotifyServiceClient,
-    sandbox::SandboxConfig,
 };
+use wechat_notify_sandbox::SandboxConfig;
 
 const TOKEN: &str = "tls-token-0123456789abcdef";
 
@@ -51,7 +51,7 @@ fn callers() -> CallersConfig {
 
 async fn start(tls: &TlsDir, mutual: bool, with_callers: bool) -> Harness {
     let files = tls.files(mutual);
-    let sandbox = wechat_notify::sandbox::Sandbox::new(SandboxConfig::default())
+    let sandbox = wechat_notify_sandbox::Sandbox::new(SandboxConfig::default())
         .spawn(loopback())
         .await
         .unwrap();

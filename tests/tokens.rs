@@ -8,11 +8,8 @@ use common::*;
 use futures::future::join_all;
 use tonic::Code;
 use tonic_types::StatusExt;
-use wechat_notify::{
-    pb,
-    sandbox::{Fault, SandboxConfig},
-    wechat::TokenMode,
-};
+use wechat_notify::{pb, wechat::TokenMode};
+use wechat_notify_sandbox::{Fault, SandboxConfig};
 
 const APPID: &str = "wxsandbox000000001";
 

@@ -13,19 +13,16 @@ use toml::{Table, Value};
 use url::Url;
 
 use super::{
-    AppConfig, AppDefaults, ConfigError, MAX_IN_FLIGHT_RANGE, RATE_PER_SEC_RANGE,
+    ConfigError, MAX_IN_FLIGHT_RANGE, RATE_PER_SEC_RANGE,
+    app::{
+        AppConfig, AppDefaults, PushSettings, check_identifier, check_secret, parse_api_base_list,
+        parse_api_bases, push_settings, read_secret_file,
+    },
     callers::{CallersConfig, load_callers},
-    check_identifier, check_secret, in_range, parse_api_base_list, parse_api_bases,
-    read_secret_file,
+    in_range,
     redis::RedisSettings,
 };
-use crate::{
-    config::PushSettings,
-    push_crypto::{AesKey, PushMode},
-    secret::Secret,
-    subscriptions::SubscriptionCheck,
-    wechat::TokenMode,
-};
+use crate::{secret::Secret, subscriptions::SubscriptionCheck, wechat::TokenMode};
 
 /// The keys of an `[[apps]]` table.
 const APP_KEYS: &[&str] = &[
@@ -257,17 +254,20 @@ impl FileReader<'_> {
         Ok(settings)
     }
 
-    /// The push settings from `push_token`, `push_aes_key` and `push_mode`: none of them, or a
-    /// token (3 to 32 letters and digits, as WeChat's admin allows) with, for the encrypted
-    /// modes, the 43-character EncodingAESKey. The mode defaults to `safe` with a key and
-    /// `plaintext` without. No message quotes the token or the key.
+    /// The push settings from `push_token`, `push_aes_key` and `push_mode` (see
+    /// [`push_settings`]): none of them, or a token with what it needs.
     fn push(&self, index: usize, table: &Table) -> Result<Option<PushSettings>, ConfigError> {
         let at = |key: &str| {
             let key = format!("apps[{index}].{key}");
             move |problem: String| self.error(&key, problem)
         };
-        let given = |key: &str| table.get(key);
-        let Some(token) = given("push_token") else {
+        let text = |key: &str| {
+            table
+                .get(key)
+                .map(|value| string(value).map_err(at(key)))
+                .transpose()
+        };
+        let Some(token) = text("push_token")? else {
             if let Some(key) = ["push_aes_key", "push_mode"]
                 .into_iter()
                 .find(|key| table.contains_key(*key))
@@ -276,43 +276,10 @@ impl FileReader<'_> {
             }
             return Ok(None);
         };
-        let token = string(token).map_err(at("push_token"))?;
-        if !(3..=32).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(at("push_token")(
-                "must be 3 to 32 letters and digits (as in WeChat's push settings)".to_owned(),
-            ));
-        }
-        let aes_key = match given("push_aes_key") {
-            Some(value) => Some(
-                AesKey::from_encoding_key(string(value).map_err(at("push_aes_key"))?).map_err(
-                    |problem| at("push_aes_key")(format!("the EncodingAESKey {problem}")),
-                )?,
-            ),
-            None => None,
-        };
-        let mode = match given("push_mode") {
-            Some(value) => {
-                let text = string(value).map_err(at("push_mode"))?;
-                PushMode::parse(text).ok_or_else(|| {
-                    at("push_mode")(format!(
-                        "must be \"plaintext\", \"compatible\" or \"safe\", got \"{}\"",
-                        text.escape_debug()
-                    ))
-                })?
-            }
-            None if aes_key.is_some() => PushMode::Safe,
-            None => PushMode::Plaintext,
-        };
-        if mode != PushMode::Plaintext && aes_key.is_none() {
-            return Err(at("push_aes_key")(
-                "is required by the compatible and safe push modes".to_owned(),
-            ));
-        }
-        Ok(Some(PushSettings {
-            token: Secret::new(token),
-            aes_key,
-            mode,
-        }))
+        let (aes_key, mode) = (text("push_aes_key")?, text("push_mode")?);
+        push_settings(token, aes_key, mode)
+            .map(Some)
+            .map_err(|(key, problem)| at(key)(problem))
     }
 
     /// The secret from exactly one of `secret`, `secret_env` and `secret_file`.

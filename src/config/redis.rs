@@ -7,25 +7,12 @@
 use url::Url;
 
 use crate::secret::Secret;
+pub use crate::store::RedisConfig;
 
 /// Default `NOTIFY_REDIS_KEY_PREFIX`.
 pub const DEFAULT_KEY_PREFIX: &str = "wechat-notify";
 /// Longest key prefix accepted, in bytes.
 pub const MAX_KEY_PREFIX_BYTES: usize = 64;
-
-/// Where the state shared by replicas lives. `None` in [`super::ServeConfig::redis`] keeps all
-/// state in the process.
-#[derive(Clone, Debug)]
-pub struct RedisConfig {
-    /// One `redis://`, `rediss://` or unix socket (`redis+unix://`, `unix://`) URL, or (cluster
-    /// mode) any number of `redis://` or `rediss://` node URLs; redacted in Debug, since a URL
-    /// may carry a password.
-    pub urls: Vec<Secret>,
-    /// Talk to a Redis Cluster (the URLs name any of its nodes).
-    pub cluster: bool,
-    /// Prefix of every key; replicas sharing the Redis and the prefix behave as one service.
-    pub key_prefix: String,
-}
 
 /// The redis settings as given (flags and environment, or the file), before validation.
 #[derive(Clone, Debug, Default)]

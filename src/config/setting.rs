@@ -10,6 +10,8 @@ use std::{collections::HashMap, fmt, net::SocketAddr, ops::RangeInclusive};
 
 use clap::{ArgMatches, parser::ValueSource};
 
+use crate::wechat::TokenMode;
+
 /// A setting given by an environment variable or, equally, a flag of `serve`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Setting {
@@ -251,4 +253,19 @@ pub fn parse_choice<T: clap::ValueEnum>(value: &str) -> Result<T, String> {
             .collect();
         format!("expected {}", names.join(" or "))
     })
+}
+
+/// The token endpoint setting (`stable` or `classic`, any case), as the client's mode.
+pub fn parse_token_mode(value: &str) -> Result<TokenMode, String> {
+    parse_choice(value).map(|setting| match setting {
+        TokenModeSetting::Stable => TokenMode::Stable,
+        TokenModeSetting::Classic => TokenMode::Classic,
+    })
+}
+
+/// The values of the token mode setting; the client's [`TokenMode`] knows nothing of clap.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TokenModeSetting {
+    Stable,
+    Classic,
 }

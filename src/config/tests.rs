@@ -5,8 +5,10 @@ use std::{collections::HashMap, io::Write, path::Path};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use url::Url;
+
 use super::*;
-use crate::push_crypto::PushMode;
+use crate::{push_crypto::PushMode, subscriptions::SubscriptionCheck, wechat::TokenMode};
 
 #[derive(Parser, Debug)]
 struct TestCli {
@@ -36,10 +38,44 @@ fn no_env(_: &str) -> Option<String> {
     None
 }
 
-fn config(args: &[&str]) -> Result<ServeConfig, ConfigError> {
+/// The plan of `wechat-notify serve <args>`.
+fn plan(args: &[&str]) -> Result<ServePlan, ConfigError> {
     parse(args)
         .expect("arguments parse")
         .into_config_with_env(no_env)
+}
+
+/// The configuration of `wechat-notify serve <args>`; with `--sandbox`, with [`sandbox_app`].
+fn config(args: &[&str]) -> Result<ServeConfig, ConfigError> {
+    completed(plan(args)?)
+}
+
+/// The plan's configuration; a sandbox plan's with [`sandbox_app`].
+fn completed(plan: ServePlan) -> Result<ServeConfig, ConfigError> {
+    match plan {
+        ServePlan::Configured(config) => Ok(config),
+        ServePlan::Sandbox(plan) => plan.into_config(sandbox_app()),
+    }
+}
+
+/// The app the command line gives for the embedded sandbox, as `serve --sandbox` makes it.
+fn sandbox_app() -> AppSettings {
+    AppSettings {
+        name: "sandbox".to_owned(),
+        appid: "wxsandbox000000001".to_owned(),
+        secret: Secret::new("fresh-sandbox-secret"),
+        api_base: "http://127.0.0.1:8089/".to_owned(),
+        push: Some(PushText {
+            token: "freshpushtoken".to_owned(),
+            aes_key: Some("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".to_owned()),
+            mode: Some("safe".to_owned()),
+        }),
+    }
+}
+
+/// Whether the plan runs the embedded sandbox.
+fn is_sandbox(args: &[&str]) -> bool {
+    matches!(plan(args), Ok(ServePlan::Sandbox(_)))
 }
 
 fn error(args: &[&str]) -> String {
@@ -108,7 +144,7 @@ fn defaults() {
     assert_eq!(config.listen, "0.0.0.0:50051".parse().unwrap());
     assert_eq!(config.metrics_listen, "0.0.0.0:9464".parse().unwrap());
     assert_eq!(config.log_format, LogFormat::Text);
-    assert!(!config.sandbox);
+    assert!(!is_sandbox(ONE_APP));
     assert!(!config.warm_tokens);
     assert_eq!(config.max_batch_recipients, 10_000);
     assert_eq!(config.shutdown_delay, Duration::from_secs(5));
@@ -119,14 +155,6 @@ fn defaults() {
     assert_eq!(config.client.request_timeout, Duration::from_millis(10_000));
     assert!(config.template_checks, "template checks are on by default");
     assert_eq!(config.template_refresh, Duration::from_secs(600));
-    let expected_defaults = AppDefaults {
-        api_bases: vec![Url::parse("https://api.weixin.qq.com/").unwrap()],
-        token_mode: TokenMode::Stable,
-        max_in_flight: 64,
-        rate_per_sec: 500,
-        subscription_check: SubscriptionCheck::Observe,
-    };
-    assert_eq!(config.app_defaults, expected_defaults);
     assert_eq!(config.push_listen, None, "no push listener unless set");
 
     let [app] = config.apps.as_slice() else {
@@ -138,10 +166,15 @@ fn defaults() {
     );
     assert_eq!(app.appid, "wx0123456789abcdef");
     assert_eq!(app.secret.expose(), "s3cr3t-value");
-    assert_eq!(app.api_bases, expected_defaults.api_bases);
+    assert_eq!(
+        app.api_bases,
+        [Url::parse("https://api.weixin.qq.com/").unwrap()]
+    );
     assert_eq!(app.token_mode, TokenMode::Stable);
     assert_eq!(app.max_in_flight, 64);
     assert_eq!(app.rate_per_sec, 500);
+    assert_eq!(app.subscription_check, SubscriptionCheck::Observe);
+    assert!(app.push.is_none());
 }
 
 #[test]
@@ -210,15 +243,15 @@ fn every_flag_is_taken() {
 
 #[test]
 fn boolean_flags_need_no_value_on_the_command_line() {
-    assert!(config(&["--sandbox"]).unwrap().sandbox);
-    assert!(!config(ONE_APP).unwrap().sandbox);
+    assert!(is_sandbox(&["--sandbox"]));
+    assert!(!is_sandbox(ONE_APP));
     assert!(
         config(&with_one_app(&["--warm-tokens"]))
             .unwrap()
             .warm_tokens
     );
-    assert!(config(&["--sandbox=yes"]).unwrap().sandbox);
-    assert!(!config(&with_one_app(&["--sandbox=off"])).unwrap().sandbox);
+    assert!(is_sandbox(&["--sandbox=yes"]));
+    assert!(!is_sandbox(&with_one_app(&["--sandbox=off"])));
 }
 
 #[test]
@@ -287,10 +320,19 @@ fn listen_addresses_take_an_ip_or_localhost() {
 
 #[test]
 fn serve_with_the_sandbox_listens_on_loopback_unless_told_otherwise() {
-    let local = config(&["--sandbox"]).unwrap();
+    let Ok(ServePlan::Sandbox(local)) = plan(&["--sandbox"]) else {
+        panic!("a sandbox plan expected");
+    };
+    assert_eq!(local.listen, "127.0.0.1:8089".parse().unwrap());
+    assert_eq!(
+        local.push_listen,
+        "127.0.0.1:0".parse().unwrap(),
+        "the push listener on a free loopback port"
+    );
+    let local = local.into_config(sandbox_app()).unwrap();
     assert_eq!(local.listen, "127.0.0.1:50051".parse().unwrap());
     assert_eq!(local.metrics_listen, "127.0.0.1:9464".parse().unwrap());
-    assert_eq!(local.sandbox_listen, "127.0.0.1:8089".parse().unwrap());
+    assert_eq!(local.push_listen, Some("127.0.0.1:0".parse().unwrap()));
     let told = config(&[
         "--sandbox",
         "--listen",
@@ -562,7 +604,7 @@ fn an_appid_longer_than_an_app_field_is_refused() {
 fn secrets_never_show_in_debug_output() {
     let args = parse(ONE_APP).unwrap();
     assert!(!format!("{args:?}").contains("s3cr3t"), "{args:?}");
-    let config = args.into_config_with_env(no_env).unwrap();
+    let config = completed(args.into_config_with_env(no_env).unwrap()).unwrap();
     let debug = format!("{config:?}");
     assert!(!debug.contains("s3cr3t"), "{debug}");
     assert!(debug.contains("wx0123456789abcdef"));
@@ -586,10 +628,33 @@ fn no_app_says_what_to_set() {
 
 #[test]
 fn the_sandbox_configures_its_own_apps() {
-    let config = config(&["--sandbox", "--rate-per-sec", "5"]).expect("valid");
-    assert!(config.sandbox);
-    assert!(config.apps.is_empty());
-    assert_eq!(config.app_defaults.rate_per_sec, 5);
+    let Ok(ServePlan::Sandbox(plan)) = plan(&[
+        "--sandbox",
+        "--rate-per-sec",
+        "5",
+        "--api-base",
+        "https://proxy.example",
+    ]) else {
+        panic!("a sandbox plan expected");
+    };
+    let config = plan.into_config(sandbox_app()).expect("valid");
+    let [app] = config.apps.as_slice() else {
+        panic!("the sandbox's app only: {:?}", config.apps);
+    };
+    assert_eq!(
+        (app.name.as_str(), app.appid.as_str()),
+        ("sandbox", "wxsandbox000000001")
+    );
+    assert_eq!(app.secret.expose(), "fresh-sandbox-secret");
+    assert_eq!(app.rate_per_sec, 5, "the flags' per-app settings apply");
+    assert_eq!(
+        app.api_bases,
+        [Url::parse("http://127.0.0.1:8089/").unwrap()],
+        "its API base is the sandbox's, not WECHAT_API_BASE"
+    );
+    let push = app.push.as_ref().expect("push settings");
+    assert_eq!(push.mode, PushMode::Safe);
+    assert!(push.aes_key.is_some());
 
     let message = error(&["--sandbox", "--appid", "wx1", "--config", "apps.toml"]);
     assert_eq!(
@@ -600,6 +665,51 @@ fn the_sandbox_configures_its_own_apps() {
     let message = error(&["--sandbox", "--secret", "s3cr3t-value"]);
     assert!(message.contains("WECHAT_SECRET (--secret)"), "{message}");
     assert!(!message.contains("s3cr3t"), "{message}");
+}
+
+#[test]
+fn the_sandboxs_app_is_checked_like_any_app() {
+    let refused = |app: AppSettings| {
+        let Ok(ServePlan::Sandbox(plan)) = plan(&["--sandbox"]) else {
+            panic!("a sandbox plan expected");
+        };
+        plan.into_config(app).expect_err("refused").to_string()
+    };
+    assert_eq!(
+        refused(AppSettings {
+            api_base: "ftp://127.0.0.1:8089/".to_owned(),
+            ..sandbox_app()
+        }),
+        "the app sandbox: api_base: `ftp://127.0.0.1:8089/` is not an http or https URL"
+    );
+    assert_eq!(
+        refused(AppSettings {
+            appid: "wx sandbox".to_owned(),
+            ..sandbox_app()
+        }),
+        "the app sandbox: appid: `wx sandbox` contains whitespace or control characters"
+    );
+    let message = refused(AppSettings {
+        push: Some(PushText {
+            token: "x".to_owned(),
+            ..sandbox_app().push.unwrap()
+        }),
+        ..sandbox_app()
+    });
+    assert_eq!(
+        message,
+        "the app sandbox: push_token: must be 3 to 32 letters and digits (as in WeChat's push \
+         settings)"
+    );
+    let message = refused(AppSettings {
+        secret: Secret::new("two words"),
+        ..sandbox_app()
+    });
+    assert!(
+        message.starts_with("the app sandbox: secret: "),
+        "{message}"
+    );
+    assert!(!message.contains("two words"), "{message}");
 }
 
 #[test]
@@ -645,7 +755,7 @@ impl ConfigDir {
             .into_iter()
             .chain(extra.iter().copied())
             .collect();
-        parse(&args).unwrap().into_config_with_env(env)
+        completed(parse(&args).unwrap().into_config_with_env(env)?)
     }
 
     /// The error, without the file name in front.
@@ -719,7 +829,11 @@ fn a_file_configures_several_apps() {
 
     assert_eq!(plain.name, "wx-plain", "the name defaults to the appid");
     assert_eq!(plain.secret.expose(), "plain-secret");
-    assert_eq!(plain.api_bases, config.app_defaults.api_bases);
+    assert_eq!(
+        plain.api_bases,
+        [Url::parse("https://api.weixin.qq.com/").unwrap()],
+        "the flag's default"
+    );
 
     let debug = format!("{config:?}");
     for secret in ["shop-secret", "blog-secret", "plain-secret"] {

@@ -1,5 +1,7 @@
-//! One configured app: its WeChat API handle, token cache and limits, and the delivery loop
-//! with the only retries the service makes.
+//! One configured app: its WeChat API handle, token cache and limits, and the delivery loop.
+//! A send is retried only as `WechatError::retry` says (a busy answer, one token rejection),
+//! waiting by `crate::retry`'s one backoff; a 45011 or 45009 pauses or stops the app until its
+//! quota window ends on the app's [`QuotaClock`].
 
 use std::{
     num::NonZeroU32,
@@ -7,7 +9,7 @@ use std::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -20,19 +22,20 @@ use tokio_util::sync::CancellationToken;
 use super::error::{ErrorKind, NotStarted, SendError};
 use crate::{
     idempotency::Record,
+    retry::{Backoff, QuotaClock},
     service::CallerRef,
     store::limits::{Admit, SharedLimits},
     subscriptions::SubscriptionCheck,
     telemetry::catalog::{MessageCounters, Outcome},
     templates::TemplateCache,
     token::TokenCache,
-    wechat::{AppApi, ErrorClass, SubscribeMessage},
+    wechat::{AppApi, Retry, SubscribeMessage},
 };
 
 /// Retries after errcode -1 (system busy), on top of the first attempt.
 const BUSY_RETRIES: u32 = 3;
-/// First backoff after errcode -1; doubled each retry, plus up to 50% jitter.
-const BUSY_BACKOFF: Duration = Duration::from_millis(100);
+/// The waits before them: at most 200, 400 and 800 ms, at least half of each.
+const BUSY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
 /// How long a SendSubscribe may wait for the app's limits when the caller set no deadline.
 pub(crate) const SEND_ADMISSION_WAIT: Duration = Duration::from_secs(30);
 /// How long one BatchSend recipient may wait for the app's limits when the caller set no
@@ -129,6 +132,8 @@ pub struct App {
     stopped_until: Mutex<Option<Instant>>,
     /// The app's template list; `None` when template checks are off.
     templates: Option<Arc<TemplateCache>>,
+    /// Where WeChat's quota windows (the 45011 minute, the 45009 day) end.
+    quota_clock: QuotaClock,
     /// `wechat_notify_messages_total{app, outcome, caller}` handles for `anonymous`, made on
     /// first use (after the recorder is installed) so a message costs no registry lookup or
     /// label allocation.
@@ -161,6 +166,7 @@ impl App {
             shared: None,
             stopped_until: Mutex::new(None),
             templates: None,
+            quota_clock: QuotaClock::system(),
             messages: OnceLock::new(),
             caller_messages: Box::new([]),
         }
@@ -206,6 +212,17 @@ impl App {
         self
     }
 
+    /// The same app, timing WeChat's quota windows by `clock` (the system clock by default).
+    pub fn with_quota_clock(mut self, clock: QuotaClock) -> Self {
+        self.quota_clock = clock;
+        self
+    }
+
+    /// The clock the app's 45011 pauses and 45009 stops end by.
+    pub fn quota_clock(&self) -> &QuotaClock {
+        &self.quota_clock
+    }
+
     /// The app's template cache, when template checks are on.
     pub fn templates(&self) -> Option<&Arc<TemplateCache>> {
         self.templates.as_ref()
@@ -225,9 +242,23 @@ impl App {
     }
 
     /// Delivers one message, retrying only where WeChat provably did not take it: errcode -1
-    /// (with backoff) and one token rejection (after [`TokenCache::reject`] handled it). A connect failure is
-    /// retried on the next API base inside the client. Everything else is final.
+    /// (with backoff) and one token rejection (after [`TokenCache::reject`] handled it). A
+    /// connect failure is retried on the next API base inside the client. Everything else is
+    /// final; a failure stopped by a quota says when the quota resets.
     pub(crate) async fn deliver(
+        &self,
+        message: &SubscribeMessage,
+        admission: &Admission,
+    ) -> Result<Record, SendError> {
+        self.deliver_with_retries(message, admission)
+            .await
+            .map_err(|mut error| {
+                error.quota_resets_at = self.quota_resets_at(&error.kind);
+                error
+            })
+    }
+
+    async fn deliver_with_retries(
         &self,
         message: &SubscribeMessage,
         admission: &Admission,
@@ -265,8 +296,8 @@ impl App {
                 }
                 Err(error) => error,
             };
-            match error.class() {
-                Some(ErrorClass::TokenRejected) if !token_retried => {
+            match error.retry() {
+                Retry::NewToken if !token_retried => {
                     // One retry whatever the cache did (refreshed, forced, or kept the token
                     // because it already had its fetch); a second rejection is final and
                     // answered with its errcode.
@@ -276,9 +307,9 @@ impl App {
                         return Err(SendError::new(ErrorKind::Token(fetch), attempts));
                     }
                 }
-                Some(ErrorClass::Busy) if busy_retries < BUSY_RETRIES => {
+                Retry::Backoff if busy_retries < BUSY_RETRIES => {
                     busy_retries += 1;
-                    let backoff = jittered(BUSY_BACKOFF * 2u32.pow(busy_retries - 1));
+                    let backoff = BUSY_BACKOFF.delay(busy_retries);
                     if Instant::now() + backoff >= admission.wait_limit {
                         return Err(SendError::new(ErrorKind::Upstream(error), attempts));
                     }
@@ -286,22 +317,26 @@ impl App {
                     drop(permit);
                     tokio::time::sleep(backoff).await;
                 }
-                Some(ErrorClass::MinuteQuota) => {
-                    let pause = until_next_minute();
-                    self.pause_until(Instant::now() + pause);
+                Retry::NextMinute => {
+                    let resume = self.quota_clock.next_minute();
+                    self.pause_until(resume);
                     if let Some(shared) = &self.shared {
-                        shared.pause(pause).await;
+                        shared
+                            .pause(resume.saturating_duration_since(Instant::now()))
+                            .await;
                     }
                     return Err(SendError::new(ErrorKind::Upstream(error), attempts));
                 }
-                Some(ErrorClass::DailyQuota) => {
+                Retry::NextQuotaDay => {
                     if let Some(batch) = &admission.batch {
                         batch.daily_quota_exhausted.store(true, Ordering::Relaxed);
                     }
                     if let Some(shared) = &self.shared {
-                        let stop = until_quota_day_ends();
-                        until(&self.stopped_until, Instant::now() + stop);
-                        shared.stop(stop).await;
+                        let resume = self.quota_clock.quota_day_end();
+                        until(&self.stopped_until, resume);
+                        shared
+                            .stop(resume.saturating_duration_since(Instant::now()))
+                            .await;
                     }
                     return Err(SendError::new(ErrorKind::Upstream(error), attempts));
                 }
@@ -384,6 +419,21 @@ impl App {
         }
     }
 
+    /// When the quota that stopped a send with `kind` resets, if one did.
+    fn quota_resets_at(&self, kind: &ErrorKind) -> Option<Instant> {
+        match kind {
+            ErrorKind::NotStarted(
+                NotStarted::DailyQuotaExhausted | NotStarted::DailyQuotaStopped,
+            ) => Some(self.quota_clock.quota_day_end()),
+            ErrorKind::Token(error) | ErrorKind::Upstream(error) => match error.retry() {
+                Retry::NextMinute => Some(self.quota_clock.next_minute()),
+                Retry::NextQuotaDay => Some(self.quota_clock.quota_day_end()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     fn paused(&self) -> Option<Instant> {
         active(&self.paused_until)
     }
@@ -412,47 +462,5 @@ fn until(slot: &Mutex<Option<Instant>>, instant: Instant) {
     *slot = Some(slot.map_or(instant, |current| current.max(instant)));
 }
 
-/// `base` plus up to 50% random jitter, so retries from many callers spread out.
-fn jittered(base: Duration) -> Duration {
-    base + base.mul_f64(fastrand::f64() * 0.5)
-}
-
-/// Time until the next wall-clock minute starts: when WeChat's per-minute limit resets.
-pub fn until_next_minute() -> Duration {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_secs(60) - Duration::from_millis((since_epoch.as_millis() % 60_000) as u64)
-}
-
-/// Time until the daily quota resets: midnight in China (UTC+8).
-pub fn until_quota_day_ends() -> Duration {
-    const DAY: u64 = 86_400;
-    const CHINA_OFFSET: u64 = 8 * 3_600;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    Duration::from_secs(DAY - (now + CHINA_OFFSET) % DAY)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reset_times_are_within_their_period() {
-        let minute = until_next_minute();
-        assert!(minute > Duration::ZERO && minute <= Duration::from_secs(60));
-        let day = until_quota_day_ends();
-        assert!(day > Duration::ZERO && day <= Duration::from_secs(86_400));
-    }
-
-    #[test]
-    fn jitter_adds_at_most_half() {
-        for _ in 0..100 {
-            let delay = jittered(Duration::from_millis(100));
-            assert!(delay >= Duration::from_millis(100) && delay <= Duration::from_millis(150));
-        }
-    }
-}
+mod tests;

@@ -11,8 +11,8 @@ use tracing::Instrument;
 use super::{
     App, CallerRef, Notifier, Receipt, SendError,
     app::{Admission, BATCH_ADMISSION_WAIT, BatchStop},
-    check::Violations,
-    non_empty, outcome, template_check,
+    check::{self, Violations},
+    non_empty, outcome,
 };
 use crate::wechat::{MiniprogramState, SubscribeMessage, TemplateInfo};
 
@@ -86,8 +86,7 @@ impl Notifier {
     ) -> Result<Vec<RecipientOutcome>, SendError> {
         let app = self.resolve(&request.app)?;
         self.check_batch(&request)?;
-        let template =
-            template_check::listed_template(&app, &request.template_id, deadline).await?;
+        let template = check::listed_template(&app, &request.template_id, deadline).await?;
         if let Some(template) = &template {
             // Shared data that does not fit the template is a malformed call, as above.
             let mut violations = Violations::default();

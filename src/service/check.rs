@@ -1,15 +1,45 @@
 //! Request checks that need field paths (`recipients[3].data.thing1`); the rules themselves
-//! live in `crate::validation`.
+//! live in `crate::validation` and, against the app's template, in `crate::templates::check`.
 //!
 //! A field path is anything `Display` (`"data"`, `format_args!("recipients[{i}].data")`) and is
 //! rendered only for a violation: checking a valid request, the common case, allocates nothing.
 
-use std::fmt::Display;
+use std::{collections::BTreeMap, fmt::Display, sync::Arc, time::Duration};
 
-use crate::validation::{
-    self, FieldViolation, LANGS, MAX_DATA_KEYS, MAX_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES,
-    MAX_KEY_BYTES, MAX_PAGE_BYTES, MAX_VALUE_BYTES,
+use tokio::time::Instant;
+
+use super::{App, SendError};
+use crate::{
+    templates::{self, Lookup},
+    validation::{
+        self, FieldViolation, LANGS, MAX_DATA_KEYS, MAX_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES,
+        MAX_KEY_BYTES, MAX_PAGE_BYTES, MAX_VALUE_BYTES,
+    },
+    wechat::TemplateInfo,
 };
+
+/// The template `template_id` of `app`, if its list is to be had by the caller's `deadline`
+/// (and the cache's own wait bound); `None` to send unchecked (WeChat still checks it). Fails
+/// when a freshly loaded list lacks it: WeChat would answer 40037.
+pub(crate) async fn listed_template(
+    app: &App,
+    template_id: &str,
+    deadline: Option<Instant>,
+) -> Result<Option<Arc<TemplateInfo>>, SendError> {
+    let Some(templates) = app.templates() else {
+        return Ok(None);
+    };
+    // The cache bounds the wait itself; only a sooner caller deadline matters here.
+    let wait_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+    match templates.lookup(template_id, wait_until).await {
+        Lookup::Listed(template) => Ok(Some(template)),
+        Lookup::NotListed => Err(SendError::invalid_field(
+            "template_id",
+            "is not one of the app's templates",
+        )),
+        Lookup::Unavailable => Ok(None),
+    }
+}
 
 /// Collects every bad field of a request, so the caller learns all of them at once.
 #[derive(Debug, Default)]
@@ -97,6 +127,32 @@ impl Violations {
         } else if let Err(rule) = validation::check_keyword_value(key, value) {
             self.push(field(), rule);
         }
+    }
+
+    /// Keys of `data` (found at `map_field`, e.g. `recipients[3].data`) that the template does
+    /// not have, and enum keywords whose value it does not list.
+    pub(crate) fn template_values(
+        &mut self,
+        map_field: impl Display,
+        template: &TemplateInfo,
+        data: &BTreeMap<String, String>,
+    ) {
+        // Field paths are built only for a violation.
+        templates::check::data_values(template, data, |key, description| {
+            self.push(format!("{map_field}.{key}"), description);
+        });
+    }
+
+    /// Keywords of the template that `has_key` says are missing, reported at `map_field`.
+    pub(crate) fn template_keywords_present(
+        &mut self,
+        map_field: impl Display,
+        template: &TemplateInfo,
+        has_key: impl Fn(&str) -> bool,
+    ) {
+        templates::check::missing_keywords(template, has_key, |keyword, description| {
+            self.push(format!("{map_field}.{keyword}"), description);
+        });
     }
 
     pub(crate) fn is_empty(&self) -> bool {

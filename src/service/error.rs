@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::{validation::FieldViolation, wechat::WechatError};
 
 /// Why a send did not happen, or failed.
@@ -69,6 +71,10 @@ pub struct SendError {
     pub kind: ErrorKind,
     /// HTTP requests made to WeChat's send endpoint before giving up.
     pub attempts: u32,
+    /// When the WeChat quota that stopped this send resets (the next minute after a 45011, the
+    /// end of the quota day after a 45009), on the app's quota clock; `None` when no quota
+    /// stopped it.
+    pub quota_resets_at: Option<Instant>,
 }
 
 impl From<crate::idempotency::StoreUnavailable> for SendError {
@@ -80,7 +86,11 @@ impl From<crate::idempotency::StoreUnavailable> for SendError {
 impl SendError {
     /// An error after `attempts` upstream requests.
     pub fn new(kind: ErrorKind, attempts: u32) -> Self {
-        Self { kind, attempts }
+        Self {
+            kind,
+            attempts,
+            quota_resets_at: None,
+        }
     }
 
     /// A request rejected before anything was sent.

@@ -7,7 +7,6 @@ mod batch;
 mod check;
 mod error;
 mod subscriptions;
-mod template_check;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -24,8 +23,8 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub use app::App;
 use app::{Admission, SEND_ADMISSION_WAIT};
-pub use app::{App, until_next_minute, until_quota_day_ends};
 pub use batch::{BatchRequest, RecipientInput, RecipientOutcome};
 pub use error::{ErrorKind, NotStarted, SendError};
 pub use subscriptions::{MAX_QUERIED_TEMPLATES, MAX_REPORTED_TEMPLATES};
@@ -243,9 +242,7 @@ impl Notifier {
             return Err(SendError::invalid(violations.into_vec()));
         }
         // Only a message that passed the checks above is worth the app's template list.
-        if let Some(template) =
-            template_check::listed_template(app, &request.template_id, deadline).await?
-        {
+        if let Some(template) = check::listed_template(app, &request.template_id, deadline).await? {
             violations.template_values("data", &template, &request.data);
             violations
                 .template_keywords_present("data", &template, |key| request.data.contains_key(key));

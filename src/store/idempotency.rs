@@ -20,20 +20,26 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 
 use super::RedisStore;
-use crate::idempotency::{IdempotencyStore, Keyed, Record, SendOnce, StoreUnavailable};
+use crate::{
+    idempotency::{IdempotencyStore, Keyed, Record, SendOnce, StoreUnavailable},
+    retry::Backoff,
+};
 
 /// How long a claim outlives its last renewal: a claim whose replica died blocks its key for
 /// at most this long.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(15);
 /// How often a running send renews its claim.
 const CLAIM_RENEWAL: Duration = Duration::from_secs(5);
-/// How long a waiter waits between looks at a claim when no wake-up arrives.
-const CLAIM_RECHECK: Duration = Duration::from_millis(500);
+/// How long a waiter waits between looks at a claim when no wake-up arrives: a lost wake-up
+/// costs little at first, and a long send few looks.
+const CLAIM_RECHECK: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(4));
 /// Longest a caller waits for another replica's send (its longest admission wait, plus a
 /// request): past this the caller is answered STORE_UNAVAILABLE rather than waiting on.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(150);
 /// How long a record that could not be written after a send is retried in the background.
 const WRITE_BACK_FOR: Duration = Duration::from_secs(600);
+/// The waits between those tries.
+const WRITE_BACK_RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
 
 /// Records and claims in Redis, with a local cache of the records seen.
 pub struct RedisIdempotencyStore {
@@ -83,6 +89,7 @@ impl RedisIdempotencyStore {
         );
         let unavailable = |_| E::from(StoreUnavailable);
         let started = tokio::time::Instant::now();
+        let mut looks = 0;
         loop {
             // Listening first: a settle announced between the look and the wait still wakes us.
             let mut listener = self.store.listen();
@@ -102,7 +109,8 @@ impl RedisIdempotencyStore {
                     if started.elapsed() >= MAX_CLAIM_WAIT {
                         return Err(E::from(StoreUnavailable));
                     }
-                    listener.wait(&redis_key, CLAIM_RECHECK).await;
+                    looks += 1;
+                    listener.wait(&redis_key, CLAIM_RECHECK.delay(looks)).await;
                 }
             }
         }
@@ -153,8 +161,10 @@ impl RedisIdempotencyStore {
         let finish = self.finish.clone();
         tokio::spawn(async move {
             let until = tokio::time::Instant::now() + WRITE_BACK_FOR;
+            let mut tries = 0;
             while tokio::time::Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tries += 1;
+                tokio::time::sleep(WRITE_BACK_RETRY.delay(tries)).await;
                 let mut invocation = finish.key(&redis_key);
                 invocation.arg(&owner).arg(&value).arg(ttl).arg(&channel);
                 if store.invoke::<i64>(&invocation).await.is_ok() {

@@ -26,7 +26,7 @@ pub mod redis;
 pub mod token;
 mod wake;
 
-pub use self::redis::{Keys, RedisStore};
+pub use self::redis::{Keys, RedisConfig, RedisStore};
 
 /// Drops the lock or claim `KEYS[1]` if its owner `ARGV[1]` still holds it, and announces the
 /// key on channel `ARGV[2]` so that waiters on any replica look again. Shared by the token

@@ -20,7 +20,7 @@ use super::{
     health::StoreHealth,
     wake::{Listener, Wakeups},
 };
-use crate::config::RedisConfig;
+use crate::secret::Secret;
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -113,6 +113,20 @@ impl ConnectionLike for Connection {
             Self::Cluster(connection) => connection.get_db(),
         }
     }
+}
+
+/// Where the state shared by replicas lives, as the configuration gives it
+/// (`crate::config::ServeConfig::redis`; `None` there keeps all state in the process).
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// One `redis://`, `rediss://` or unix socket (`redis+unix://`, `unix://`) URL, or (cluster
+    /// mode) any number of `redis://` or `rediss://` node URLs; redacted in Debug, since a URL
+    /// may carry a password.
+    pub urls: Vec<Secret>,
+    /// Talk to a Redis Cluster (the URLs name any of its nodes).
+    pub cluster: bool,
+    /// Prefix of every key; replicas sharing the Redis and the prefix behave as one service.
+    pub key_prefix: String,
 }
 
 /// The shared store: one per process, shared by every app and feature.

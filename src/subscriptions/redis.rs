@@ -35,14 +35,16 @@ use super::{
     EventHub, Ledger, LedgerError, LedgerEvent, PUSH_DEDUPE_TTL, Subscription, Update, Watcher,
     memory::MAX_TEMPLATES_PER_USER, rules, wire,
 };
-use crate::store::RedisStore;
+use crate::{retry::Backoff, store::RedisStore};
 
 /// How long a user's entries are kept after their last write (a long-term grant lasts until
 /// the user turns it off, so entries must outlive quiet months; a year and a bit).
 pub const ENTRY_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
 /// Write attempts of one update before it gives up as unavailable (each conflict means another
-/// writer of the same user succeeded; after one, a loser waits a random 0..=n ms).
+/// writer of the same user succeeded; after one, a loser waits [`LOST_WRITE_RETRY`]).
 const CAS_ATTEMPTS: u32 = 32;
+/// The wait after a write lost to another writer (up to 1, 2, 4, 8, then 10 ms).
+const LOST_WRITE_RETRY: Backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(10));
 /// Delay before subscribing again after the event subscription failed or ended.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 /// The hash field counting writes (not a template id: those have no `#`).
@@ -242,8 +244,7 @@ impl Ledger for RedisLedger {
             let written: i64 = self.store.invoke(&invocation).await.map_err(unavailable)?;
             if written == 0 {
                 // Spread the writers that lost, so they do not collide again in step.
-                let backoff = fastrand::u64(0..=attempt.min(10) as u64);
-                tokio::time::sleep(Duration::from_millis(backoff)).await;
+                tokio::time::sleep(LOST_WRITE_RETRY.delay(attempt)).await;
                 continue;
             }
             for subscription in touched.values() {

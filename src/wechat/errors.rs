@@ -1,6 +1,7 @@
-//! What can go wrong talking to WeChat, and the class of each errcode.
+//! What can go wrong talking to WeChat. What each failure means for a retry is decided in
+//! [`super::class`].
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use crate::telemetry::catalog;
 
@@ -44,7 +45,8 @@ impl fmt::Display for Endpoint {
 }
 
 /// A failed WeChat call. Cheap to clone (waiters on one token fetch or one idempotency key all
-/// get the same error). No variant ever holds an access token or an AppSecret.
+/// get the same error). No variant ever holds an access token or an AppSecret: transport errors
+/// lose their URL, errmsgs are scrubbed, and a body is never quoted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WechatError {
     /// WeChat answered with a non-zero errcode.
@@ -57,67 +59,57 @@ pub enum WechatError {
         rid: Option<String>,
     },
     /// No connection could be made to any API base: the request was provably not sent.
-    #[error("wechat {endpoint} unreachable: {detail}")]
-    Unreachable { endpoint: Endpoint, detail: String },
+    #[error("wechat {endpoint} unreachable: {}", unreachable_detail(*.tried))]
+    Unreachable {
+        endpoint: Endpoint,
+        /// API bases tried (0: none is configured).
+        tried: u32,
+        /// Why the last one refused.
+        #[source]
+        last: Option<TransportError>,
+    },
     /// WeChat answered with a non-success HTTP status.
     #[error("wechat {endpoint} answered http status {status}")]
     HttpStatus { endpoint: Endpoint, status: u16 },
     /// The request was written but no usable answer came (timeout, reset): WeChat may or may
     /// not have acted on it.
-    #[error("wechat {endpoint} outcome unknown: {detail}")]
-    OutcomeUnknown { endpoint: Endpoint, detail: String },
+    #[error("wechat {endpoint} outcome unknown: {}", .source.what())]
+    OutcomeUnknown {
+        endpoint: Endpoint,
+        #[source]
+        source: TransportError,
+    },
     /// WeChat answered 200 with a body that is not the JSON its API documents (not JSON, a
     /// field missing or of the wrong type, a value out of range). Only the client's parsers
     /// produce it, so it always describes a body that was actually received.
     #[error("wechat {endpoint} answered a malformed body: {detail}")]
-    InvalidResponse { endpoint: Endpoint, detail: String },
+    InvalidResponse {
+        endpoint: Endpoint,
+        /// What is wrong with it, in the parser's words (never a quote of the body).
+        detail: String,
+        /// The JSON parser's own error, when it quotes nothing of the body.
+        #[source]
+        source: Option<JsonError>,
+    },
 }
 
-/// How the service should treat a WeChat errcode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// `-1` system busy: WeChat did not take the request; retry with backoff.
-    Busy,
-    /// `40001`, `42001`, `40014` on an endpoint called with a token (send, templates): drop the
-    /// token, refresh, retry once.
-    TokenRejected,
-    /// `45009`: the daily quota is used up.
-    DailyQuota,
-    /// `45011`: the per-minute limit was hit.
-    MinuteQuota,
-    /// The token endpoint rejected the app's credentials or this host (40013, 40125, 40164, ...):
-    /// needs a human, never hammered.
-    Credential,
-    /// The request itself is wrong (40003 openid, 40037 template, 47003 data, 41030 page).
-    InvalidRequest,
-    /// `43101`: the user holds no subscription to this template.
-    NotSubscribed,
-    /// Anything else.
-    Other,
-}
-
-impl ErrorClass {
-    /// Classifies an errcode from the given endpoint.
-    pub fn of(endpoint: Endpoint, errcode: i32) -> ErrorClass {
-        match (endpoint, errcode) {
-            (_, -1) => ErrorClass::Busy,
-            (_, 45009) => ErrorClass::DailyQuota,
-            (_, 45011) => ErrorClass::MinuteQuota,
-            // On the token endpoint every other errcode is about the credentials, the caller's
-            // IP or the account: 40001 there is a wrong AppSecret, not a stale token.
-            (Endpoint::Token, _) => ErrorClass::Credential,
-            // A token is rejected the same way wherever it is used.
-            (Endpoint::Send | Endpoint::Templates, 40001 | 42001 | 40014) => {
-                ErrorClass::TokenRejected
-            }
-            (Endpoint::Send, 40003 | 40037 | 47003 | 41030) => ErrorClass::InvalidRequest,
-            (Endpoint::Send, 43101) => ErrorClass::NotSubscribed,
-            (Endpoint::Send | Endpoint::Templates, _) => ErrorClass::Other,
-        }
+fn unreachable_detail(tried: u32) -> String {
+    match tried {
+        0 => "no api base configured".to_owned(),
+        tried => format!("no api base accepted a connection ({tried} tried)"),
     }
 }
 
 impl WechatError {
+    /// A body that is not what the endpoint documents, described in the parser's own words.
+    pub(crate) fn invalid(endpoint: Endpoint, detail: impl Into<String>) -> Self {
+        WechatError::InvalidResponse {
+            endpoint,
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
     /// The endpoint the error came from.
     pub fn endpoint(&self) -> Endpoint {
         match self {
@@ -137,18 +129,101 @@ impl WechatError {
         }
     }
 
-    /// The errcode's class, when WeChat answered with one.
-    pub fn class(&self) -> Option<ErrorClass> {
-        self.errcode()
-            .map(|errcode| ErrorClass::of(self.endpoint(), errcode))
-    }
-
     /// Counts the error in `wechat_notify_wechat_errors_total` of `app` when WeChat answered it
     /// with an errcode.
     pub fn count_errcode(&self, app: &str) {
         if let Some(errcode) = self.errcode() {
             catalog::count_wechat_errcode(app, self.endpoint().into(), errcode);
         }
+    }
+}
+
+/// A transport failure (no connection, a timeout, a reset) as reqwest reported it, without the
+/// URL: reqwest puts the whole URL, access token included, into its errors. What is left (its
+/// own message and hyper's and the operating system's below it) carries no part of the request.
+///
+/// Shared by every clone of the [`WechatError`] holding it, and compared by identity: clones of
+/// one failure are equal, two failures are not.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct TransportError(Arc<reqwest::Error>);
+
+impl TransportError {
+    /// The only way in: drops the URL.
+    pub(crate) fn new(error: reqwest::Error) -> Self {
+        Self(Arc::new(error.without_url()))
+    }
+
+    /// True when no connection could be made: the request was provably not sent.
+    pub fn is_connect(&self) -> bool {
+        self.0.is_connect()
+    }
+
+    /// What went wrong, in a few words.
+    pub fn what(&self) -> &'static str {
+        if self.0.is_timeout() {
+            "no answer within the request timeout"
+        } else if self.0.is_body() || self.0.is_decode() {
+            "the answer could not be read"
+        } else if self.0.is_connect() {
+            "no connection could be made"
+        } else {
+            "the connection failed after the request was written"
+        }
+    }
+}
+
+impl PartialEq for TransportError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TransportError {}
+
+/// serde_json's error for a body that is not JSON at all. Only syntax errors are kept: they
+/// name a line and column, never a value, while a type error quotes the value it met (which may
+/// be a token). Compared by identity, as [`TransportError`] is.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct JsonError(Arc<serde_json::Error>);
+
+impl JsonError {
+    /// The error, if it quotes nothing of the body (a syntax error or a premature end).
+    pub(crate) fn quoting_nothing(error: serde_json::Error) -> Option<Self> {
+        use serde_json::error::Category;
+        match error.classify() {
+            Category::Syntax | Category::Eof => Some(Self(Arc::new(error))),
+            Category::Data | Category::Io => None,
+        }
+    }
+}
+
+impl PartialEq for JsonError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for JsonError {}
+
+/// An error and its sources on one line, joined with `: ` (a source whose text the error
+/// already ends with is left out: hyper and reqwest often repeat the inner message).
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut written = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !written.ends_with(&text) {
+                written.push_str(": ");
+                written.push_str(&text);
+            }
+            source = cause.source();
+        }
+        f.write_str(&written)
     }
 }
 
@@ -161,48 +236,5 @@ mod tests {
         for endpoint in [Endpoint::Token, Endpoint::Send, Endpoint::Templates] {
             assert_eq!(catalog::Endpoint::from(endpoint).label(), endpoint.label());
         }
-    }
-
-    #[test]
-    fn the_same_errcode_means_different_things_per_endpoint() {
-        assert_eq!(
-            ErrorClass::of(Endpoint::Send, 40001),
-            ErrorClass::TokenRejected
-        );
-        assert_eq!(
-            ErrorClass::of(Endpoint::Token, 40001),
-            ErrorClass::Credential
-        );
-        assert_eq!(ErrorClass::of(Endpoint::Token, -1), ErrorClass::Busy);
-        assert_eq!(
-            ErrorClass::of(Endpoint::Send, 43101),
-            ErrorClass::NotSubscribed
-        );
-        assert_eq!(
-            ErrorClass::of(Endpoint::Send, 47003),
-            ErrorClass::InvalidRequest
-        );
-        assert_eq!(
-            ErrorClass::of(Endpoint::Send, 45009),
-            ErrorClass::DailyQuota
-        );
-        assert_eq!(
-            ErrorClass::of(Endpoint::Send, 45011),
-            ErrorClass::MinuteQuota
-        );
-        assert_eq!(ErrorClass::of(Endpoint::Send, 48001), ErrorClass::Other);
-        assert_eq!(
-            ErrorClass::of(Endpoint::Templates, 42001),
-            ErrorClass::TokenRejected
-        );
-        assert_eq!(
-            ErrorClass::of(Endpoint::Templates, 48001),
-            ErrorClass::Other
-        );
-        assert_eq!(
-            ErrorClass::of(Endpoint::Templates, 47003),
-            ErrorClass::Other,
-            "only a send's own data can be invalid"
-        );
     }
 }

@@ -1,8 +1,8 @@
 //! Keeping access tokens and AppSecrets out of everything that gets printed.
 //!
 //! WeChat puts the access token in the URL query (and the classic token endpoint the AppSecret),
-//! so every URL we print goes through [`redact_url`], and every error detail built from a
-//! transport error goes through [`scrub`] as a second line of defence.
+//! so every URL we print goes through [`redact_url`], every errmsg WeChat answers goes through
+//! [`scrub`], and a transport error keeps no URL at all (`TransportError`).
 
 use url::{Position, Url, form_urlencoded};
 
@@ -85,24 +85,6 @@ pub fn scrub(text: impl Into<String>, secrets: &[&Secret]) -> String {
         }
     }
     text
-}
-
-/// A `reqwest` error as one line (its sources joined with `: `), without the URL it carries
-/// and with the given secrets scrubbed.
-pub(crate) fn describe_reqwest_error(error: reqwest::Error, secrets: &[&Secret]) -> String {
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // hyper and reqwest often repeat the inner message in the outer one.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    scrub(text, secrets)
 }
 
 #[cfg(test)]

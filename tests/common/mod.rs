@@ -12,17 +12,17 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use tonic::transport::Channel;
 use url::Url;
 use wechat_notify::{
-    config::{AppConfig, AppDefaults, IdempotencyOptions, LogFormat, ServeConfig},
+    config::{AppConfig, IdempotencyOptions, LogFormat, ServeConfig},
     pb::{
         self, notify_service_client::NotifyServiceClient,
         subscription_service_client::SubscriptionServiceClient,
     },
-    sandbox::{Sandbox, SandboxApp, SandboxConfig, SandboxServer},
     secret::Secret,
     server::{self, Running},
     subscriptions::SubscriptionCheck,
     wechat::{ClientOptions, TokenMode},
 };
+use wechat_notify_sandbox::{Sandbox, SandboxApp, SandboxConfig, SandboxServer};
 
 /// The openid of the sandbox's demo user (28 characters, as WeChat's are).
 pub const OPENID: &str = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M";
@@ -78,15 +78,6 @@ pub fn serve_config() -> ServeConfig {
         metrics_listen: loopback(),
         log_format: LogFormat::Text,
         apps: Vec::new(),
-        app_defaults: AppDefaults {
-            api_bases: Vec::new(),
-            token_mode: TokenMode::Stable,
-            max_in_flight: 64,
-            rate_per_sec: 100_000,
-            subscription_check: SubscriptionCheck::Observe,
-        },
-        sandbox: false,
-        sandbox_listen: loopback(),
         warm_tokens: false,
         max_batch_recipients: 10_000,
         shutdown_delay: Duration::ZERO,

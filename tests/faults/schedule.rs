@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tonic::Code;
-use wechat_notify::sandbox::Fault;
+use wechat_notify_sandbox::Fault;
 
 /// The service's WeChat request timeout: a latency beyond it is an unknown outcome.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);

@@ -170,7 +170,8 @@ fn the_sandbox_takes_a_file_of_callers_only() {
     let callers = "[[callers]]\nname = \"a\"\ntls_subject = \"a\"\napps = [\"sandbox\"]\n";
     let dir = ConfigDir::new(callers);
     let config = dir.load(&["--sandbox"], no_env).expect("valid");
-    assert!(config.apps.is_empty());
+    let names: Vec<&str> = config.apps.iter().map(|app| app.name.as_str()).collect();
+    assert_eq!(names, ["sandbox"], "the sandbox's app only");
     assert_eq!(config.callers.callers.len(), 1);
 
     let dir = ConfigDir::new(&format!("{APP}{callers}"));
