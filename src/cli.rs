@@ -171,7 +171,33 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = Shutdown> + Send + 'static,
 ) -> ExitCode {
-    match server::start(config, shutdown).await {
+    let listeners = match server::Listeners::bind(&config).await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    serve_on(config, listeners, None, shutdown).await
+}
+
+/// Says where everything listens, then serves on `listeners` until `shutdown` resolves.
+async fn serve_on(
+    config: ServeConfig,
+    listeners: server::Listeners,
+    sandbox: Option<std::net::SocketAddr>,
+    shutdown: impl Future<Output = Shutdown> + Send + 'static,
+) -> ExitCode {
+    let addrs = &listeners.addrs;
+    // Every address as bound (port 0 resolved): what operators and tests read to connect.
+    tracing::info!(
+        grpc = %addrs.grpc,
+        metrics = %addrs.metrics,
+        push = addrs.push.map(tracing::field::display),
+        sandbox = sandbox.map(tracing::field::display),
+        "listening"
+    );
+    match server::start_on(config, listeners, shutdown).await {
         Ok(running) => match running.wait().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(_already_logged) => ExitCode::from(EXIT_FAILURE),
@@ -199,12 +225,14 @@ fn serve_with_sandbox(_plan: SandboxPlan, _runtime: &tokio::runtime::Runtime) ->
     ExitCode::from(EXIT_CONFIG)
 }
 
-/// `serve --sandbox`: starts the sandbox, then serves with its app until a signal.
+/// `serve --sandbox`: starts the sandbox, binds the service's listeners, points the sandbox's
+/// pushes at the push listener as bound (port 0 resolved), then serves with its app until a
+/// signal.
 #[cfg(feature = "sandbox")]
 fn serve_with_sandbox(plan: SandboxPlan, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let _logs = telemetry::init_logging(plan.log_format());
     runtime.block_on(async {
-        let (config, _sandbox) = match embedded_sandbox::start(plan).await {
+        let (config, sandbox) = match embedded_sandbox::start(plan).await {
             Ok(started) => started,
             Err(embedded_sandbox::StartError::Config(error)) => {
                 eprintln!("wechat-notify: configuration error: {error}");
@@ -215,8 +243,19 @@ fn serve_with_sandbox(plan: SandboxPlan, runtime: &tokio::runtime::Runtime) -> E
                 return ExitCode::from(EXIT_FAILURE);
             }
         };
-        // The sandbox is kept (`_sandbox`) until the service has shut down.
-        serve(config, shutdown_signal()).await
+        let listeners = match server::Listeners::bind(&config).await {
+            Ok(listeners) => listeners,
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        // Before the service serves: a first popup must find its push URL.
+        if let Some(push) = listeners.addrs.push {
+            sandbox.send_pushes_to(push);
+        }
+        // The sandbox is kept until the service has shut down.
+        serve_on(config, listeners, Some(sandbox.addr()), shutdown_signal()).await
     })
 }
 

@@ -19,7 +19,10 @@ use tonic::{
 };
 use tonic_prost::ProstEncoder;
 
-use crate::{error::undecodable_status, telemetry::catalog::MessageCounters};
+use crate::{
+    error::undecodable_status,
+    telemetry::catalog::{MessageCounters, Outcome},
+};
 
 /// tonic-prost's codec with [`MessageDecoder`].
 #[derive(Debug, Clone)]
@@ -77,7 +80,7 @@ fn undecodable(error: &prost::DecodeError) -> Status {
         error = %description,
         "message not sent: the request cannot be decoded"
     );
-    MessageCounters::unknown_app().count("invalid");
+    MessageCounters::unknown_app().count(Outcome::Invalid);
     undecodable_status(field.as_deref(), &description)
 }
 

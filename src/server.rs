@@ -41,13 +41,10 @@ use crate::{
         token::RedisTokenStore,
     },
     subscriptions::{Ledger, MemoryLedger, RedisLedger},
-    telemetry::{
-        self, CountTemplateErrcodes, CountTokenErrcodes, REQUEST_ID_HEADER, RpcTelemetryLayer,
-        catalog::UPSTREAM_IN_FLIGHT,
-    },
+    telemetry::{self, REQUEST_ID_HEADER, RpcTelemetryLayer, catalog},
     templates::{TemplateCache, TemplateOptions},
     tls::{self, ReloadingTls, TlsProblem},
-    token::{TOKEN_EXPIRES_IN_SECONDS, TokenCache, TokenOptions},
+    token::{TokenCache, TokenOptions},
     wechat::{ClientBuildError, WechatClient, WechatError},
 };
 
@@ -136,10 +133,69 @@ impl Drop for Running {
     }
 }
 
-/// Builds everything from `config`, binds, and serves until `shutdown_signal` resolves or
-/// [`Running::shutdown`] is called.
+/// Where the service listens, as bound (a port 0 in the config is the port the system chose).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddrs {
+    /// gRPC.
+    pub grpc: SocketAddr,
+    /// `GET /metrics`.
+    pub metrics: SocketAddr,
+    /// WeChat's pushes, when configured.
+    pub push: Option<SocketAddr>,
+}
+
+/// The service's listeners, bound once and handed to [`start_on`]: their addresses are known
+/// (and can be told to others) before anything is served, and no port is ever released and
+/// bound again in between.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Their addresses.
+    pub addrs: ListenAddrs,
+    grpc: TcpListener,
+    metrics: TcpListener,
+    push: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `listen`, `metrics_listen` and `push_listen` (when set) of `config`.
+    pub async fn bind(config: &ServeConfig) -> Result<Self, StartError> {
+        let grpc = bind(config.listen).await?;
+        let metrics = bind(config.metrics_listen).await?;
+        let push = match config.push_listen {
+            Some(addr) => Some((bind(addr).await?, addr)),
+            None => None,
+        };
+        let addrs = ListenAddrs {
+            grpc: local_addr(&grpc, config.listen)?,
+            metrics: local_addr(&metrics, config.metrics_listen)?,
+            push: match &push {
+                Some((listener, addr)) => Some(local_addr(listener, *addr)?),
+                None => None,
+            },
+        };
+        Ok(Self {
+            addrs,
+            grpc,
+            metrics,
+            push: push.map(|(listener, _)| listener),
+        })
+    }
+}
+
+/// Binds the listeners `config` names, then [`start_on`] them.
 pub async fn start(
     config: ServeConfig,
+    shutdown_signal: impl Future<Output = Shutdown> + Send + 'static,
+) -> Result<Running, StartError> {
+    let listeners = Listeners::bind(&config).await?;
+    start_on(config, listeners, shutdown_signal).await
+}
+
+/// Builds everything from `config` and serves on `listeners` until `shutdown_signal` resolves or
+/// [`Running::shutdown`] is called.
+pub async fn start_on(
+    config: ServeConfig,
+    listeners: Listeners,
     shutdown_signal: impl Future<Output = Shutdown> + Send + 'static,
 ) -> Result<Running, StartError> {
     // First, so that every series below lands in the one recorder `/metrics` renders.
@@ -174,18 +230,17 @@ pub async fn start(
         Notifier::new(apps.clone(), idempotency, config.max_batch_recipients).with_ledger(ledger),
     );
 
-    let grpc_listener = bind(config.listen).await?;
-    let metrics_listener = bind(config.metrics_listen).await?;
-    let grpc_addr = local_addr(&grpc_listener, config.listen)?;
-    let metrics_addr = local_addr(&metrics_listener, config.metrics_listen)?;
-    let push_listener = match config.push_listen {
-        Some(addr) => Some((bind(addr).await?, addr)),
-        None => None,
-    };
-    let push_addr = match &push_listener {
-        Some((listener, addr)) => Some(local_addr(listener, *addr)?),
-        None => None,
-    };
+    let Listeners {
+        addrs:
+            ListenAddrs {
+                grpc: grpc_addr,
+                metrics: metrics_addr,
+                push: push_addr,
+            },
+        grpc: grpc_listener,
+        metrics: metrics_listener,
+        push: push_listener,
+    } = listeners;
 
     let health = HealthReporter::new();
     set_health(&health, ServingStatus::NotServing).await;
@@ -226,7 +281,7 @@ pub async fn start(
     let grpc: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> = match tls {
         None => Box::pin(grpc.serve_with_incoming_shutdown(
             // TCP_NODELAY: a small answer must not wait for the client's delayed ACK (Nagle),
-            // which showed as tens of milliseconds of p99 at moderate load.
+            // which showed in the tail latency at moderate load.
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             drain.clone().cancelled_owned(),
         )),
@@ -246,7 +301,7 @@ pub async fn start(
             tracing::error!(%error, "metrics listener failed");
         }
     });
-    let push_task = push_listener.map(|(listener, _)| {
+    let push_task = push_listener.map(|listener| {
         let pushing: Vec<_> = apps
             .iter()
             .zip(&config.apps)
@@ -473,24 +528,23 @@ fn build_apps(
                     app.api_bases.clone(),
                 )
                 .with_metrics_label(&app.name);
-            let source = CountTokenErrcodes::new(&app.name, Arc::new(api.clone()));
+            let source = Arc::new(api.clone());
             let tokens = match store {
                 Some(store) => TokenCache::with_store(
                     &app.name,
-                    Arc::new(source),
+                    source,
                     Arc::new(RedisTokenStore::new(store.clone(), &app.appid)),
                     TokenOptions::default(),
                 ),
-                None => TokenCache::new(&app.name, Arc::new(source), TokenOptions::default()),
+                None => TokenCache::new(&app.name, source, TokenOptions::default()),
             };
-            telemetry::catalog::register_app(&app.name, app.max_in_flight, &caller_labels);
+            catalog::register_app(&app.name, app.max_in_flight, &caller_labels);
             let templates = config.template_checks.then(|| {
-                let source = CountTemplateErrcodes::new(&app.name, Arc::new(api.clone()));
                 let options = TemplateOptions {
                     refresh_interval: config.template_refresh,
                     ..TemplateOptions::default()
                 };
-                TemplateCache::new(&app.name, Arc::new(source), tokens.clone(), options)
+                TemplateCache::new(&app.name, Arc::new(api.clone()), tokens.clone(), options)
             });
             let built = App::new(
                 app.name.clone(),
@@ -561,14 +615,9 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 /// Gauges whose value is only known now: set at scrape time.
 fn sample_live_gauges(apps: &[Arc<App>]) {
     for app in apps {
-        let seconds = app
-            .tokens()
-            .time_to_expiry()
-            .unwrap_or_default()
-            .as_secs_f64();
-        metrics::gauge!(TOKEN_EXPIRES_IN_SECONDS, "app" => app.name.clone()).set(seconds);
-        metrics::gauge!(UPSTREAM_IN_FLIGHT, "app" => app.name.clone())
-            .set(app.sends_in_flight() as f64);
+        let expires_in = app.tokens().time_to_expiry().unwrap_or_default();
+        catalog::set_token_expires_in(&app.name, expires_in);
+        catalog::set_upstream_in_flight(&app.name, app.sends_in_flight());
     }
 }
 

@@ -20,7 +20,7 @@
 //!   [`TokenOptions::force_refresh_interval`]; a further rejection of it within that time is
 //!   answered "kept" without a fetch, so a storm of rejections the token did not deserve (a stale
 //!   edge node, one user's fault) never burns the token endpoint's quota. The caller retries its
-//!   message once either way. Counted in [`TOKEN_REJECTIONS_TOTAL`].
+//!   message once either way. Counted in `wechat_notify_token_rejections_total`.
 //! - **Failures**: what `WechatError::retry` calls transient (-1 busy, no answer, a 5xx) is
 //!   retried inside one fetch, waiting by [`TokenOptions::fetch_backoff`]. Any other errcode from
 //!   the token endpoint (credentials, IP whitelist, quota) is remembered for
@@ -54,22 +54,15 @@ use tokio::{
 use tracing::{debug, warn};
 
 pub use self::{
-    rejection::{RejectionAction, TOKEN_REJECTIONS_TOTAL},
+    rejection::RejectionAction,
     store::{FetchTurn, ForceBudget, MemoryTokenStore, StoredToken, TokenStore, TokenStoreError},
 };
 use crate::{
     retry::Backoff,
     secret::Secret,
+    telemetry::catalog::{self, TokenFetch},
     wechat::{AppApi, FetchedToken, Retry, TokenMode, WechatError},
 };
-
-/// Counter of token fetches from WeChat (every attempt), labelled `app`.
-pub const TOKEN_FETCHES_TOTAL: &str = "wechat_notify_token_fetches_total";
-/// Counter of failed token fetches (every failed attempt), labelled `app`.
-pub const TOKEN_FETCH_FAILURES_TOTAL: &str = "wechat_notify_token_fetch_failures_total";
-/// Gauge of the stored token's `expires_in` (seconds), set whenever a token is stored, labelled
-/// `app`. [`TokenCache::time_to_expiry`] gives the live value.
-pub const TOKEN_EXPIRES_IN_SECONDS: &str = "wechat_notify_token_expires_in_seconds";
 
 /// Longest a refresh waits for another replica's fetch (through a shared store) before it
 /// fetches itself: a little more than the shared fetch lock's life.
@@ -428,12 +421,15 @@ impl TokenCache {
         }
     }
 
-    /// One call to WeChat, counted.
+    /// One call to WeChat, counted (and its errcode, if it answered one).
     async fn fetch_once(&self, force_refresh: bool) -> Result<FetchedToken, WechatError> {
-        metrics::counter!(TOKEN_FETCHES_TOTAL, "app" => self.app.clone()).increment(1);
         let result = self.source.fetch(force_refresh).await;
-        if result.is_err() {
-            metrics::counter!(TOKEN_FETCH_FAILURES_TOTAL, "app" => self.app.clone()).increment(1);
+        match &result {
+            Ok(_) => catalog::count_token_fetch(&self.app, TokenFetch::Ok),
+            Err(error) => {
+                catalog::count_token_fetch(&self.app, TokenFetch::Failed);
+                error.count_errcode(&self.app);
+            }
         }
         result
     }
@@ -477,8 +473,7 @@ impl TokenCache {
 
     fn install(&self, cached: Arc<CachedToken>) -> Arc<CachedToken> {
         let lifetime = cached.stored.lifetime;
-        metrics::gauge!(TOKEN_EXPIRES_IN_SECONDS, "app" => self.app.clone())
-            .set(lifetime.as_secs_f64());
+        catalog::set_token_expires_in(&self.app, lifetime);
         self.current.store(Some(cached.clone()));
         self.wake_refresher.notify_one();
         debug!(app = %self.app, expires_in_secs = lifetime.as_secs(), "access token cached");

@@ -151,7 +151,7 @@ async fn rejected_credentials_name_the_token_endpoint_and_its_errmsg() {
 
 #[tokio::test]
 async fn no_reachable_api_base_says_so() {
-    let closed = closed_base().await;
+    let (closed, _held) = closed_base().await;
     let mut harness = Harness::start_with(SandboxConfig::default(), move |config| {
         config.apps[0].api_bases = vec![closed];
     })

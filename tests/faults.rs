@@ -302,19 +302,20 @@ async fn one_bad_answer_never_spreads_to_other_calls() {
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), apps_file).unwrap();
     let logs = tempfile::NamedTempFile::new().unwrap();
-    let [grpc_addr, metrics_addr] = free_addrs();
     let mut command = command(logs.path());
     command
         .arg("serve")
-        .env("RUST_LOG", "warn")
+        // Warnings, and the line that says which ports the service got.
+        .env("RUST_LOG", "warn,wechat_notify::cli=info")
         .env("NOTIFY_CONFIG", config.path())
-        .env("NOTIFY_LISTEN", grpc_addr.to_string())
-        .env("NOTIFY_METRICS_LISTEN", metrics_addr.to_string())
+        .env("NOTIFY_LISTEN", ANY_PORT)
+        .env("NOTIFY_METRICS_LISTEN", ANY_PORT)
         .env(
             "WECHAT_REQUEST_TIMEOUT_MS",
             REQUEST_TIMEOUT.as_millis().to_string(),
         );
     let mut process = Process::spawn(command);
+    let grpc_addr = process.listening(logs.path()).grpc;
     let health = wait_until_serving(grpc_addr, &mut process).await;
 
     let run = Arc::new(Run {

@@ -18,14 +18,14 @@ use wechat_notify_sandbox::{DEFAULT_APPID, Sandbox, SandboxConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() {
-    let addrs @ [grpc_addr, _, sandbox_addr] = free_addrs();
     let logs = tempfile::NamedTempFile::new().unwrap();
     let command = serve_sandbox(
         logs.path(),
-        addrs,
         &["--shutdown-delay", "0", "--shutdown-grace", "20"],
     );
     let mut process = Process::spawn(command);
+    let listening = process.listening(logs.path());
+    let (grpc_addr, sandbox_addr) = (listening.grpc, listening.sandbox.unwrap());
     let health_channel = wait_until_serving(grpc_addr, &mut process).await;
 
     // Watch health on a connection of its own, opened before shutdown (a draining server
@@ -141,11 +141,11 @@ async fn sigterm_mid_batch_goes_not_serving_finishes_the_batch_and_exits_zero() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sigterm_new_connections_are_served_for_the_delay_with_health_not_serving() {
-    let addrs @ [grpc_addr, _, _] = free_addrs();
     let logs = tempfile::NamedTempFile::new().unwrap();
     // Far longer than the test needs: the second signal below ends it.
-    let command = serve_sandbox(logs.path(), addrs, &["--shutdown-delay", "300"]);
+    let command = serve_sandbox(logs.path(), &["--shutdown-delay", "300"]);
     let mut process = Process::spawn(command);
+    let grpc_addr = process.listening(logs.path()).grpc;
     wait_until_serving(grpc_addr, &mut process).await;
 
     process.signal("-TERM");
@@ -202,16 +202,16 @@ async fn after_sigterm_new_connections_are_served_for_the_delay_with_health_not_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_skips_the_delay() {
-    let [grpc_addr, metrics_addr, sandbox_addr] = free_addrs();
     let logs = tempfile::NamedTempFile::new().unwrap();
     let mut command = command(logs.path());
     command
         .args(["serve", "--sandbox"])
-        .env("NOTIFY_LISTEN", grpc_addr.to_string())
-        .env("NOTIFY_METRICS_LISTEN", metrics_addr.to_string())
-        .env("NOTIFY_SANDBOX_LISTEN", sandbox_addr.to_string())
+        .env("NOTIFY_LISTEN", ANY_PORT)
+        .env("NOTIFY_METRICS_LISTEN", ANY_PORT)
+        .env("NOTIFY_SANDBOX_LISTEN", ANY_PORT)
         .env("NOTIFY_SHUTDOWN_DELAY", "300");
     let mut process = Process::spawn(command);
+    let grpc_addr = process.listening(logs.path()).grpc;
     wait_until_serving(grpc_addr, &mut process).await;
 
     process.signal("-INT");
@@ -237,7 +237,6 @@ async fn warm_tokens_with_a_refused_secret_exits_non_zero_without_the_secret() {
         .await
         .unwrap();
     let secret = "f00dfeedf00dfeedf00dfeedf00dfeed";
-    let [grpc_addr, metrics_addr] = free_addrs();
     let logs = tempfile::NamedTempFile::new().unwrap();
     let mut command = command(logs.path());
     command
@@ -245,9 +244,9 @@ async fn warm_tokens_with_a_refused_secret_exits_non_zero_without_the_secret() {
             "serve",
             "--warm-tokens",
             "--listen",
-            &grpc_addr.to_string(),
+            ANY_PORT,
             "--metrics-listen",
-            &metrics_addr.to_string(),
+            ANY_PORT,
         ])
         .env("WECHAT_APPID", DEFAULT_APPID)
         .env("WECHAT_SECRET", secret)

@@ -331,7 +331,7 @@ async fn rejected_credentials_are_a_failed_precondition_without_a_send() {
 #[tokio::test]
 async fn a_refused_api_base_fails_over_to_the_next() {
     let sandbox_config = SandboxConfig::default();
-    let closed = closed_base().await;
+    let (closed, _held) = closed_base().await;
     let mut harness = Harness::start_with(sandbox_config, move |config| {
         let sandbox_base = config.apps[0].api_bases[0].clone();
         config.apps[0].api_bases = vec![closed, sandbox_base];
@@ -347,7 +347,7 @@ async fn a_refused_api_base_fails_over_to_the_next() {
 
 #[tokio::test]
 async fn no_reachable_base_is_unavailable() {
-    let closed = closed_base().await;
+    let (closed, _held) = closed_base().await;
     let mut harness = Harness::start_with(SandboxConfig::default(), move |config| {
         config.apps[0].api_bases = vec![closed];
     })

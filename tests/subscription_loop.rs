@@ -15,20 +15,12 @@ use wechat_notify::pb::{self, subscription_service_client::SubscriptionServiceCl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_pushes_feed_the_ledger_and_enforce_refuses_without_a_call() {
-    let [grpc_addr, metrics_addr, sandbox_addr] = process::free_addrs();
     let logs = tempfile::NamedTempFile::new().unwrap();
-    let mut command = process::command(logs.path());
-    command.env("NOTIFY_SUBSCRIPTION_CHECK", "enforce").args([
-        "serve",
-        "--sandbox",
-        "--listen",
-        &grpc_addr.to_string(),
-        "--metrics-listen",
-        &metrics_addr.to_string(),
-        "--sandbox-listen",
-        &sandbox_addr.to_string(),
-    ]);
+    let mut command = process::serve_sandbox(logs.path(), &[]);
+    command.env("NOTIFY_SUBSCRIPTION_CHECK", "enforce");
     let mut process = process::Process::spawn(command);
+    let listening = process.listening(logs.path());
+    let (grpc_addr, sandbox_addr) = (listening.grpc, listening.sandbox.unwrap());
     let channel = process::wait_until_serving(grpc_addr, &mut process).await;
     let mut notify = pb::notify_service_client::NotifyServiceClient::new(channel.clone());
     let mut subscriptions = SubscriptionServiceClient::new(channel);

@@ -4,7 +4,7 @@
 //! sandbox's appid, a fresh secret, the sandbox's address as API base, fresh push settings) and
 //! checked like any other app.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use base64::Engine;
 use url::Url;
@@ -22,7 +22,34 @@ pub const SANDBOX_APP_NAME: &str = "sandbox";
 
 /// The running sandbox: the service sends to it for as long as it is kept.
 pub struct EmbeddedSandbox {
-    _server: SandboxServer,
+    server: SandboxServer,
+    appid: String,
+    push: PushText,
+}
+
+impl EmbeddedSandbox {
+    /// Where the sandbox listens (its port as bound).
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// Points the app's pushes at the service's push listener, bound at `push_addr`, so the
+    /// whole loop (popup -> push -> ledger -> send) runs offline. Called before the service
+    /// serves: a first popup must find its push URL.
+    pub fn send_pushes_to(&self, push_addr: SocketAddr) {
+        let url = push_url(push_addr);
+        tracing::info!(%url, "embedded sandbox pushes subscription events to the service");
+        self.server.sandbox().set_push_target(
+            &self.appid,
+            Some(PushTarget {
+                url,
+                token: self.push.token.clone(),
+                encoding_aes_key: self.push.aes_key.clone(),
+                mode: PushMode::Safe,
+                format: PushFormat::Xml,
+            }),
+        );
+    }
 }
 
 /// Why `serve --sandbox` could not start.
@@ -34,22 +61,16 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// No free port could be found for the push listener.
-    #[error("cannot find a port for the push listener on {addr}: {source}")]
-    PushPort {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
     /// The sandbox's app was refused (a configuration error).
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
 
 /// Starts the sandbox on the plan's address, auto-accepting subscriptions so a first send just
-/// works, and returns the configuration with its app, whose pushes the sandbox sends to the
-/// service's own push listener, so the whole loop (popup -> push -> ledger -> send) runs
-/// offline.
-pub async fn start(mut plan: SandboxPlan) -> Result<(ServeConfig, EmbeddedSandbox), StartError> {
+/// works, and returns the configuration with its app. Its pushes go nowhere until
+/// [`EmbeddedSandbox::send_pushes_to`] is given the push listener as bound (port 0 resolved
+/// then, by the one bind of the service's listeners).
+pub async fn start(plan: SandboxPlan) -> Result<(ServeConfig, EmbeddedSandbox), StartError> {
     let appid = SandboxConfig::default().apps[0].appid.clone();
     let secret = uuid::Uuid::new_v4().simple().to_string();
     let sandbox_config = SandboxConfig {
@@ -64,13 +85,6 @@ pub async fn start(mut plan: SandboxPlan) -> Result<(ServeConfig, EmbeddedSandbo
             addr: plan.listen,
             source,
         })?;
-    // The sandbox must know the push URL before the service says SERVING (a first popup would
-    // otherwise go nowhere), so port 0 is resolved to a free port here.
-    if plan.push_listen.port() == 0 {
-        let addr = plan.push_listen;
-        plan.push_listen =
-            free_port(addr).map_err(|source| StartError::PushPort { addr, source })?;
-    }
     let push = PushText {
         token: uuid::Uuid::new_v4().simple().to_string(),
         aes_key: Some(encoding_aes_key()),
@@ -83,7 +97,6 @@ pub async fn start(mut plan: SandboxPlan) -> Result<(ServeConfig, EmbeddedSandbo
         api_base: server.base_url().to_string(),
         push: Some(push.clone()),
     };
-    let push_url = push_url(plan.push_listen);
     let config = plan.into_config(app)?;
     tracing::info!(
         base_url = %server.base_url(),
@@ -91,23 +104,14 @@ pub async fn start(mut plan: SandboxPlan) -> Result<(ServeConfig, EmbeddedSandbo
         inbox = %format!("{}sandbox/inbox", server.base_url()),
         "embedded sandbox listening (a fake WeChat API for development)"
     );
-    tracing::info!(%push_url, "embedded sandbox pushes subscription events to the service");
-    server.sandbox().set_push_target(
-        &appid,
-        Some(PushTarget {
-            url: push_url,
-            token: push.token,
-            encoding_aes_key: push.aes_key,
-            mode: PushMode::Safe,
-            format: PushFormat::Xml,
-        }),
-    );
-    Ok((config, EmbeddedSandbox { _server: server }))
-}
-
-/// A free port on `addr`'s address.
-fn free_port(addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    TcpListener::bind(addr)?.local_addr()
+    Ok((
+        config,
+        EmbeddedSandbox {
+            server,
+            appid,
+            push,
+        },
+    ))
 }
 
 /// A fresh EncodingAESKey: 32 random bytes as 43 characters of base64, as the admin makes one.

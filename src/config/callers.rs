@@ -34,7 +34,7 @@ const TOKEN_KEYS: &[&str] = &["token_sha256", "token_env", "token_file"];
 pub const RPC_NAMES: &[&str] = &["send", "batch", "subscriptions"];
 
 /// The name metrics give a call that no configured caller made; no caller may take it.
-pub const ANONYMOUS: &str = "anonymous";
+pub const ANONYMOUS: &str = crate::telemetry::catalog::ANONYMOUS_CALLER;
 
 /// Allowed `max_batch`.
 pub const MAX_BATCH_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000;

@@ -55,14 +55,24 @@ pub(super) fn validate(settings: RedisSettings) -> Result<Option<RedisConfig>, (
     let cluster = settings.cluster.unwrap_or(false);
     let urls: Vec<&str> = url.expose().split(',').map(str::trim).collect();
     for (index, entry) in urls.iter().enumerate() {
-        check_url(entry).map_err(|problem| {
-            let which = if urls.len() == 1 {
+        let which = || {
+            if urls.len() == 1 {
                 "the URL".to_owned()
             } else {
                 format!("URL {} of the list", index + 1)
-            };
-            (RedisKey::Url, format!("{which} {problem}"))
-        })?;
+            }
+        };
+        let transport = check_url(entry)
+            .map_err(|problem| (RedisKey::Url, format!("{} {problem}", which())))?;
+        if cluster && transport == Transport::Unix {
+            return Err((
+                RedisKey::Url,
+                format!(
+                    "{} is a unix socket; cluster nodes are reached over TCP (redis:// or rediss://)",
+                    which()
+                ),
+            ));
+        }
     }
     if urls.len() > 1 && !cluster {
         return Err((
@@ -84,21 +94,35 @@ pub(super) fn validate(settings: RedisSettings) -> Result<Option<RedisConfig>, (
     }))
 }
 
-/// A `redis://` or `rediss://` URL with a host. The message never repeats the URL.
-fn check_url(entry: &str) -> Result<(), String> {
+/// How a Redis URL reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    /// `redis://` or `rediss://`: TCP, TLS for `rediss`.
+    Tcp,
+    /// `redis+unix://` or `unix://`: a unix socket on this host (a sidecar, a local server).
+    Unix,
+}
+
+/// A `redis://` or `rediss://` URL with a host, or a `redis+unix://` or `unix://` URL with a
+/// socket path (the redis crate's forms: `redis+unix:///run/redis.sock?db=1&pass=...`). The
+/// message never repeats the URL.
+fn check_url(entry: &str) -> Result<Transport, String> {
     let url = Url::parse(entry).map_err(|error| {
-        format!("is not a URL ({error}); write it as redis[s]://[:password@]host[:port][/db]")
+        format!(
+            "is not a URL ({error}); write it as redis[s]://[:password@]host[:port][/db] or \
+             redis+unix:///path/to/redis.sock"
+        )
     })?;
-    if !matches!(url.scheme(), "redis" | "rediss") {
-        return Err(format!(
-            "has the scheme `{}`; expected redis or rediss",
-            url.scheme().escape_debug()
-        ));
+    match url.scheme() {
+        "redis" | "rediss" if url.host().is_none() => Err("has no host".to_owned()),
+        "redis" | "rediss" => Ok(Transport::Tcp),
+        "redis+unix" | "unix" if url.path().len() <= 1 => Err("has no socket path".to_owned()),
+        "redis+unix" | "unix" => Ok(Transport::Unix),
+        other => Err(format!(
+            "has the scheme `{}`; expected redis, rediss, redis+unix or unix",
+            other.escape_debug()
+        )),
     }
-    if url.host().is_none() {
-        return Err("has no host".to_owned());
-    }
-    Ok(())
 }
 
 /// A key prefix: non-empty, short, printable, and free of `{` and `}` (which would move the
@@ -172,5 +196,31 @@ mod tests {
         assert_eq!(key, RedisKey::KeyPrefix);
         let (key, _) = validate(settings(None, Some("p"), None)).unwrap_err();
         assert_eq!(key, RedisKey::Url);
+    }
+
+    #[test]
+    fn a_unix_socket_serves_one_redis_but_not_a_cluster() {
+        for url in [
+            "redis+unix:///run/redis/redis.sock",
+            "unix:///run/redis/redis.sock?db=1&pass=hunter2",
+        ] {
+            let config = validate(settings(Some(url), None, None)).unwrap().unwrap();
+            assert_eq!(config.urls[0].expose(), url);
+        }
+        let (key, problem) = validate(settings(Some("redis+unix://"), None, None)).unwrap_err();
+        assert_eq!(key, RedisKey::Url);
+        assert!(problem.contains("no socket path"), "{problem}");
+        let (key, problem) = validate(settings(
+            Some("redis://a:7000,unix:///run/redis.sock?pass=hunter2"),
+            None,
+            Some(true),
+        ))
+        .unwrap_err();
+        assert_eq!(key, RedisKey::Url);
+        assert!(
+            problem.contains("URL 2 of the list is a unix socket"),
+            "{problem}"
+        );
+        assert!(!problem.contains("hunter2"));
     }
 }

@@ -39,22 +39,11 @@ use crate::{
     push_crypto::{self, PushMode},
     service::{App, Notifier},
     subscriptions::PUSH_DEDUPE_TTL,
-    telemetry::catalog::PUSH_REQUESTS_TOTAL,
+    telemetry::catalog::{self, PushResult, UNKNOWN_APP},
 };
 
 /// The largest push body accepted; WeChat's subscribe events are well under 4 KiB.
 pub const MAX_PUSH_BODY_BYTES: usize = 64 * 1024;
-
-/// Every `result` of [`PUSH_REQUESTS_TOTAL`].
-pub const PUSH_RESULTS: [&str; 7] = [
-    "verified",
-    "accepted",
-    "duplicate",
-    "bad_signature",
-    "stale",
-    "bad_request",
-    "unknown_app",
-];
 
 /// One app that takes pushes.
 struct PushApp {
@@ -74,10 +63,7 @@ impl PushEndpoint {
     pub fn new(notifier: Arc<Notifier>, apps: Vec<(Arc<App>, PushSettings)>) -> Self {
         let mut by_key = HashMap::new();
         for (app, settings) in apps {
-            for result in PUSH_RESULTS {
-                metrics::counter!(PUSH_REQUESTS_TOTAL, "app" => app.name.clone(), "result" => result)
-                    .increment(0);
-            }
+            catalog::register_push_app(&app.name);
             let entry = Arc::new(PushApp { app, settings });
             by_key.insert(entry.app.name.clone(), entry.clone());
             by_key.insert(entry.app.appid.clone(), entry);
@@ -109,33 +95,28 @@ struct PushQuery {
     msg_signature: Option<String>,
 }
 
-/// A refused request: its status, result label and reason (for the log; never a secret).
-struct Refusal(StatusCode, &'static str, &'static str);
+/// A refused request: its status, result and reason (for the log; never a secret).
+struct Refusal(StatusCode, PushResult, &'static str);
 
 fn refuse(app: &str, refusal: Refusal) -> Response {
     let Refusal(status, result, reason) = refusal;
-    count(app, result);
-    tracing::warn!(app, result, reason, "push refused");
+    catalog::count_push_request(app, result);
+    tracing::warn!(app, result = result.label(), reason, "push refused");
     (status, reason).into_response()
 }
 
-fn count(app: &str, result: &'static str) {
-    metrics::counter!(PUSH_REQUESTS_TOTAL, "app" => app.to_owned(), "result" => result)
-        .increment(1);
-}
-
 fn unknown_app() -> Response {
-    count("unknown", "unknown_app");
+    catalog::count_push_request(UNKNOWN_APP, PushResult::UnknownApp);
     tracing::warn!(reason = "no app takes pushes at this path", "push refused");
     (StatusCode::NOT_FOUND, "unknown app").into_response()
 }
 
 fn bad_signature(reason: &'static str) -> Refusal {
-    Refusal(StatusCode::UNAUTHORIZED, "bad_signature", reason)
+    Refusal(StatusCode::UNAUTHORIZED, PushResult::BadSignature, reason)
 }
 
 fn bad_request(reason: &'static str) -> Refusal {
-    Refusal(StatusCode::BAD_REQUEST, "bad_request", reason)
+    Refusal(StatusCode::BAD_REQUEST, PushResult::BadRequest, reason)
 }
 
 async fn verify_url(
@@ -153,7 +134,7 @@ async fn verify_url(
     let Some(echostr) = query.echostr else {
         return refuse(name, bad_request("echostr is missing"));
     };
-    count(name, "verified");
+    catalog::count_push_request(name, PushResult::Verified);
     tracing::info!(app = %name, "push url verified");
     // Verbatim, as plain text: anything else fails WeChat's check.
     echostr.into_response()
@@ -182,11 +163,11 @@ async fn receive(
         }
     };
     if !claimed {
-        count(&name, "duplicate");
+        catalog::count_push_request(&name, PushResult::Duplicate);
         tracing::debug!(app = %name, "push retry ignored");
         return "success".into_response();
     }
-    count(&name, "accepted");
+    catalog::count_push_request(&name, PushResult::Accepted);
     let notifier = endpoint.notifier.clone();
     // Answered first, applied after: WeChat gives up (and retries) after 5 s.
     tokio::spawn(async move { notifier.apply_push(&push.app, event).await });
@@ -213,7 +194,7 @@ fn check_signature(settings: &PushSettings, query: &PushQuery) -> Result<(), Ref
         Ok(signed) if signed.abs_diff(now) <= PUSH_DEDUPE_TTL.as_secs() => Ok(()),
         _ => Err(Refusal(
             StatusCode::UNAUTHORIZED,
-            "stale",
+            PushResult::Stale,
             "timestamp is more than 5 minutes away from now",
         )),
     }

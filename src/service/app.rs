@@ -26,7 +26,7 @@ use crate::{
     service::CallerRef,
     store::limits::{Admit, SharedLimits},
     subscriptions::SubscriptionCheck,
-    telemetry::{self, catalog::MessageCounters},
+    telemetry::catalog::{MessageCounters, Outcome},
     templates::TemplateCache,
     token::TokenCache,
     wechat::{AppApi, Retry, SubscribeMessage},
@@ -178,9 +178,8 @@ impl App {
         self
     }
 
-    /// Counts one message of this app sent for `caller` with `outcome` (one of
-    /// `MESSAGE_OUTCOMES`).
-    pub(crate) fn count_message(&self, caller: Option<&CallerRef>, outcome: &'static str) {
+    /// Counts one message of this app sent for `caller` with `outcome`.
+    pub(crate) fn count_message(&self, caller: Option<&CallerRef>, outcome: Outcome) {
         let counters = match caller
             .and_then(|caller| Some((caller, self.caller_messages.get(caller.index)?)))
         {
@@ -284,7 +283,7 @@ impl App {
             let attempt = self.api.send(&token, message).await;
             attempts += attempt.requests;
             if let Err(error) = &attempt.result {
-                telemetry::count_wechat_error(&self.name, error);
+                error.count_errcode(&self.name);
             }
             let error = match attempt.result {
                 Ok(delivered) => {

@@ -12,7 +12,7 @@ use super::{
     App, CallerRef, Notifier, Receipt, SendError,
     app::{Admission, BATCH_ADMISSION_WAIT, BatchStop},
     check::{self, Violations},
-    non_empty, outcome_label,
+    non_empty, outcome,
 };
 use crate::wechat::{MiniprogramState, SubscribeMessage, TemplateInfo};
 
@@ -208,7 +208,7 @@ impl Notifier {
                         .await;
                     shared
                         .app
-                        .count_message(shared.caller.as_ref(), outcome_label(&result));
+                        .count_message(shared.caller.as_ref(), outcome(&result));
                     (offset, RecipientOutcome { touser, result })
                 }
             })

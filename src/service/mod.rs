@@ -33,7 +33,7 @@ use self::check::Violations;
 use crate::{
     idempotency::{IdempotencyStore, Keyed, Record},
     subscriptions::Ledger,
-    telemetry::catalog::MessageCounters,
+    telemetry::catalog::{MessageCounters, Outcome},
     validation::MAX_ID_BYTES,
     wechat::{MiniprogramState, SubscribeMessage},
 };
@@ -96,17 +96,17 @@ pub struct Receipt {
     pub deduplicated: bool,
 }
 
-/// Outcome label of `wechat_notify_messages_total`.
-fn outcome_label(result: &Result<Receipt, SendError>) -> &'static str {
+/// The message's outcome in `wechat_notify_messages_total`.
+fn outcome(result: &Result<Receipt, SendError>) -> Outcome {
     match result {
-        Ok(receipt) if receipt.deduplicated => "deduplicated",
-        Ok(_) => "sent",
+        Ok(receipt) if receipt.deduplicated => Outcome::Deduplicated,
+        Ok(_) => Outcome::Sent,
         Err(error) => match &error.kind {
-            ErrorKind::Invalid(_) | ErrorKind::UnknownApp(_) => "invalid",
+            ErrorKind::Invalid(_) | ErrorKind::UnknownApp(_) => Outcome::Invalid,
             // Refused for the ledger's reasons, as WeChat would have with 43101.
-            ErrorKind::NotSubscribed(_) => "rejected",
-            _ if error.wechat_errcode().is_some() => "rejected",
-            _ => "failed",
+            ErrorKind::NotSubscribed(_) => Outcome::Rejected,
+            _ if error.wechat_errcode().is_some() => Outcome::Rejected,
+            _ => Outcome::Failed,
         },
     }
 }
@@ -211,12 +211,12 @@ impl Notifier {
             Ok(app) => {
                 let caller = request.caller.clone();
                 let result = self.send_checked(&app, request, deadline).await;
-                app.count_message(caller.as_ref(), outcome_label(&result));
+                app.count_message(caller.as_ref(), outcome(&result));
                 result
             }
             Err(error) => {
                 let result = Err(error);
-                MessageCounters::unknown_app().count(outcome_label(&result));
+                MessageCounters::unknown_app().count(outcome(&result));
                 result
             }
         }

@@ -12,10 +12,7 @@ use crate::{
         Answer, Kind, Ledger, LedgerEvent, Source, Subscription, SubscriptionCheck, Update,
         Verdict, Watcher, verdict,
     },
-    telemetry::catalog::{
-        SUBSCRIPTION_LEDGER_LOOKUPS_TOTAL, SUBSCRIPTION_PUSH_EVENTS_TOTAL,
-        SUBSCRIPTION_SENDS_SAVED_TOTAL,
-    },
+    telemetry::catalog::{self, LedgerLookup, PushEventKind},
     wechat::{ErrorClass, TemplateKind},
 };
 
@@ -145,14 +142,14 @@ impl Notifier {
         let Some(ledger) = &self.ledger else {
             return;
         };
-        let (label, result) = match event.kind {
+        let (kind, result) = match event.kind {
             EventKind::Popup(items) => (
-                "popup",
+                PushEventKind::Popup,
                 self.apply_answers(ledger, app, &event.openid, items, Source::PopupEvent)
                     .await,
             ),
             EventKind::Change(items) => (
-                "change",
+                PushEventKind::Change,
                 self.apply_answers(ledger, app, &event.openid, items, Source::ChangeEvent)
                     .await,
             ),
@@ -171,12 +168,11 @@ impl Notifier {
                         )
                         .await;
                 }
-                ("sent", Ok(()))
+                (PushEventKind::Sent, Ok(()))
             }
-            EventKind::Other(_) => ("other", Ok(())),
+            EventKind::Other(_) => (PushEventKind::Other, Ok(())),
         };
-        metrics::counter!(SUBSCRIPTION_PUSH_EVENTS_TOTAL, "app" => app.name.clone(), "event" => label)
-            .increment(1);
+        catalog::count_push_event(&app.name, kind);
         if let Err(error) = result {
             tracing::warn!(app = %app.name, %error, "push not applied: the ledger is unavailable");
         }
@@ -240,13 +236,15 @@ impl Notifier {
                 return Ok(());
             }
         };
-        let result = if entry.is_some() { "hit" } else { "miss" };
-        metrics::counter!(SUBSCRIPTION_LEDGER_LOOKUPS_TOTAL, "app" => app.name.clone(), "result" => result)
-            .increment(1);
+        let lookup = if entry.is_some() {
+            LedgerLookup::Hit
+        } else {
+            LedgerLookup::Miss
+        };
+        catalog::count_ledger_lookup(&app.name, lookup);
         match verdict(entry.as_ref()) {
             Verdict::Undeliverable(reason) if mode == SubscriptionCheck::Enforce => {
-                metrics::counter!(SUBSCRIPTION_SENDS_SAVED_TOTAL, "app" => app.name.clone())
-                    .increment(1);
+                catalog::count_send_saved(&app.name);
                 Err(SendError::new(ErrorKind::NotSubscribed(reason), 0))
             }
             _ => Ok(()),

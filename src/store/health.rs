@@ -5,10 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::watch;
 
-/// Counter of failed Redis calls (every failure).
-pub const STORE_ERRORS_TOTAL: &str = "wechat_notify_store_errors_total";
-/// Gauge: 1 while the shared store answers, 0 while it does not.
-pub const STORE_UP: &str = "wechat_notify_store_up";
+use crate::telemetry::catalog::{self, StoreState};
 
 /// The shared store's state as last seen.
 #[derive(Debug)]
@@ -23,7 +20,7 @@ pub(crate) struct StoreHealth {
 
 impl StoreHealth {
     pub fn new() -> Self {
-        metrics::gauge!(STORE_UP).set(0.0);
+        catalog::set_store_state(StoreState::Down);
         Self {
             up: AtomicBool::new(false),
             connected: watch::Sender::new(false),
@@ -39,7 +36,7 @@ impl StoreHealth {
     /// A call succeeded.
     pub fn record_ok(&self) {
         if !self.up.swap(true, Ordering::AcqRel) {
-            metrics::gauge!(STORE_UP).set(1.0);
+            catalog::set_store_state(StoreState::Up);
             if *self.connected.borrow() {
                 tracing::info!("redis reachable again; shared state resumed");
             } else {
@@ -51,9 +48,9 @@ impl StoreHealth {
 
     /// A call failed.
     pub fn record_error(&self, error: &::redis::RedisError) {
-        metrics::counter!(STORE_ERRORS_TOTAL).increment(1);
+        catalog::count_store_error();
         if self.up.swap(false, Ordering::AcqRel) {
-            metrics::gauge!(STORE_UP).set(0.0);
+            catalog::set_store_state(StoreState::Down);
             tracing::warn!(
                 %error,
                 "redis unreachable; keyed sends are refused unless their record is known here, \

@@ -119,8 +119,9 @@ impl ConnectionLike for Connection {
 /// (`crate::config::ServeConfig::redis`; `None` there keeps all state in the process).
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
-    /// One `redis://` or `rediss://` URL, or (cluster mode) any number of node URLs; redacted
-    /// in Debug, since a URL may carry a password.
+    /// One `redis://`, `rediss://` or unix socket (`redis+unix://`, `unix://`) URL, or (cluster
+    /// mode) any number of `redis://` or `rediss://` node URLs; redacted in Debug, since a URL
+    /// may carry a password.
     pub urls: Vec<Secret>,
     /// Talk to a Redis Cluster (the URLs name any of its nodes).
     pub cluster: bool,
@@ -298,7 +299,7 @@ impl RedisStore {
                     return;
                 }
                 Err(error) => {
-                    metrics::counter!(super::health::STORE_ERRORS_TOTAL).increment(1);
+                    crate::telemetry::catalog::count_store_error();
                     if !logged {
                         tracing::warn!(%error, "cannot connect to redis; health stays NOT_SERVING until it connects");
                         logged = true;

@@ -10,7 +10,7 @@ use tracing_subscriber::{
     fmt::{
         FmtContext, FormatEvent, FormattedFields,
         format::{JsonFields, Writer},
-        time::FormatTime,
+        time::{FormatTime, SystemTime},
     },
     registry::LookupSpan,
 };
@@ -33,7 +33,8 @@ where
         let metadata = event.metadata();
         let mut line = Map::new();
         let mut timestamp = String::new();
-        if super::Rfc3339Micros
+        // tracing-subscriber's own timestamp, as on text lines: RFC 3339, UTC, microseconds.
+        if SystemTime
             .format_time(&mut Writer::new(&mut timestamp))
             .is_ok()
         {

@@ -8,7 +8,7 @@
 
 use std::{io::IsTerminal, sync::OnceLock};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{
     EnvFilter,
@@ -16,19 +16,15 @@ use tracing_subscriber::{
     prelude::*,
 };
 
-use crate::{config::LogFormat, wechat::UPSTREAM_REQUEST_DURATION};
+use crate::config::LogFormat;
 
 pub mod catalog;
 mod json;
 mod rpc;
-mod time;
-mod upstream;
 
-pub use catalog::count_wechat_error;
+pub use catalog::{CallerRpcMetrics, code_name};
 pub use json::FlatJson;
-pub use rpc::{CallerRpcMetrics, REQUEST_ID_HEADER, RpcTelemetryLayer, attribute_rpc, code_name};
-use time::Rfc3339Micros;
-pub use upstream::{CountTemplateErrcodes, CountTokenErrcodes};
+pub use rpc::{REQUEST_ID_HEADER, RpcTelemetryLayer, attribute_rpc};
 
 /// Keeps the log writer thread running; dropping it flushes the lines still queued. Hold it
 /// until the process is done logging.
@@ -66,12 +62,7 @@ where
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
         LogFormat::Text => registry
-            .with(
-                fmt::layer()
-                    .with_ansi(ansi)
-                    .with_timer(Rfc3339Micros)
-                    .with_writer(writer),
-            )
+            .with(fmt::layer().with_ansi(ansi).with_writer(writer))
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -85,47 +76,20 @@ where
     installed.is_ok()
 }
 
-/// Upstream latency buckets, in seconds: WeChat usually answers within tens of milliseconds,
-/// and the client gives up after its request timeout (10 s by default).
-const UPSTREAM_LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// RPC latency buckets, in seconds: a SendSubscribe takes one upstream round trip (or waits up
-/// to 30 s for the app's limits); a BatchSend of thousands takes seconds to minutes.
-const RPC_LATENCY_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-];
-
 /// The process-wide Prometheus recorder (installed and described on first use) and its
 /// renderer.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full(UPSTREAM_REQUEST_DURATION.to_owned()),
-                    UPSTREAM_LATENCY_BUCKETS,
-                )
-                // Any other histogram is a histogram too (not a summary).
-                .and_then(|builder| builder.set_buckets(UPSTREAM_LATENCY_BUCKETS))
-                .and_then(|builder| {
-                    builder.set_buckets_for_metric(
-                        Matcher::Full(catalog::RPC_DURATION.to_owned()),
-                        RPC_LATENCY_BUCKETS,
-                    )
-                })
-                .expect("latency buckets are not empty")
-                .build_recorder();
+            let recorder = catalog::recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is installed; this handle then renders nothing,
             // which is visible on /metrics rather than fatal.
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed");
             }
-            catalog::describe_all();
-            catalog::record_build_info();
+            catalog::install();
             handle
         })
         .clone()
@@ -136,8 +100,8 @@ const METRICS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_s
 
 /// Folds recorded histogram samples into their buckets every few seconds, until aborted.
 /// The recorder keeps every raw sample until upkeep or a scrape drains it, so without this a
-/// service nobody scrapes grows without bound: 8 bytes per sample, two samples per message,
-/// ~24 MB a minute at 25,000 messages/s. (`build_recorder` leaves upkeep to the caller.)
+/// service nobody scrapes grows without bound: 8 bytes per sample, two samples per message.
+/// (`build_recorder` leaves upkeep to the caller.)
 pub fn spawn_metrics_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(METRICS_UPKEEP_INTERVAL);

@@ -45,15 +45,10 @@ use tracing::{debug, info, warn};
 use crate::{
     retry::Backoff,
     secret::Secret,
+    telemetry::catalog::{self, TemplateFetch},
     token::TokenCache,
     wechat::{AppApi, Retry, TemplateInfo, WechatError},
 };
-
-/// Counter `{app, result}` of template list requests to WeChat: `ok`, `rejected` (an errcode)
-/// or `failed` (no usable answer).
-pub const TEMPLATE_FETCHES_TOTAL: &str = "wechat_notify_template_fetches_total";
-/// The `result` values of [`TEMPLATE_FETCHES_TOTAL`].
-pub const TEMPLATE_FETCH_RESULTS: [&str; 3] = ["ok", "rejected", "failed"];
 
 /// Where template lists come from: WeChat (via [`AppApi`]) in production, a fake in unit tests.
 #[async_trait]
@@ -166,10 +161,7 @@ impl TemplateCache {
         tokens: Arc<TokenCache>,
         options: TemplateOptions,
     ) -> Arc<Self> {
-        for result in TEMPLATE_FETCH_RESULTS {
-            metrics::counter!(TEMPLATE_FETCHES_TOTAL, "app" => app.to_owned(), "result" => result)
-                .increment(0);
-        }
+        catalog::register_template_fetches(app);
         Arc::new(Self {
             app: app.to_owned(),
             source,
@@ -323,13 +315,15 @@ impl TemplateCache {
     async fn fetch(&self) -> Result<Vec<TemplateInfo>, WechatError> {
         let token = self.tokens.get().await?;
         let result = self.source.templates(&token).await;
-        let label = match &result {
-            Ok(_) => "ok",
-            Err(error) if error.errcode().is_some() => "rejected",
-            Err(_) => "failed",
+        let fetch = match &result {
+            Ok(_) => TemplateFetch::Ok,
+            Err(error) if error.errcode().is_some() => TemplateFetch::Rejected,
+            Err(_) => TemplateFetch::Failed,
         };
-        metrics::counter!(TEMPLATE_FETCHES_TOTAL, "app" => self.app.clone(), "result" => label)
-            .increment(1);
+        catalog::count_template_fetch(&self.app, fetch);
+        if let Err(error) = &result {
+            error.count_errcode(&self.app);
+        }
         if let Err(error) = &result
             && error.retry() == Retry::NewToken
         {

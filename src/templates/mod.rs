@@ -10,7 +10,4 @@ pub mod cache;
 pub mod check;
 
 pub use crate::wechat::{TemplateInfo, TemplateKind};
-pub use cache::{
-    Lookup, TEMPLATE_FETCH_RESULTS, TEMPLATE_FETCHES_TOTAL, TemplateCache, TemplateOptions,
-    TemplateSource,
-};
+pub use cache::{Lookup, TemplateCache, TemplateOptions, TemplateSource};

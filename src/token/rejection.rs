@@ -10,12 +10,9 @@ use tracing::{debug, warn};
 use super::{ForceBudget, RefreshState, TokenCache};
 use crate::{
     secret::Secret,
+    telemetry::catalog::{self, TokenRejection},
     wechat::{TokenMode, WechatError},
 };
-
-/// Counter of token rejections (40001, 42001, 40014 on a send or a template list), labelled
-/// `app`, `errcode` and `action` (one of [`RejectionAction::label`]).
-pub const TOKEN_REJECTIONS_TOTAL: &str = "wechat_notify_token_rejections_total";
 
 /// Token values whose rejection fetch is remembered at most (a handful: within one
 /// [`force_refresh_interval`](super::TokenOptions::force_refresh_interval) only a few tokens
@@ -42,19 +39,25 @@ pub enum RejectionAction {
 }
 
 impl RejectionAction {
-    /// The `action` label of [`TOKEN_REJECTIONS_TOTAL`].
+    /// The `action` of logs and of `wechat_notify_token_rejections_total`.
     pub fn label(self) -> &'static str {
-        match self {
-            RejectionAction::Refreshed => "refreshed",
-            RejectionAction::ForceRefreshed => "force_refreshed",
-            RejectionAction::Kept => "kept",
+        TokenRejection::from(self).label()
+    }
+}
+
+impl From<RejectionAction> for TokenRejection {
+    fn from(action: RejectionAction) -> Self {
+        match action {
+            RejectionAction::Refreshed => TokenRejection::Refreshed,
+            RejectionAction::ForceRefreshed => TokenRejection::ForceRefreshed,
+            RejectionAction::Kept => TokenRejection::Kept,
         }
     }
 }
 
 impl TokenCache {
     /// WeChat rejected `rejected` with `errcode` (40001, 42001 or 40014) on a send or a template
-    /// list: handles it as the module docs say and counts it in [`TOKEN_REJECTIONS_TOTAL`]. The
+    /// list: handles it as the module docs say and counts it in metrics. The
     /// caller then retries once with [`TokenCache::get`]. An error means the fetch it needed
     /// failed (the token endpoint's own answer, carrying `endpoint: Token`); the rejected token is
     /// kept installed then too, so other callers go on as before.
@@ -76,13 +79,7 @@ impl TokenCache {
         let action = result
             .as_ref()
             .map_or(RejectionAction::Kept, |action| *action);
-        metrics::counter!(
-            TOKEN_REJECTIONS_TOTAL,
-            "app" => self.app.clone(),
-            "errcode" => errcode.to_string(),
-            "action" => action.label(),
-        )
-        .increment(1);
+        catalog::count_token_rejection(&self.app, errcode, action.into());
         match &result {
             Ok(action) => {
                 warn!(app = %self.app, errcode, action = action.label(), "wechat rejected the access token")

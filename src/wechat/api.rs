@@ -19,11 +19,7 @@ use super::{
         parse_token_response,
     },
 };
-use crate::secret::Secret;
-
-/// Histogram of upstream HTTP request latency, labelled `app` and `endpoint` (`send`, `token`,
-/// `templates`).
-pub const UPSTREAM_REQUEST_DURATION: &str = "wechat_notify_upstream_request_duration_seconds";
+use crate::{secret::Secret, telemetry::catalog};
 
 /// Which token endpoint an app uses (the configuration maps its setting to it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,13 +89,8 @@ impl AppInner {
             Endpoint::Send => 1,
             Endpoint::Templates => 2,
         };
-        let duration = self.durations[index].get_or_init(|| {
-            metrics::histogram!(
-                UPSTREAM_REQUEST_DURATION,
-                "app" => self.metrics_app.clone(),
-                "endpoint" => endpoint.label(),
-            )
-        });
+        let duration = self.durations[index]
+            .get_or_init(|| catalog::upstream_request_duration(&self.metrics_app, endpoint.into()));
         Caller {
             app: &self.metrics_app,
             endpoint,

@@ -3,6 +3,8 @@
 
 use std::{fmt, sync::Arc};
 
+use crate::telemetry::catalog;
+
 /// Which WeChat endpoint an error came from: the same errcode can mean different things on each
 /// (40001 is a wrong AppSecret on the token endpoint, a stale token on the send endpoint).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +24,16 @@ impl Endpoint {
             Endpoint::Token => "token",
             Endpoint::Send => "send",
             Endpoint::Templates => "templates",
+        }
+    }
+}
+
+impl From<Endpoint> for catalog::Endpoint {
+    fn from(endpoint: Endpoint) -> Self {
+        match endpoint {
+            Endpoint::Token => catalog::Endpoint::Token,
+            Endpoint::Send => catalog::Endpoint::Send,
+            Endpoint::Templates => catalog::Endpoint::Templates,
         }
     }
 }
@@ -116,6 +128,14 @@ impl WechatError {
             _ => None,
         }
     }
+
+    /// Counts the error in `wechat_notify_wechat_errors_total` of `app` when WeChat answered it
+    /// with an errcode.
+    pub fn count_errcode(&self, app: &str) {
+        if let Some(errcode) = self.errcode() {
+            catalog::count_wechat_errcode(app, self.endpoint().into(), errcode);
+        }
+    }
 }
 
 /// A transport failure (no connection, a timeout, a reset) as reqwest reported it, without the
@@ -204,5 +224,17 @@ impl fmt::Display for ErrorChain<'_> {
             source = cause.source();
         }
         f.write_str(&written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_label_endpoints_as_logs_do() {
+        for endpoint in [Endpoint::Token, Endpoint::Send, Endpoint::Templates] {
+            assert_eq!(catalog::Endpoint::from(endpoint).label(), endpoint.label());
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! and a real gRPC client.
 #![allow(dead_code)]
 
+pub mod listening;
 pub mod pki;
 pub mod process;
 pub mod redis;
@@ -193,12 +194,14 @@ pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     }
 }
 
-/// A loopback URL on which nothing listens: connections are refused.
-pub async fn closed_base() -> Url {
-    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    Url::parse(&format!("http://{addr}/")).unwrap()
+/// A loopback URL on which nothing listens, so connections are refused, and the socket that
+/// holds its port (bound, never listening) so nothing else can take it: keep it while the URL
+/// is in use.
+pub async fn closed_base() -> (Url, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(loopback()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (Url::parse(&format!("http://{addr}/")).unwrap(), socket)
 }
 
 /// The decimal `wechat-errcode` trailer of a status.

@@ -2,7 +2,7 @@
 //! fails before it exits, and probed over gRPC health.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -12,6 +12,8 @@ use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+pub use super::listening::Listening;
 
 /// The service name health answers for.
 pub const SERVICE: &str = "notify.v1.NotifyService";
@@ -32,28 +34,19 @@ pub fn command(logs: &Path) -> Command {
     command
 }
 
-/// `serve --sandbox` on `grpc`, `metrics` and `sandbox` (see [`command`]), then `extra`.
-pub fn serve_sandbox(
-    logs: &Path,
-    [grpc, metrics, sandbox]: [SocketAddr; 3],
-    extra: &[&str],
-) -> Command {
+/// Every listener on loopback port 0: the ports the system picks are read from the `listening`
+/// line ([`Process::listening`]).
+pub const ANY_PORT: &str = "127.0.0.1:0";
+
+/// `serve --sandbox` with every listener on [`ANY_PORT`] (see [`command`]), then `extra`.
+pub fn serve_sandbox(logs: &Path, extra: &[&str]) -> Command {
     let mut command = command(logs);
     command
-        .args(["serve", "--sandbox", "--listen", &grpc.to_string()])
-        .args(["--metrics-listen", &metrics.to_string()])
-        .args(["--sandbox-listen", &sandbox.to_string()])
+        .args(["serve", "--sandbox", "--listen", ANY_PORT])
+        .args(["--metrics-listen", ANY_PORT])
+        .args(["--sandbox-listen", ANY_PORT])
         .args(extra);
     command
-}
-
-/// Free loopback addresses: bound, read and released (`--listen 127.0.0.1:0` would not tell
-/// the test its port).
-pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|index| listeners[index].local_addr().unwrap())
 }
 
 /// The child process, killed if the test fails before it exits.
@@ -85,6 +78,11 @@ impl Process {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The addresses the process bound, from the `listening` line it logs into `logs`.
+    pub fn listening(&mut self, logs: &Path) -> Listening {
+        Listening::wait(logs, &mut self.0).unwrap_or_else(|problem| panic!("{problem}"))
     }
 
     pub fn exited(&mut self) -> bool {

@@ -1,9 +1,15 @@
-//! Real `redis-server` processes on free loopback ports (never 6379), stoppable for outages,
-//! and replicas of the real `wechat-notify` binary sharing them.
+//! Real `redis-server` processes, stoppable for outages, and replicas of the real
+//! `wechat-notify` binary sharing them.
+//!
+//! A single server listens on a unix socket in its own directory and on no TCP port, so nothing
+//! else can take its address, before or after an outage. The nodes of the three-node cluster are
+//! the one exception to "bind once and hand over": a cluster is reached over TCP (clients and the
+//! cluster bus, on the port plus 10000) and redis-server cannot take port 0, so a node gets a port
+//! that was free a moment ago and is started again on another if it was taken in between.
 
 use std::{
     net::TcpListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -12,43 +18,77 @@ use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use wechat_notify::pb::notify_service_client::NotifyServiceClient;
 
-/// A free loopback port (the listener is dropped at once; the next bind takes it).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+use super::listening::Listening;
+
+/// How many ports a cluster node tries before the test gives up.
+const CLUSTER_NODE_ATTEMPTS: usize = 5;
+
+/// Where a server listens.
+enum Address {
+    /// A unix socket (`redis.sock` in the server's directory).
+    Socket,
+    /// A loopback TCP port (cluster nodes).
+    Port(u16),
 }
 
 /// One `redis-server`, with an append-only file so a restart keeps its data.
 pub struct RedisServer {
-    pub port: u16,
+    address: Address,
     dir: tempfile::TempDir,
     extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
-    /// A server on a free port.
+    /// A server on a unix socket of its own.
     pub async fn start() -> RedisServer {
-        Self::start_with(Vec::new()).await
-    }
-
-    pub async fn start_with(extra: Vec<String>) -> RedisServer {
         let mut server = RedisServer {
-            port: free_port(),
+            address: Address::Socket,
             dir: tempfile::tempdir().unwrap(),
-            extra,
+            extra: Vec::new(),
             child: None,
         };
         server.resume().await;
         server
     }
 
-    /// `redis://127.0.0.1:port`.
+    /// A cluster node on a loopback port (see the module docs for why a port).
+    async fn start_cluster_node() -> RedisServer {
+        let extra: Vec<String> = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+            .map(str::to_owned)
+            .into();
+        for _ in 0..CLUSTER_NODE_ATTEMPTS {
+            let mut server = RedisServer {
+                address: Address::Port(port_free_a_moment_ago()),
+                dir: tempfile::tempdir().unwrap(),
+                extra: extra.clone(),
+                child: None,
+            };
+            if server.try_resume().await {
+                return server;
+            }
+        }
+        panic!("no cluster node started in {CLUSTER_NODE_ATTEMPTS} attempts");
+    }
+
+    /// `redis+unix:///DIR/redis.sock`, or `redis://127.0.0.1:PORT` for a cluster node.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.address {
+            Address::Socket => format!("redis+unix://{}", self.socket().display()),
+            Address::Port(port) => format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// `redis-cli`'s arguments to reach this server.
+    fn cli_args(&self) -> Vec<String> {
+        match self.address {
+            Address::Socket => vec!["-s".to_owned(), self.socket().display().to_string()],
+            Address::Port(port) => vec!["-p".to_owned(), port.to_string()],
+        }
     }
 
     /// Stops the process (an outage).
@@ -59,10 +99,31 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port and data.
+    /// Starts it again at the same address and data.
     pub async fn resume(&mut self) {
+        assert!(self.try_resume().await, "redis-server exited at start");
+    }
+
+    /// Starts the process; false if it exited before answering (its port was taken).
+    async fn try_resume(&mut self) -> bool {
+        let listen: Vec<String> = match self.address {
+            Address::Socket => vec![
+                "--port".to_owned(),
+                "0".to_owned(),
+                "--unixsocket".to_owned(),
+                self.socket().display().to_string(),
+                "--unixsocketperm".to_owned(),
+                "700".to_owned(),
+            ],
+            Address::Port(port) => vec![
+                "--port".to_owned(),
+                port.to_string(),
+                "--bind".to_owned(),
+                "127.0.0.1".to_owned(),
+            ],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(listen)
             .args([
                 "--save",
                 "",
@@ -79,11 +140,34 @@ impl RedisServer {
             .spawn()
             .expect("redis-server runs (scripts/test installs it)");
         self.child = Some(child);
-        wait_for_redis(self.port).await;
+        self.answers().await
     }
 
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_owned()
+    /// Waits until the server answers PING; false if it exited first.
+    async fn answers(&mut self) -> bool {
+        for _ in 0..200 {
+            let pong = Command::new("redis-cli")
+                .args(self.cli_args())
+                .arg("ping")
+                .output()
+                .map(|out| String::from_utf8_lossy(&out.stdout).contains("PONG"))
+                .unwrap_or(false);
+            if pong {
+                return true;
+            }
+            if let Some(child) = &mut self.child
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                self.child = None;
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server at {} did not answer", self.url());
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 }
 
@@ -93,19 +177,14 @@ impl Drop for RedisServer {
     }
 }
 
-async fn wait_for_redis(port: u16) {
-    for _ in 0..200 {
-        let pong = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "ping"])
-            .output()
-            .map(|out| String::from_utf8_lossy(&out.stdout).contains("PONG"))
-            .unwrap_or(false);
-        if pong {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("redis-server on port {port} did not answer");
+/// A loopback port that was free when asked (the listener is dropped at once): for the cluster
+/// nodes only, see the module docs.
+fn port_free_a_moment_ago() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A three-node Redis Cluster (three primaries, no replicas).
@@ -117,19 +196,12 @@ impl RedisCluster {
     pub async fn start() -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let node = RedisServer::start_with(vec![
-                "--cluster-enabled".into(),
-                "yes".into(),
-                "--cluster-node-timeout".into(),
-                "2000".into(),
-            ])
-            .await;
-            nodes.push(node);
+            nodes.push(RedisServer::start_cluster_node().await);
         }
         // cluster-config-file defaults to nodes.conf in each node's own --dir.
         let addresses: Vec<String> = nodes
             .iter()
-            .map(|node| format!("127.0.0.1:{}", node.port))
+            .map(|node| node.url().trim_start_matches("redis://").to_owned())
             .collect();
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -144,7 +216,8 @@ impl RedisCluster {
         );
         for _ in 0..200 {
             let info = Command::new("redis-cli")
-                .args(["-p", &nodes[0].port.to_string(), "cluster", "info"])
+                .args(nodes[0].cli_args())
+                .args(["cluster", "info"])
                 .output()
                 .unwrap();
             if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
@@ -162,49 +235,55 @@ impl RedisCluster {
     }
 }
 
-/// One replica: the real binary, on free ports, against `api_base`.
+/// One replica: the real binary on loopback ports it picks, against `api_base`.
 pub struct Replica {
     child: Child,
+    /// Its gRPC port.
     pub port: u16,
+    logs: tempfile::NamedTempFile,
 }
 
 impl Replica {
     /// Starts a replica with these extra environment variables (the app, the API base and
-    /// the ports are set here).
-    ///
-    /// [`free_port`] releases its port before the binary binds it, and on a busy machine
-    /// another socket can take it in between: a replica that exits before it listens is started
-    /// again on another port (a few times), so such a collision never fails a test.
+    /// the ports are set here) and reads its gRPC port from its `listening` line.
     pub fn spawn(
         app: &wechat_notify_sandbox::SandboxApp,
         api_base: &str,
         env: &[(&str, String)],
     ) -> Replica {
-        for _ in 0..5 {
-            let port = free_port();
-            let mut command = Command::new(env!("CARGO_BIN_EXE_wechat-notify"));
-            command
-                .arg("serve")
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("WECHAT_APPID", &app.appid)
-                .env("WECHAT_SECRET", &app.secret)
-                .env("WECHAT_API_BASE", api_base)
-                .env("NOTIFY_LISTEN", format!("127.0.0.1:{port}"))
-                .env("NOTIFY_METRICS_LISTEN", "127.0.0.1:0")
-                .env("NOTIFY_SHUTDOWN_GRACE", "1")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit());
-            for (name, value) in env {
-                command.env(name, value);
-            }
-            let mut child = command.spawn().expect("the binary starts");
-            if listens_or_runs(&mut child, port) {
-                return Replica { child, port };
+        let logs = tempfile::NamedTempFile::new().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wechat-notify"));
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("WECHAT_APPID", &app.appid)
+            .env("WECHAT_SECRET", &app.secret)
+            .env("WECHAT_API_BASE", api_base)
+            .env("NOTIFY_LISTEN", "127.0.0.1:0")
+            .env("NOTIFY_METRICS_LISTEN", "127.0.0.1:0")
+            .env("NOTIFY_SHUTDOWN_GRACE", "1")
+            // Warnings, and the line that says which ports the replica got.
+            .env("RUST_LOG", "warn,wechat_notify::cli=info")
+            .env("NOTIFY_LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(logs.path()).unwrap());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the binary starts");
+        match Listening::wait(logs.path(), &mut child) {
+            Ok(listening) => Replica {
+                child,
+                port: listening.grpc.port(),
+                logs,
+            },
+            Err(problem) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a replica did not start: {problem}");
             }
         }
-        panic!("a replica exited before listening five times over");
     }
 
     /// A gRPC client, once health says SERVING (waits at most `limit`).
@@ -255,22 +334,9 @@ impl Drop for Replica {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// True once `port` accepts a connection, or while the child still runs after a generous wait
-/// (the caller's own wait then reports a replica that never serves); false if the child exited
-/// first (its port was taken).
-fn listens_or_runs(child: &mut Child, port: u16) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
+        if std::thread::panicking() {
+            let logs = std::fs::read_to_string(self.logs.path()).unwrap_or_default();
+            eprintln!("replica on port {} logged:\n{logs}", self.port);
         }
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    true
 }

@@ -1,5 +1,5 @@
-//! Harness for the polyglot tests: the real `wechat-notify serve --sandbox` binary on free
-//! loopback ports, the callers' toolchains that `scripts/test` installs, and external commands
+//! Harness for the polyglot tests: the real `wechat-notify serve --sandbox` binary on loopback
+//! ports it picks itself, the callers' toolchains that `scripts/test` installs, and external commands
 //! run with a time limit.
 //! Each test binary uses a part of it.
 #![allow(dead_code)]
@@ -9,7 +9,7 @@ use std::{
     ffi::OsString,
     fs,
     io::Read,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     thread,
@@ -21,6 +21,12 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use wechat_notify::config::{DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, DEFAULT_SANDBOX_LISTEN};
+
+// Shared with tests/common, which callers_polyglot also includes: one file, two small copies.
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/listening.rs"]
+mod listening;
+use listening::Listening;
 
 /// How long the binary may take to report SERVING.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,41 +124,31 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts the binary on free loopback ports and waits until its health reports SERVING.
-    /// A port taken between choosing and binding it makes the binary exit; then it is tried
-    /// again on other ports.
+    /// Starts the binary on loopback ports it picks (port 0; their numbers come from its
+    /// `listening` line) and waits until its health reports SERVING.
     pub fn start(name: &str) -> Service {
         Self::start_with(name, &Options::default())
     }
 
     /// [`Self::start`] with `options`: more arguments, and TLS for the health check.
     pub fn start_with(name: &str, options: &Options) -> Service {
-        let mut last_log = String::new();
-        for attempt in 1..=3 {
-            let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.log"));
-            match Self::try_start(&log, options) {
-                Ok(service) => return service,
-                Err(reason) => {
-                    last_log = fs::read_to_string(&log).unwrap_or_default();
-                    eprintln!("attempt {attempt} to start the service failed: {reason}");
-                }
-            }
-        }
-        panic!("wechat-notify serve --sandbox did not become SERVING; its log:\n{last_log}");
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.log"));
+        Self::try_start(&log, options).unwrap_or_else(|reason| {
+            let log = fs::read_to_string(&log).unwrap_or_default();
+            panic!(
+                "wechat-notify serve --sandbox did not become SERVING ({reason}); its log:\n{log}"
+            )
+        })
     }
 
     fn try_start(log: &Path, options: &Options) -> Result<Service, String> {
-        let [grpc, metrics, sandbox] = free_ports();
         let log_file = fs::File::create(log).map_err(|error| error.to_string())?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_wechat-notify"));
         command
             .args(["serve", "--sandbox"])
-            .arg("--listen")
-            .arg(grpc.to_string())
-            .arg("--metrics-listen")
-            .arg(metrics.to_string())
-            .arg("--sandbox-listen")
-            .arg(sandbox.to_string())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--sandbox-listen", "127.0.0.1:0"])
             .args(&options.args)
             .envs(options.env.iter().map(|(name, value)| (name, value)))
             .env("RUST_LOG", "info")
@@ -166,15 +162,23 @@ impl Service {
                 command.env_remove(&*name);
             }
         }
-        let child = command
+        let mut child = command
             .spawn()
             .map_err(|error| format!("cannot run the binary: {error}"))?;
+        let listening = match Listening::wait(log, &mut child) {
+            Ok(listening) => listening,
+            Err(problem) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(problem);
+            }
+        };
         let mut service = Service {
             child,
             log: log.to_owned(),
-            grpc,
-            metrics,
-            sandbox,
+            grpc: listening.grpc,
+            metrics: listening.metrics,
+            sandbox: listening.sandbox.ok_or("no sandbox address")?,
         };
         service.wait_serving(options.tls_ca.as_deref())?;
         Ok(service)
@@ -237,7 +241,7 @@ impl Drop for Service {
     }
 }
 
-/// How to start the service beyond `serve --sandbox` on free ports.
+/// How to start the service beyond `serve --sandbox` on ports it picks.
 #[derive(Default)]
 pub struct Options {
     /// Further arguments of `serve`.
@@ -273,18 +277,6 @@ async fn is_serving(addr: SocketAddr, tls_ca: Option<&str>) -> bool {
         Ok(response) => response.into_inner().status == ServingStatus::Serving as i32,
         Err(_) => false,
     }
-}
-
-/// Three loopback ports that were free a moment ago.
-fn free_ports() -> [SocketAddr; 3] {
-    let listeners: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .map(|listener| listener.local_addr().unwrap())
-        .collect();
-    [addrs[0], addrs[1], addrs[2]]
 }
 
 /// What an external command did.
