@@ -20,7 +20,7 @@ use tonic::{
 use tonic_prost::ProstEncoder;
 
 use crate::{
-    error::undecodable_status,
+    status::undecodable_status,
     telemetry::catalog::{MessageCounters, Outcome},
 };
 

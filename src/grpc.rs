@@ -1,5 +1,5 @@
 //! `notify.v1.NotifyService` over tonic: translates protobuf to the service's types and back.
-//! No business rules here; `crate::error` picks the status codes.
+//! No business rules here; `crate::status` picks the status codes.
 
 mod subscriptions;
 
@@ -11,9 +11,9 @@ use tracing::field::display;
 
 use crate::{
     callers::{Ask, Grant, Refusal},
-    error::{code_of, refusal_status, status_of},
     pb::{self, notify_service_server::NotifyService},
     service::{BatchRequest, Notifier, Receipt, RecipientInput, SendError, SendRequest},
+    status::{code_of, refusal_status, status_of},
     telemetry::code_name,
     wechat::MiniprogramState,
 };

@@ -4,7 +4,7 @@
 //! Modules, with imports pointing one way (top to bottom):
 //! - [`server`]: composition root (health, reflection, metrics, shutdown).
 //! - [`grpc`]: protobuf <-> domain translation ([`codec`]: undecodable requests are
-//!   INVALID_ARGUMENT); [`error`]: the one place that picks a gRPC code.
+//!   INVALID_ARGUMENT); [`status`]: the one place that picks a gRPC code.
 //! - [`callers`]: who is calling and what it may do; [`tls`]: TLS on the gRPC port.
 //! - [`service`]: decides (validation, idempotency, retries, batch fan-out); knows no tonic.
 //! - [`validation`], [`idempotency`], [`token`], [`templates`], [`wechat`]: the pieces it
@@ -24,7 +24,6 @@ pub mod callers;
 pub mod cli;
 pub mod codec;
 pub mod config;
-pub mod error;
 pub mod grpc;
 pub mod idempotency;
 pub mod pb;
@@ -35,6 +34,7 @@ pub mod secret;
 pub mod server;
 pub mod service;
 pub mod signal;
+pub mod status;
 pub mod store;
 pub mod subscriptions;
 pub mod telemetry;

@@ -34,7 +34,7 @@ use crate::{
     idempotency::{IdempotencyStore, MemoryIdempotencyStore},
     pb,
     push::PushEndpoint,
-    service::{App, Notifier, SendError},
+    service::{AppSender, Notifier, SendError},
     signal::{Shutdown, Signal},
     store::{
         RedisStore, idempotency::RedisIdempotencyStore, limits::SharedLimits,
@@ -497,13 +497,13 @@ fn build_callers(config: &ServeConfig) -> Arc<Callers> {
     Arc::new(callers)
 }
 
-/// One [`App`] per configured app, its series registered at zero; with a shared `store`, its
+/// One [`AppSender`] per configured app, its series registered at zero; with a shared `store`, its
 /// token, rate, pause and stop shared through it.
 fn build_apps(
     config: &ServeConfig,
     client: &WechatClient,
     store: Option<&Arc<RedisStore>>,
-) -> Vec<Arc<App>> {
+) -> Vec<Arc<AppSender>> {
     // The `caller` values the app's message series start at zero with: the configured
     // callers, or `anonymous` when the service is open.
     let caller_labels: Vec<&str> = if config.callers.callers.is_empty() {
@@ -546,7 +546,7 @@ fn build_apps(
                 };
                 TemplateCache::new(&app.name, Arc::new(api.clone()), tokens.clone(), options)
             });
-            let built = App::new(
+            let built = AppSender::new(
                 app.name.clone(),
                 api,
                 tokens,
@@ -572,13 +572,13 @@ fn build_apps(
 }
 
 /// Starts every app's background token refresher, keeping the handles for the shutdown.
-fn spawn_refreshers(apps: &[Arc<App>], handles: &std::sync::Mutex<Vec<JoinHandle<()>>>) {
+fn spawn_refreshers(apps: &[Arc<AppSender>], handles: &std::sync::Mutex<Vec<JoinHandle<()>>>) {
     let mut handles = handles.lock().unwrap_or_else(|e| e.into_inner());
     handles.extend(apps.iter().map(|app| app.tokens().spawn_refresher()));
 }
 
 /// Fetches every app's token; the first app that cannot get one stops the start.
-async fn warm_up(apps: &[Arc<App>]) -> Result<(), StartError> {
+async fn warm_up(apps: &[Arc<AppSender>]) -> Result<(), StartError> {
     for app in apps {
         app.tokens()
             .get()
@@ -613,7 +613,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 }
 
 /// Gauges whose value is only known now: set at scrape time.
-fn sample_live_gauges(apps: &[Arc<App>]) {
+fn sample_live_gauges(apps: &[Arc<AppSender>]) {
     for app in apps {
         let expires_in = app.tokens().time_to_expiry().unwrap_or_default();
         catalog::set_token_expires_in(&app.name, expires_in);

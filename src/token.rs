@@ -61,14 +61,14 @@ use crate::{
     retry::Backoff,
     secret::Secret,
     telemetry::catalog::{self, TokenFetch},
-    wechat::{AppApi, FetchedToken, Retry, TokenMode, WechatError},
+    wechat::{FetchedToken, Retry, TokenMode, WechatApi, WechatError},
 };
 
 /// Longest a refresh waits for another replica's fetch (through a shared store) before it
 /// fetches itself: a little more than the shared fetch lock's life.
 const SHARED_FETCH_WAIT: Duration = Duration::from_secs(25);
 
-/// Where tokens come from: WeChat (via [`AppApi`]) in production, a fake in unit tests.
+/// Where tokens come from: WeChat (via [`WechatApi`]) in production, a fake in unit tests.
 #[async_trait]
 pub trait TokenSource: Send + Sync + 'static {
     /// Fetches a token; `force_refresh` asks stable mode to revoke the current one.
@@ -78,7 +78,7 @@ pub trait TokenSource: Send + Sync + 'static {
 }
 
 #[async_trait]
-impl TokenSource for AppApi {
+impl TokenSource for WechatApi {
     async fn fetch(&self, force_refresh: bool) -> Result<FetchedToken, WechatError> {
         self.fetch_token(force_refresh).await
     }

@@ -13,7 +13,7 @@ use wechat_notify::{
     config::{CallerConfig, CallersConfig, Rpc, TokenDigest},
     pb,
 };
-use wechat_notify_sandbox::{SandboxApp, SandboxConfig};
+use wechat_notify_sandbox::{AppCredentials, SandboxConfig};
 
 const SHOP_TOKEN: &str = "shop-token-0123456789abcdef";
 const CRM_TOKEN: &str = "crm-token-0123456789abcdef";
@@ -65,8 +65,8 @@ fn callers(trust_forwarded_client_cert: bool) -> CallersConfig {
 async fn start(trust_forwarded_client_cert: bool) -> Harness {
     let sandbox_config = SandboxConfig {
         apps: vec![
-            SandboxApp::new("wxsandbox000000001", "secret-one"),
-            SandboxApp::new("wxsandbox000000002", "secret-two"),
+            AppCredentials::new("wxsandbox000000001", "secret-one"),
+            AppCredentials::new("wxsandbox000000002", "secret-two"),
         ],
         ..SandboxConfig::default()
     };

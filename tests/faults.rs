@@ -38,7 +38,7 @@ use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 use wechat_notify::pb;
-use wechat_notify_sandbox::{Fault, FaultEndpoint, Sandbox, SandboxApp, SandboxConfig};
+use wechat_notify_sandbox::{AppCredentials, Fault, FaultEndpoint, Sandbox, SandboxConfig};
 
 /// Calls per round; the sandbox's inbox is checked and cleared after each.
 const ROUND: usize = 1000;
@@ -281,7 +281,7 @@ async fn one_bad_answer_never_spreads_to_other_calls() {
     let sandbox = Sandbox::new(SandboxConfig {
         apps: APPS
             .iter()
-            .map(|(_, appid, secret)| SandboxApp::new(*appid, *secret))
+            .map(|(_, appid, secret)| AppCredentials::new(*appid, *secret))
             .collect(),
         auto_accept: true,
         ..SandboxConfig::default()

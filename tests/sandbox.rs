@@ -8,8 +8,8 @@ use reqwest::Client;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use wechat_notify_sandbox::{
-    DEFAULT_APPID, DEFAULT_SECRET, DEMO_OPENID, Fault, Grant, Sandbox, SandboxApp, SandboxConfig,
-    SandboxServer, Template, TemplateKind,
+    AppCredentials, DEFAULT_APPID, DEFAULT_SECRET, DEMO_OPENID, Fault, Grant, Sandbox,
+    SandboxConfig, SandboxServer, Template, TemplateKind,
 };
 
 const COURSE: &str = "sandbox-course-reminder";
@@ -391,7 +391,7 @@ async fn tokens_of_different_apps_differ_and_templates_are_per_app() {
     let mut config = SandboxConfig::default();
     config
         .apps
-        .push(SandboxApp::new("wxsecondapp0000002", "second-secret"));
+        .push(AppCredentials::new("wxsecondapp0000002", "second-secret"));
     config.templates.push(
         Template::new(
             "second-only",

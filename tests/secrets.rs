@@ -21,7 +21,7 @@ async fn trace_logs_hold_no_secret_and_no_token() {
 
     let secret = "s3cr3t-app-secret-value-for-the-test";
     let sandbox_config = SandboxConfig {
-        apps: vec![wechat_notify_sandbox::SandboxApp::new(
+        apps: vec![wechat_notify_sandbox::AppCredentials::new(
             "wxsandbox000000001",
             secret,
         )],

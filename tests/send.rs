@@ -9,7 +9,7 @@ use common::*;
 use tonic::Code;
 use tonic_types::StatusExt;
 use wechat_notify::pb;
-use wechat_notify_sandbox::{Fault, Grant, SandboxApp, SandboxConfig};
+use wechat_notify_sandbox::{AppCredentials, Fault, Grant, SandboxConfig};
 
 #[tokio::test]
 async fn a_message_reaches_wechat_as_exactly_this_json() {
@@ -128,8 +128,8 @@ async fn invalid_requests_name_every_bad_field_and_send_nothing() {
 async fn unknown_and_missing_apps() {
     let sandbox_config = SandboxConfig {
         apps: vec![
-            SandboxApp::new("wxsandbox000000001", "secret-one"),
-            SandboxApp::new("wxsandbox000000002", "secret-two"),
+            AppCredentials::new("wxsandbox000000001", "secret-one"),
+            AppCredentials::new("wxsandbox000000002", "secret-two"),
         ],
         auto_accept: true,
         ..SandboxConfig::default()

@@ -108,7 +108,7 @@ where
 
 /// The refusal as a complete gRPC answer, with the call's one log line.
 fn refuse<B: Default>(refusal: &Refusal) -> http::Response<B> {
-    let status = crate::error::refusal_status(refusal);
+    let status = crate::status::refusal_status(refusal);
     tracing::info!(
         code = crate::telemetry::code_name(status.code()),
         error = %refusal,

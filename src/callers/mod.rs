@@ -9,7 +9,7 @@
 //! With no caller configured every call is let through as `anonymous` (the service is open,
 //! as it was before callers existed). Health and reflection are never looked at.
 //!
-//! Refusals are [`Refusal`]s; `crate::error` turns them into statuses. A refusal names the
+//! Refusals are [`Refusal`]s; `crate::status` turns them into statuses. A refusal names the
 //! caller and what it lacks, never which apps or templates exist.
 
 pub mod layer;

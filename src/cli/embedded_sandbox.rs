@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use base64::Engine;
 use url::Url;
 use wechat_notify_sandbox::{
-    PushFormat, PushMode, PushTarget, Sandbox, SandboxApp, SandboxConfig, SandboxServer,
+    AppCredentials, PushFormat, PushMode, PushTarget, Sandbox, SandboxConfig, SandboxServer,
 };
 
 use crate::{
@@ -75,7 +75,7 @@ pub async fn start(plan: SandboxPlan) -> Result<(ServeConfig, EmbeddedSandbox), 
     let secret = uuid::Uuid::new_v4().simple().to_string();
     let sandbox_config = SandboxConfig {
         auto_accept: true,
-        apps: vec![SandboxApp::new(appid.clone(), secret.clone())],
+        apps: vec![AppCredentials::new(appid.clone(), secret.clone())],
         ..SandboxConfig::default()
     };
     let server = Sandbox::new(sandbox_config)

@@ -1,5 +1,5 @@
 //! `notify.v1.SubscriptionService` over tonic: translates protobuf to the service's calls and
-//! back. No business rules here; `crate::error` picks the status codes.
+//! back. No business rules here; `crate::status` picks the status codes.
 
 use std::{pin::Pin, sync::Arc, time::SystemTime};
 
@@ -9,9 +9,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     callers::{Ask, Grant},
-    error::{refusal_status, status_of},
     pb::{self, subscription_service_server::SubscriptionService},
     service::{Notifier, SendError},
+    status::{refusal_status, status_of},
     subscriptions::{Kind, LedgerEvent, Source, Status as Granted, Subscription, WatchItem},
 };
 

@@ -37,7 +37,7 @@ pub use event::{EventKind, Format, ParseError, PushEvent, SentItem, format_of, p
 use crate::{
     config::PushSettings,
     push_crypto::{self, PushMode},
-    service::{App, Notifier},
+    service::{AppSender, Notifier},
     subscriptions::PUSH_DEDUPE_TTL,
     telemetry::catalog::{self, PushResult, UNKNOWN_APP},
 };
@@ -47,7 +47,7 @@ pub const MAX_PUSH_BODY_BYTES: usize = 64 * 1024;
 
 /// One app that takes pushes.
 struct PushApp {
-    app: Arc<App>,
+    app: Arc<AppSender>,
     settings: PushSettings,
 }
 
@@ -60,7 +60,7 @@ pub struct PushEndpoint {
 
 impl PushEndpoint {
     /// An endpoint for `apps` (each with its push settings), applying pushes through `notifier`.
-    pub fn new(notifier: Arc<Notifier>, apps: Vec<(Arc<App>, PushSettings)>) -> Self {
+    pub fn new(notifier: Arc<Notifier>, apps: Vec<(Arc<AppSender>, PushSettings)>) -> Self {
         let mut by_key = HashMap::new();
         for (app, settings) in apps {
             catalog::register_push_app(&app.name);

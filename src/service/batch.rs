@@ -9,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    App, CallerRef, Notifier, Receipt, SendError,
-    app::{Admission, BATCH_ADMISSION_WAIT, BatchStop},
+    AppSender, CallerRef, Notifier, Receipt, SendError,
     check::{self, Violations},
     non_empty, outcome,
+    sender::{Admission, BATCH_ADMISSION_WAIT, BatchStop},
 };
 use crate::wechat::{MiniprogramState, SubscribeMessage, TemplateInfo};
 
@@ -61,7 +61,7 @@ pub struct RecipientOutcome {
 
 /// What every recipient of one batch shares.
 struct Shared {
-    app: Arc<App>,
+    app: Arc<AppSender>,
     template_id: String,
     /// The template as WeChat lists it; `None` when unchecked.
     template: Option<Arc<TemplateInfo>>,

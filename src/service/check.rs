@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, fmt::Display, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use super::{App, SendError};
+use super::{AppSender, SendError};
 use crate::{
     templates::{self, Lookup},
     validation::{
@@ -22,7 +22,7 @@ use crate::{
 /// (and the cache's own wait bound); `None` to send unchecked (WeChat still checks it). Fails
 /// when a freshly loaded list lacks it: WeChat would answer 40037.
 pub(crate) async fn listed_template(
-    app: &App,
+    app: &AppSender,
     template_id: &str,
     deadline: Option<Instant>,
 ) -> Result<Option<Arc<TemplateInfo>>, SendError> {

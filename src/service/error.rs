@@ -1,5 +1,5 @@
 //! Why a message was not delivered. The gRPC code for each is chosen in one place:
-//! `crate::error`.
+//! `crate::status`.
 
 use std::time::Duration;
 

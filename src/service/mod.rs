@@ -1,11 +1,11 @@
 //! The service decides: it resolves the app, validates, deduplicates, delivers with the
 //! interface's retry rules and fans batches out. It knows nothing of tonic; `crate::grpc`
-//! translates to and from protobuf and `crate::error` picks status codes.
+//! translates to and from protobuf and `crate::status` picks status codes.
 
-mod app;
 mod batch;
 mod check;
 mod error;
+mod sender;
 mod subscriptions;
 
 use std::{
@@ -23,10 +23,10 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use app::App;
-use app::{Admission, SEND_ADMISSION_WAIT};
 pub use batch::{BatchRequest, RecipientInput, RecipientOutcome};
 pub use error::{ErrorKind, NotStarted, SendError};
+pub use sender::AppSender;
+use sender::{Admission, SEND_ADMISSION_WAIT};
 pub use subscriptions::{MAX_QUERIED_TEMPLATES, MAX_REPORTED_TEMPLATES};
 
 use self::check::Violations;
@@ -113,8 +113,8 @@ fn outcome(result: &Result<Receipt, SendError>) -> Outcome {
 
 /// The notification service: the configured apps and the idempotency records.
 pub struct Notifier {
-    apps: HashMap<String, Arc<App>>,
-    only_app: Option<Arc<App>>,
+    apps: HashMap<String, Arc<AppSender>>,
+    only_app: Option<Arc<AppSender>>,
     idempotency: Arc<dyn IdempotencyStore<SendError>>,
     max_batch_recipients: usize,
     /// What users granted; `None` leaves sends unchecked and the subscription RPCs unavailable.
@@ -128,7 +128,7 @@ pub struct Notifier {
 impl Notifier {
     /// A service over `apps`, reachable by name and by appid.
     pub fn new(
-        apps: Vec<Arc<App>>,
+        apps: Vec<Arc<AppSender>>,
         idempotency: Arc<dyn IdempotencyStore<SendError>>,
         max_batch_recipients: usize,
     ) -> Self {
@@ -155,7 +155,7 @@ impl Notifier {
     }
 
     /// Every configured app, once each.
-    pub fn apps(&self) -> Vec<Arc<App>> {
+    pub fn apps(&self) -> Vec<Arc<AppSender>> {
         let mut apps: Vec<_> = self.apps.values().cloned().collect();
         apps.sort_by(|a, b| a.name.cmp(&b.name));
         apps.dedup_by(|a, b| Arc::ptr_eq(a, b));
@@ -183,7 +183,7 @@ impl Notifier {
     }
 
     /// The app a request names.
-    fn resolve(&self, app: &str) -> Result<Arc<App>, SendError> {
+    fn resolve(&self, app: &str) -> Result<Arc<AppSender>, SendError> {
         if app.len() > MAX_ID_BYTES {
             return Err(SendError::invalid_field(
                 "app",
@@ -224,7 +224,7 @@ impl Notifier {
 
     async fn send_checked(
         self: &Arc<Self>,
-        app: &Arc<App>,
+        app: &Arc<AppSender>,
         request: SendRequest,
         deadline: Option<Instant>,
     ) -> Result<Receipt, SendError> {
@@ -280,7 +280,7 @@ impl Notifier {
     /// send taught the ledger.
     async fn deliver_recorded(
         self: &Arc<Self>,
-        app: &Arc<App>,
+        app: &Arc<AppSender>,
         message: SubscribeMessage,
         key: Option<String>,
         admission: &Admission,
@@ -301,7 +301,7 @@ impl Notifier {
     /// Delivers `message`, at most once per idempotency key (scoped by [`scoped_key`]).
     async fn deliver_once(
         self: &Arc<Self>,
-        app: &Arc<App>,
+        app: &Arc<AppSender>,
         message: SubscribeMessage,
         key: Option<String>,
         admission: &Admission,

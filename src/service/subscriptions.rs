@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{App, ErrorKind, Notifier, SendError, check::Violations};
+use super::{AppSender, ErrorKind, Notifier, SendError, check::Violations};
 use crate::{
     push::{EventKind, PushEvent},
     subscriptions::{
@@ -39,7 +39,7 @@ impl Notifier {
         app: &str,
         openid: &str,
         results: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(Arc<App>, Vec<Subscription>), SendError> {
+    ) -> Result<(Arc<AppSender>, Vec<Subscription>), SendError> {
         let app = self.resolve(app)?;
         let mut violations = Violations::default();
         violations.required_id("openid", openid);
@@ -120,7 +120,7 @@ impl Notifier {
     }
 
     /// A watcher of the app's events, and the app.
-    pub fn watch_events(&self, app: &str) -> Result<(Arc<App>, Watcher), SendError> {
+    pub fn watch_events(&self, app: &str) -> Result<(Arc<AppSender>, Watcher), SendError> {
         let app = self.resolve(app)?;
         Ok((app.clone(), self.ledger()?.watch(&app.appid)))
     }
@@ -128,7 +128,7 @@ impl Notifier {
     /// True the first time a push is seen for `app`, false for WeChat's retries of it.
     pub async fn claim_push(
         &self,
-        app: &App,
+        app: &AppSender,
         event: &PushEvent,
     ) -> Result<bool, crate::subscriptions::LedgerError> {
         match &self.ledger {
@@ -138,7 +138,7 @@ impl Notifier {
     }
 
     /// Applies a push WeChat made for `app` (already verified and deduplicated).
-    pub async fn apply_push(&self, app: &App, event: PushEvent) {
+    pub async fn apply_push(&self, app: &AppSender, event: PushEvent) {
         let Some(ledger) = &self.ledger else {
             return;
         };
@@ -181,7 +181,7 @@ impl Notifier {
     async fn apply_answers(
         &self,
         ledger: &Arc<dyn Ledger>,
-        app: &App,
+        app: &AppSender,
         openid: &str,
         items: Vec<(String, String)>,
         source: Source,
@@ -211,7 +211,7 @@ impl Notifier {
     /// ledger knew under `observe` too. A ledger that cannot be read never stops a send.
     pub(crate) async fn check_subscription(
         &self,
-        app: &App,
+        app: &AppSender,
         touser: &str,
         template_id: &str,
     ) -> Result<(), SendError> {
@@ -252,7 +252,7 @@ impl Notifier {
     }
 
     /// True when the app's sends consult and update the ledger.
-    pub(crate) fn tracks_subscriptions(&self, app: &App) -> bool {
+    pub(crate) fn tracks_subscriptions(&self, app: &AppSender) -> bool {
         self.ledger.is_some() && app.subscription_check != SubscriptionCheck::Off
     }
 
@@ -260,7 +260,7 @@ impl Notifier {
     /// `outcome` is `Ok(true)` for a send made, `Ok(false)` for a deduplicated answer.
     pub(crate) async fn record_send_outcome(
         &self,
-        app: &App,
+        app: &AppSender,
         touser: &str,
         template_id: &str,
         outcome: Result<bool, &SendError>,
@@ -294,7 +294,7 @@ fn refused(error: &SendError) -> bool {
 }
 
 /// The template's kind, as the app's last loaded template list says.
-fn kind_of(app: &App, template_id: &str) -> Kind {
+fn kind_of(app: &AppSender, template_id: &str) -> Kind {
     let listed = app
         .templates()
         .and_then(|templates| templates.cached(template_id));

@@ -47,10 +47,10 @@ use crate::{
     secret::Secret,
     telemetry::catalog::{self, TemplateFetch},
     token::TokenCache,
-    wechat::{AppApi, Retry, TemplateInfo, WechatError},
+    wechat::{Retry, TemplateInfo, WechatApi, WechatError},
 };
 
-/// Where template lists come from: WeChat (via [`AppApi`]) in production, a fake in unit tests.
+/// Where template lists come from: WeChat (via [`WechatApi`]) in production, a fake in unit tests.
 #[async_trait]
 pub trait TemplateSource: Send + Sync + 'static {
     /// The app's templates, listed with `token`.
@@ -58,9 +58,9 @@ pub trait TemplateSource: Send + Sync + 'static {
 }
 
 #[async_trait]
-impl TemplateSource for AppApi {
+impl TemplateSource for WechatApi {
     async fn templates(&self, token: &Secret) -> Result<Vec<TemplateInfo>, WechatError> {
-        AppApi::templates(self, token).await
+        WechatApi::templates(self, token).await
     }
 }
 

@@ -42,9 +42,15 @@ pub struct SendAttempt {
 
 impl WechatClient {
     /// A handle for one app: its credentials, token mode and API bases (tried in order).
-    pub fn app(&self, appid: String, secret: Secret, mode: TokenMode, bases: Vec<Url>) -> AppApi {
-        AppApi {
-            inner: Arc::new(AppInner {
+    pub fn app(
+        &self,
+        appid: String,
+        secret: Secret,
+        mode: TokenMode,
+        bases: Vec<Url>,
+    ) -> WechatApi {
+        WechatApi {
+            inner: Arc::new(ApiShared {
                 http: self.http.clone(),
                 metrics_app: appid.clone(),
                 appid,
@@ -60,13 +66,13 @@ impl WechatClient {
 
 /// One app's view of the WeChat API. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct AppApi {
-    inner: Arc<AppInner>,
+pub struct WechatApi {
+    inner: Arc<ApiShared>,
 }
 
 /// `Debug` is safe: [`Secret`] prints `[redacted]`.
 #[derive(Debug)]
-struct AppInner {
+struct ApiShared {
     http: reqwest::Client,
     appid: String,
     /// The `app` label on upstream metrics (the appid unless renamed).
@@ -81,7 +87,7 @@ struct AppInner {
     durations: [OnceLock<metrics::Histogram>; 3],
 }
 
-impl AppInner {
+impl ApiShared {
     /// Who is calling `endpoint`, for the exchange's logs and latency histogram.
     fn caller(&self, endpoint: Endpoint) -> Caller<'_> {
         let index = match endpoint {
@@ -114,7 +120,7 @@ impl fmt::Debug for SendUrls {
     }
 }
 
-impl AppApi {
+impl WechatApi {
     /// The app's appid.
     pub fn appid(&self) -> &str {
         &self.inner.appid
@@ -135,7 +141,7 @@ impl AppApi {
     pub fn with_metrics_label(self, name: &str) -> Self {
         let inner = &self.inner;
         Self {
-            inner: Arc::new(AppInner {
+            inner: Arc::new(ApiShared {
                 http: inner.http.clone(),
                 appid: inner.appid.clone(),
                 metrics_app: name.to_string(),

@@ -20,7 +20,7 @@ mod http;
 mod redact;
 mod wire;
 
-pub use api::{AppApi, SendAttempt, TokenMode};
+pub use api::{SendAttempt, TokenMode, WechatApi};
 pub use class::{ErrorClass, Retry};
 pub use errors::{Endpoint, ErrorChain, JsonError, TransportError, WechatError};
 pub use http::{ClientBuildError, ClientOptions, WechatClient};

@@ -25,7 +25,7 @@ fn client() -> WechatClient {
     .unwrap()
 }
 
-fn app(mode: TokenMode, bases: Vec<Url>) -> AppApi {
+fn app(mode: TokenMode, bases: Vec<Url>) -> WechatApi {
     client().app("wxAPPID".into(), Secret::new(APP_SECRET), mode, bases)
 }
 

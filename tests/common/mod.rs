@@ -22,7 +22,7 @@ use wechat_notify::{
     subscriptions::SubscriptionCheck,
     wechat::{ClientOptions, TokenMode},
 };
-use wechat_notify_sandbox::{Sandbox, SandboxApp, SandboxConfig, SandboxServer};
+use wechat_notify_sandbox::{AppCredentials, Sandbox, SandboxConfig, SandboxServer};
 
 /// The openid of the sandbox's demo user (28 characters, as WeChat's are).
 pub const OPENID: &str = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M";
@@ -57,7 +57,7 @@ pub fn course_request(touser: &str) -> pb::SendSubscribeRequest {
 }
 
 /// One app configured against `sandbox`.
-pub fn app_config(name: &str, app: &SandboxApp, bases: Vec<Url>) -> AppConfig {
+pub fn app_config(name: &str, app: &AppCredentials, bases: Vec<Url>) -> AppConfig {
     AppConfig {
         name: name.to_owned(),
         appid: app.appid.clone(),

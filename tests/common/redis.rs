@@ -247,7 +247,7 @@ impl Replica {
     /// Starts a replica with these extra environment variables (the app, the API base and
     /// the ports are set here) and reads its gRPC port from its `listening` line.
     pub fn spawn(
-        app: &wechat_notify_sandbox::SandboxApp,
+        app: &wechat_notify_sandbox::AppCredentials,
         api_base: &str,
         env: &[(&str, String)],
     ) -> Replica {

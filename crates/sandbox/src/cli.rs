@@ -4,7 +4,7 @@ use std::{fmt, future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
     Sandbox,
-    config::{SandboxApp, SandboxConfig},
+    config::{AppCredentials, SandboxConfig},
     templates::load_templates,
 };
 
@@ -101,10 +101,10 @@ impl SandboxArgs {
     }
 }
 
-fn parse_app(app: &str) -> Result<SandboxApp, String> {
+fn parse_app(app: &str) -> Result<AppCredentials, String> {
     match app.split_once(':') {
         Some((appid, secret)) if !appid.is_empty() && !secret.is_empty() => {
-            Ok(SandboxApp::new(appid, secret))
+            Ok(AppCredentials::new(appid, secret))
         }
         _ => {
             let appid = app.split(':').next().unwrap_or_default();
@@ -216,7 +216,7 @@ mod tests {
             "--fixed-answer",
         ])
         .unwrap();
-        assert_eq!(config.apps[1], SandboxApp::new("wxb", "s:b"));
+        assert_eq!(config.apps[1], AppCredentials::new("wxb", "s:b"));
         assert_eq!(config.token_lifetime, Duration::from_secs(60));
         assert!(config.stable_rollover < config.token_lifetime);
         assert_eq!(

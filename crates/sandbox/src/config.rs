@@ -23,14 +23,14 @@ pub const FORCE_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// One mini program the sandbox knows.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SandboxApp {
+pub struct AppCredentials {
     /// The AppID.
     pub appid: String,
     /// The AppSecret the token endpoints expect.
     pub secret: String,
 }
 
-impl SandboxApp {
+impl AppCredentials {
     /// An app with these credentials.
     pub fn new(appid: impl Into<String>, secret: impl Into<String>) -> Self {
         Self {
@@ -40,9 +40,9 @@ impl SandboxApp {
     }
 }
 
-impl fmt::Debug for SandboxApp {
+impl fmt::Debug for AppCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SandboxApp")
+        f.debug_struct("AppCredentials")
             .field("appid", &self.appid)
             .field("secret", &"[redacted]")
             .finish()
@@ -53,7 +53,7 @@ impl fmt::Debug for SandboxApp {
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {
     /// Known apps; the token endpoints refuse any other appid (40013).
-    pub apps: Vec<SandboxApp>,
+    pub apps: Vec<AppCredentials>,
     /// Lifetime of every issued token (`expires_in` of a fresh token).
     pub token_lifetime: Duration,
     /// How long a classic token stays valid after a newer classic fetch supersedes it.
@@ -82,7 +82,7 @@ impl Default for SandboxConfig {
     /// (what `serve --sandbox` and tests want; the standalone CLI turns it off).
     fn default() -> Self {
         Self {
-            apps: vec![SandboxApp::new(DEFAULT_APPID, DEFAULT_SECRET)],
+            apps: vec![AppCredentials::new(DEFAULT_APPID, DEFAULT_SECRET)],
             token_lifetime: Duration::from_secs(7200),
             classic_overlap: Duration::from_secs(300),
             stable_rollover: Duration::from_secs(300),
@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn incoherent_configs_are_refused() {
         let mut twice = SandboxConfig::default();
-        twice.apps.push(SandboxApp::new(DEFAULT_APPID, "x"));
+        twice.apps.push(AppCredentials::new(DEFAULT_APPID, "x"));
         assert!(twice.validate().is_err());
 
         let mut rollover = SandboxConfig::default();

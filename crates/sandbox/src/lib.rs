@@ -40,7 +40,7 @@ pub mod templates;
 mod tokens;
 
 pub use cli::{SandboxArgs, run};
-pub use config::{DEFAULT_APPID, DEFAULT_SECRET, DEMO_OPENID, SandboxApp, SandboxConfig};
+pub use config::{AppCredentials, DEFAULT_APPID, DEFAULT_SECRET, DEMO_OPENID, SandboxConfig};
 pub use events::{EVENTS_CAPACITY, STATS_INTERVAL};
 pub use failures::FailedSend;
 pub use faults::{ActiveFault, Fault, FaultEndpoint};

@@ -42,7 +42,7 @@ fn errcode(errcode: i32) -> Value {
 }
 
 /// An app sending one message at a time through `fake`.
-fn app(fake: &Fake, clock: QuotaClock) -> App {
+fn app(fake: &Fake, clock: QuotaClock) -> AppSender {
     let api = WechatClient::new(&ClientOptions::default()).unwrap().app(
         "wxAPPID".into(),
         Secret::new("SECRET"),
@@ -50,7 +50,7 @@ fn app(fake: &Fake, clock: QuotaClock) -> App {
         vec![fake.base.clone()],
     );
     let tokens = TokenCache::new("test", Arc::new(api.clone()), TokenOptions::default());
-    App::new("test".into(), api, tokens, 1, 100_000).with_quota_clock(clock)
+    AppSender::new("test".into(), api, tokens, 1, 100_000).with_quota_clock(clock)
 }
 
 fn message() -> SubscribeMessage {

@@ -29,7 +29,7 @@ use crate::{
     telemetry::catalog::{MessageCounters, Outcome},
     templates::TemplateCache,
     token::TokenCache,
-    wechat::{AppApi, Retry, SubscribeMessage},
+    wechat::{Retry, SubscribeMessage, WechatApi},
 };
 
 /// Retries after errcode -1 (system busy), on top of the first attempt.
@@ -110,8 +110,8 @@ impl Admission {
     }
 }
 
-/// A configured app, shared by every RPC.
-pub struct App {
+/// One configured app's send path (admission, rate, pauses, tokens, templates), shared by every RPC.
+pub struct AppSender {
     /// The configured name (metric label, logs).
     pub name: String,
     /// The AppID.
@@ -120,7 +120,7 @@ pub struct App {
     pub subscription_check: SubscriptionCheck,
     /// Concurrent upstream sends at most.
     pub max_in_flight: usize,
-    api: AppApi,
+    api: WechatApi,
     tokens: Arc<TokenCache>,
     in_flight: Arc<Semaphore>,
     rate: DefaultDirectRateLimiter,
@@ -142,11 +142,11 @@ pub struct App {
     caller_messages: Box<[OnceLock<MessageCounters>]>,
 }
 
-impl App {
+impl AppSender {
     /// An app sending through `api` with tokens from `tokens`.
     pub fn new(
         name: String,
-        api: AppApi,
+        api: WechatApi,
         tokens: Arc<TokenCache>,
         max_in_flight: usize,
         rate_per_sec: u32,
