@@ -12,7 +12,8 @@
 //! Modules (no module imports one that imports it back): [`cli`] (`wechat-sandbox`, also
 //! `wechat-notify sandbox`); `server` (the routes and a server on a socket); the route modules
 //! `send` (the send checks), `endpoints` (the token and template endpoints), `control` (the
-//! `/sandbox/` routes) and `console` (the page and its live stream); `sandbox` ([`Sandbox`]:
+//! `/sandbox/` routes, behind `guard`, which refuses cross-site and DNS-rebinding requests from
+//! browsers) and `console` (the page and its live stream); `sandbox` ([`Sandbox`]:
 //! the state and what it can be told to do); `state` (subscriptions, inbox, counters),
 //! `events` (what the console hears), `push` (WeChat's event pushes), `failures` (refused sends
 //! and their causes), `faults`, `inbox`, `tokens` (token rules); [`config`] and [`templates`]
@@ -27,6 +28,7 @@ mod endpoints;
 mod events;
 mod failures;
 mod faults;
+mod guard;
 mod inbox;
 pub mod keywords;
 mod params;

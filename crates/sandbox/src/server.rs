@@ -6,19 +6,21 @@ use std::{io, net::SocketAddr, time::Duration};
 use axum::{
     Router,
     http::Uri,
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use url::Url;
 
-use crate::{Sandbox, console, control, endpoints, reply, send};
+use crate::{Sandbox, console, control, endpoints, guard, reply, send};
 
 /// How long [`SandboxServer::shutdown`] lets in-flight requests finish before cutting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl Sandbox {
-    /// The WeChat routes and the control routes, ready to serve or to call in-process.
+    /// The WeChat routes and the control routes, ready to serve or to call in-process; the
+    /// control routes refuse browser attacks (`guard`).
     pub fn router(&self) -> Router {
         Router::new()
             .route("/cgi-bin/token", get(endpoints::classic_token))
@@ -29,6 +31,10 @@ impl Sandbox {
             .merge(console::routes())
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
+            .layer(middleware::from_fn_with_state(
+                self.clone(),
+                guard::browser_guard,
+            ))
             .with_state(self.clone())
     }
 
