@@ -226,10 +226,12 @@ impl RedisStore {
             .await;
     }
 
-    /// A client for a pub/sub connection of its own (the first configured node; on a Redis
-    /// Cluster a PUBLISH reaches the subscribers of every node).
-    pub fn pubsub_client(&self) -> redis::RedisResult<redis::Client> {
-        redis::Client::open(self.config.urls[0].expose())
+    /// A pub/sub connection of its own, subscribed to `channel` on one of the configured nodes,
+    /// starting at `*next` (0 at first) and moving on to the next node on failure; a caller whose
+    /// subscription ended calls again with the same `next` and lands on another node. On a
+    /// Redis Cluster a PUBLISH reaches the subscribers of every node, so any node will do.
+    pub async fn subscribe(&self, channel: &str, next: &mut usize) -> redis::aio::PubSub {
+        super::wake::subscribe(&self.config.urls, channel, next).await
     }
 
     /// A listener for announced keys (register it before looking at the state it waits for).
@@ -258,15 +260,12 @@ impl RedisStore {
         let store = self.clone();
         tokio::spawn(async move {
             store.connect().await;
-            let subscriber = match store.pubsub_client() {
-                Ok(client) => Some(tokio::spawn(
-                    store.wakeups.clone().run(client, store.keys.wake_channel()),
-                )),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot subscribe to wake-ups; waiters look again every few hundred milliseconds");
-                    None
-                }
-            };
+            let subscriber = tokio::spawn(
+                store
+                    .wakeups
+                    .clone()
+                    .run(store.config.urls.clone(), store.keys.wake_channel()),
+            );
             let _abort_subscriber = AbortOnDrop(subscriber);
             let heartbeat = redis::Script::new(HEARTBEAT_SCRIPT);
             loop {
@@ -332,13 +331,11 @@ impl RedisStore {
     }
 }
 
-struct AbortOnDrop(Option<JoinHandle<()>>);
+struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
+        self.0.abort();
     }
 }
 
