@@ -471,6 +471,205 @@ async fn a_replica_started_without_redis_is_not_serving_until_it_connects() {
     cluster.replicas[0].serving(READY).await;
 }
 
+/// Counter: subscriptions made to the wake-up channel.
+const WAKE_SUBSCRIPTIONS: &str = "wechat_notify_store_wake_subscriptions_total";
+/// Counter `{result}`: waits for another replica, woken or timed out.
+const STORE_WAITS: &str = "wechat_notify_store_waits_total";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_wake_ups_survive_the_loss_of_the_subscribed_node() {
+    let mut redis = RedisCluster::start().await;
+    let appid = SandboxConfig::default().apps[0].appid.clone();
+    // The node to stop serves neither the app's keys nor the replica set, so that everything
+    // but the wake-ups goes on as before; the replicas subscribe to it first.
+    let app_node = redis.node_of(&format!("wechat-notify:{{{appid}}}:token"));
+    let set_node = redis.node_of("wechat-notify:replicas");
+    let victim = (0..3)
+        .find(|node| *node != app_node && *node != set_node)
+        .unwrap();
+    let cluster = Cluster::start(
+        &redis.urls_from(victim),
+        &[("NOTIFY_REDIS_CLUSTER", "true".to_owned())],
+        2,
+    )
+    .await;
+    assert_eq!(cluster.sandbox().config().apps[0].appid, appid);
+    let clients = cluster.clients().await;
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .clone()
+            .send_subscribe(course_request(&openid(index)))
+            .await
+            .expect("a token for each replica");
+    }
+    let mut subscribed = Vec::new();
+    for replica in &cluster.replicas {
+        subscribed.push(
+            eventually("the wake-up subscription", || async {
+                let made = replica.metric(WAKE_SUBSCRIPTIONS, "").await;
+                (made >= 1.0).then_some(made)
+            })
+            .await,
+        );
+    }
+
+    redis.nodes[victim].stop();
+    for (replica, made) in cluster.replicas.iter().zip(&subscribed) {
+        eventually("a subscription on another node", || async {
+            (replica.metric(WAKE_SUBSCRIPTIONS, "").await > *made).then_some(())
+        })
+        .await;
+    }
+
+    // A keyed send held at WeChat on replica 0; the same key on replica 1 waits for its claim.
+    let woken = r#"result="woken""#;
+    let woken_before = cluster.replicas[1].metric(STORE_WAITS, woken).await;
+    let requests = cluster.sandbox().stats().send_requests;
+    cluster.sandbox().inject(
+        Fault::latency(Duration::from_millis(2500))
+            .for_openid(OPENID)
+            .times(1),
+    );
+    let first = tokio::spawn({
+        let mut client = clients[0].clone();
+        async move { client.send_subscribe(keyed(OPENID, "held")).await }
+    });
+    eventually("the first send at wechat", || async {
+        (cluster.sandbox().stats().send_requests > requests).then_some(())
+    })
+    .await;
+    let second = clients[1]
+        .clone()
+        .send_subscribe(keyed(OPENID, "held"))
+        .await
+        .expect("answered from the first send's record")
+        .into_inner();
+    let first = first.await.unwrap().expect("the first send").into_inner();
+    assert_eq!(second.msgid, first.msgid);
+    assert!(second.deduplicated);
+    assert_eq!(cluster.sandbox().inbox(Some(OPENID)).len(), 1);
+    // Its bounded waits alone would also have found the record; the count says the wake-up
+    // reached it, through a node still up.
+    let woken_after = cluster.replicas[1].metric(STORE_WAITS, woken).await;
+    assert!(
+        woken_after > woken_before,
+        "the waiter was woken: {woken_before} -> {woken_after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_stopped_node_holds_back_only_its_own_slots() {
+    use tonic_types::StatusExt;
+    let mut redis = RedisCluster::start().await;
+    let appid = SandboxConfig::default().apps[0].appid.clone();
+    let app_node = redis.node_of(&format!("wechat-notify:{{{appid}}}:token"));
+    let set_node = redis.node_of("wechat-notify:replicas");
+    // Another node first: the replica set's if it is elsewhere (the replicas' heartbeat then
+    // fails while the app's keys answer).
+    let other = if set_node != app_node {
+        set_node
+    } else {
+        (app_node + 1) % 3
+    };
+    let cluster = Cluster::start(
+        &redis.urls(),
+        &[("NOTIFY_REDIS_CLUSTER", "true".to_owned())],
+        2,
+    )
+    .await;
+    let clients = cluster.clients().await;
+    let sent = clients[0]
+        .clone()
+        .send_subscribe(keyed(OPENID, "before"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Another node down: the app's shared state goes on, across replicas, also once they have
+    // met the dead node (their heartbeat, or any call routed there, failed).
+    let errors = "wechat_notify_store_errors_total";
+    let mut failed = Vec::new();
+    for replica in &cluster.replicas {
+        failed.push(replica.metric(errors, "").await);
+    }
+    redis.nodes[other].stop();
+    for (replica, before) in cluster.replicas.iter().zip(&failed) {
+        eventually("a call failing on the stopped node", || async {
+            (replica.metric(errors, "").await > *before).then_some(())
+        })
+        .await;
+    }
+    let during = clients[0]
+        .clone()
+        .send_subscribe(keyed(&openid(1), "other-down"))
+        .await
+        .expect("keyed sends go on while the app's node is up")
+        .into_inner();
+    let retried = clients[1]
+        .clone()
+        .send_subscribe(keyed(&openid(1), "other-down"))
+        .await
+        .expect("and are answered from the record on another replica")
+        .into_inner();
+    assert_eq!(retried.msgid, during.msgid);
+    assert!(retried.deduplicated);
+    redis.nodes[other].resume().await;
+
+    // The app's own node down: keyed sends whose record cannot be checked are refused.
+    redis.nodes[app_node].stop();
+    let refused = clients[1]
+        .clone()
+        .send_subscribe(keyed(OPENID, "before"))
+        .await
+        .expect_err("the record cannot be checked on replica 1");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        refused.get_error_details().error_info().unwrap().reason,
+        "STORE_UNAVAILABLE"
+    );
+    let fresh = clients[0]
+        .clone()
+        .send_subscribe(keyed(&openid(2), "app-down"))
+        .await
+        .expect_err("a new key cannot be claimed");
+    assert_eq!(fresh.code(), Code::Unavailable, "{fresh:?}");
+    clients[1]
+        .clone()
+        .send_subscribe(course_request(&openid(3)))
+        .await
+        .expect("unkeyed sends go on");
+
+    redis.nodes[app_node].resume().await;
+    let mut again = None;
+    for _ in 0..100 {
+        match clients[1]
+            .clone()
+            .send_subscribe(keyed(OPENID, "before"))
+            .await
+        {
+            Ok(answer) => {
+                again = Some(answer.into_inner());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let again = again.expect("keyed sends resume by themselves");
+    assert!(again.deduplicated);
+    assert_eq!(again.msgid, sent.msgid);
+    clients[0]
+        .clone()
+        .send_subscribe(keyed(&openid(2), "app-down"))
+        .await
+        .expect("new keys are claimed again");
+    assert_eq!(
+        cluster.sandbox().inbox(Some(OPENID)).len(),
+        1,
+        "no duplicate"
+    );
+    assert_eq!(cluster.sandbox().inbox(Some(&openid(2))).len(), 1);
+}
+
 async fn record(
     client: &mut SubscriptionServiceClient<tonic::transport::Channel>,
     openid: &str,

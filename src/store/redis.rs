@@ -13,6 +13,7 @@ use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
+    cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
 };
 use tokio::task::JoinHandle;
 
@@ -245,11 +246,30 @@ impl RedisStore {
                 self.health.record_ok();
                 Ok(value)
             }
+            // On a cluster one node failing says nothing of the others, whose apps go on
+            // sharing state: only the probe of every node ([`Self::probe_cluster`]) turns the
+            // store down, so a dead node's keys do not hold back the live nodes' calls.
+            Err(error) if self.config.cluster => {
+                crate::telemetry::catalog::count_store_error();
+                Err(StoreError(error.to_string()))
+            }
             Err(error) => {
                 // A script error (a bug or a full Redis) is an answer, but not a usable one.
                 self.health.record_error(&error);
                 Err(StoreError(error.to_string()))
             }
+        }
+    }
+
+    /// Whether any primary of the cluster answers: the store is down only when none does.
+    async fn probe_cluster(&self, connection: &mut ClusterConnection) {
+        let routing = RoutingInfo::MultiNode((
+            MultipleNodeRoutingInfo::AllMasters,
+            Some(ResponsePolicy::OneSucceeded),
+        ));
+        match connection.route_command(redis::cmd("PING"), routing).await {
+            Ok(_) => self.health.record_ok(),
+            Err(error) => self.health.record_error(&error),
         }
     }
 
@@ -280,6 +300,9 @@ impl RedisStore {
                         invocation.invoke_async(&mut connection).await;
                     if let Ok(replicas) = store.record(result) {
                         store.health.set_replicas(replicas);
+                    }
+                    if let Connection::Cluster(connection) = &mut connection {
+                        store.probe_cluster(connection).await;
                     }
                 }
                 tokio::time::sleep(HEARTBEAT).await;
