@@ -670,6 +670,81 @@ async fn on_a_cluster_a_stopped_node_holds_back_only_its_own_slots() {
     assert_eq!(cluster.sandbox().inbox(Some(&openid(2))).len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_each_replica_sends_its_share_of_the_rate() {
+    const RATE: u64 = 30;
+    const REPLICAS: usize = 3;
+    let mut redis = RedisServer::start().await;
+    let cluster = Cluster::start(
+        &redis.url(),
+        &[("NOTIFY_RATE_PER_SEC", RATE.to_string())],
+        REPLICAS,
+    )
+    .await;
+    let clients = cluster.clients().await;
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .clone()
+            .send_subscribe(course_request(&openid(index)))
+            .await
+            .expect("a token before the outage");
+    }
+    // Each replica's share is the rate over the replicas it counted at its last heartbeat:
+    // wait until all are in the set, then until each has beaten once more (and so counted all).
+    let beats = || {
+        let listed = redis.cli(&["zrange", "wechat-notify:replicas", "0", "-1", "withscores"]);
+        let values: Vec<String> = listed.lines().map(str::to_owned).collect();
+        values
+            .chunks(2)
+            .map(|pair| (pair[0].clone(), pair[1].parse::<u64>().unwrap()))
+            .collect::<std::collections::BTreeMap<String, u64>>()
+    };
+    let all_in = eventually("every replica in the set", || async {
+        let seen = beats();
+        (seen.len() == REPLICAS).then_some(seen)
+    })
+    .await;
+    eventually("every replica counting all", || async {
+        let seen = beats();
+        all_in
+            .iter()
+            .all(|(replica, at)| seen.get(replica).is_some_and(|now| now > at))
+            .then_some(())
+    })
+    .await;
+
+    redis.stop();
+    let before = cluster.sandbox().stats().delivered;
+    let started = tokio::time::Instant::now();
+    // Far more than the rate allows, from every replica at once; each call waits at most 2 s.
+    let mut calls = Vec::new();
+    for index in 0..360 {
+        let mut client = clients[index % clients.len()].clone();
+        calls.push(tokio::spawn(async move {
+            let mut request = tonic::Request::new(course_request(&openid(1000 + index)));
+            request.set_timeout(Duration::from_secs(2));
+            client.send_subscribe(request).await
+        }));
+    }
+    for call in calls {
+        let _ = call.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let delivered = cluster.sandbox().stats().delivered - before;
+    // Each replica: one second's burst of its share, then its share per second. A replica
+    // taking the whole rate would let three times that through.
+    let share = (RATE / REPLICAS as u64) as f64;
+    let most = REPLICAS as f64 * share * (1.0 + elapsed) + share;
+    assert!(
+        (delivered as f64) <= most,
+        "{delivered} delivered in {elapsed:.1}s while redis was down, at most {most:.0} allowed"
+    );
+    assert!(
+        delivered as f64 >= share * 2.0,
+        "unkeyed sends go on: {delivered}"
+    );
+}
+
 async fn record(
     client: &mut SubscriptionServiceClient<tonic::transport::Channel>,
     openid: &str,
