@@ -762,7 +762,7 @@ async fn while_redis_is_down_each_replica_sends_its_share_of_the_rate() {
         "{delivered} delivered in {elapsed:.1}s while redis was down, at most {most:.0} allowed"
     );
     assert!(
-        delivered as f64 >= share * 2.0,
+        delivered as f64 >= share,
         "unkeyed sends go on: {delivered}"
     );
 }
