@@ -30,7 +30,10 @@
 //! - **Replicas** sharing a store (e.g. `crate::store::token`) fetch once for all: a refresh
 //!   first uses a fresh token another replica stored, or takes the store's fetch lock, or waits
 //!   for its holder ([`TokenStore::begin_fetch`]); the force-refresh budget is the store's
-//!   when it keeps one ([`TokenStore::claim_force_refresh`]).
+//!   when it keeps one ([`TokenStore::claim_force_refresh`]), and so is the one rejection fetch
+//!   per token value ([`TokenStore::claim_rejection`]): the replica that claims it fetches, the
+//!   others wait for its outcome. While the store cannot be asked, each process's own memory
+//!   of its rejection fetches applies.
 //!
 //! Only `tokio::time` is used, so all of this is testable with paused time.
 
@@ -55,7 +58,10 @@ use tracing::{debug, warn};
 
 pub use self::{
     rejection::RejectionAction,
-    store::{FetchTurn, ForceBudget, MemoryTokenStore, StoredToken, TokenStore, TokenStoreError},
+    store::{
+        FetchTurn, ForceBudget, MemoryTokenStore, RejectionTurn, StoredToken, TokenStore,
+        TokenStoreError,
+    },
 };
 use crate::{
     retry::Backoff,

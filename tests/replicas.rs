@@ -143,6 +143,7 @@ async fn on_a_redis_cluster_too() {
     .await;
     herd_fetches_one_token(&cluster).await;
     one_send_per_key(&cluster).await;
+    one_fetch_per_rejected_token(&cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,53 +183,72 @@ async fn a_revoked_token_is_refreshed_once_for_all_replicas() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejection_met_on_every_replica_forces_one_refresh_for_all() {
-    // The token is fine, but WeChat rejects it for one user: every replica meets the rejection,
-    // WeChat hands the same token back, and only the shared budget keeps it to one force.
-    let redis = RedisServer::start().await;
-    let cluster = Cluster::start(&redis.url(), &[], 3).await;
+/// The token is fine, but WeChat rejects it for one user: every replica meets the rejection at
+/// once and WeChat hands the same token back; the replicas ask WeChat about it once between
+/// them (the `rejected:` record in Redis), not once each.
+async fn one_fetch_per_rejected_token(cluster: &Cluster) {
     let clients = cluster.clients().await;
-    for (index, client) in clients.iter().enumerate() {
-        client
-            .clone()
-            .send_subscribe(course_request(&openid(index)))
-            .await
-            .unwrap();
-    }
     let appid = cluster.sandbox().config().apps[0].appid.clone();
-    let started = tokio::time::Instant::now();
-    let faulty = openid(99);
+    let faulty = openid(299);
     cluster
         .sandbox()
         .inject(Fault::errcode(40001).for_openid(&faulty));
-    // Twice round: the second time each replica rejects the token the first force produced,
-    // and WeChat hands that one back too; each replica's own budget would force again.
-    for _ in 0..2 {
-        for client in &clients {
-            let rejected = client
-                .clone()
-                .send_subscribe(course_request(&faulty))
-                .await
-                .unwrap_err();
-            assert_eq!(errcode(&rejected), Some(40001));
-        }
-    }
+    // A first rejection, on one replica: its fetch gets the token back and the shared budget
+    // forces a new one. The others meet the revoked token on their next send and take the new
+    // one from Redis. The force budget is now spent for 30 s.
+    let rejected = clients[0]
+        .clone()
+        .send_subscribe(course_request(&faulty))
+        .await
+        .unwrap_err();
+    assert_eq!(errcode(&rejected), Some(40001));
     for (index, client) in clients.iter().enumerate() {
         client
             .clone()
-            .send_subscribe(course_request(&openid(10 + index)))
+            .send_subscribe(course_request(&openid(200 + index)))
+            .await
+            .expect("every replica sends with the new token");
+    }
+    // Now the same rejection on every replica at once, of the token they all hold.
+    let before = cluster.sandbox().stats().token_fetches[&appid].clone();
+    let mut calls = Vec::new();
+    for index in 0..3 * clients.len() {
+        let mut client = clients[index % clients.len()].clone();
+        let faulty = faulty.clone();
+        calls.push(tokio::spawn(async move {
+            client.send_subscribe(course_request(&faulty)).await
+        }));
+    }
+    for call in calls {
+        let rejected = call.await.unwrap().unwrap_err();
+        assert_eq!(errcode(&rejected), Some(40001));
+    }
+    let after = cluster.sandbox().stats().token_fetches[&appid].clone();
+    let forced = after.force_refreshes - before.force_refreshes;
+    // One fetch, which hands the token back; kept, as the budget is spent (a machine slow
+    // enough to pass its 30 s forces once more, a stable call of its own). One fetch per
+    // replica without the shared record.
+    assert_eq!(
+        after.stable - before.stable - forced,
+        1,
+        "{before:?} -> {after:?}"
+    );
+    assert!(forced <= 1, "{before:?} -> {after:?}");
+    cluster.sandbox().clear_faults();
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .clone()
+            .send_subscribe(course_request(&openid(210 + index)))
             .await
             .expect("the other users are served on every replica");
     }
-    let fetches = cluster.sandbox().stats().token_fetches[&appid].clone();
-    // The first fetch; in the first round a fetch and the one force (the other replicas take
-    // the stored token); in the second, one fetch per replica, each kept by the shared budget.
-    // A budget per replica would force on each of them too. Each further 30 s (a slow
-    // machine) allows one more force.
-    let windows = started.elapsed().as_secs() / 30;
-    assert!(fetches.stable <= 6 + 3 * windows, "{fetches:?}");
-    assert!(fetches.force_refreshes <= 1 + windows, "{fetches:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_met_on_every_replica_makes_one_fetch_for_all() {
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(&redis.url(), &[], 3).await;
+    one_fetch_per_rejected_token(&cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,6 +489,282 @@ async fn a_replica_started_without_redis_is_not_serving_until_it_connects() {
     assert_eq!(replica_health(&cluster, 0).await, Some(2), "NOT_SERVING");
     redis.resume().await;
     cluster.replicas[0].serving(READY).await;
+}
+
+/// Counter: subscriptions made to the wake-up channel.
+const WAKE_SUBSCRIPTIONS: &str = "wechat_notify_store_wake_subscriptions_total";
+/// Counter `{result}`: waits for another replica, woken or timed out.
+const STORE_WAITS: &str = "wechat_notify_store_waits_total";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_wake_ups_survive_the_loss_of_the_subscribed_node() {
+    let mut redis = RedisCluster::start().await;
+    let appid = SandboxConfig::default().apps[0].appid.clone();
+    // The node to stop serves neither the app's keys nor the replica set, so that everything
+    // but the wake-ups goes on as before; the replicas subscribe to it first.
+    let app_node = redis.node_of(&format!("wechat-notify:{{{appid}}}:token"));
+    let set_node = redis.node_of("wechat-notify:replicas");
+    let victim = (0..3)
+        .find(|node| *node != app_node && *node != set_node)
+        .unwrap();
+    let cluster = Cluster::start(
+        &redis.urls_from(victim),
+        &[("NOTIFY_REDIS_CLUSTER", "true".to_owned())],
+        2,
+    )
+    .await;
+    assert_eq!(cluster.sandbox().config().apps[0].appid, appid);
+    let clients = cluster.clients().await;
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .clone()
+            .send_subscribe(course_request(&openid(index)))
+            .await
+            .expect("a token for each replica");
+    }
+    let mut subscribed = Vec::new();
+    for replica in &cluster.replicas {
+        subscribed.push(
+            eventually("the wake-up subscription", || async {
+                let made = replica.metric(WAKE_SUBSCRIPTIONS, "").await;
+                (made >= 1.0).then_some(made)
+            })
+            .await,
+        );
+    }
+
+    redis.nodes[victim].stop();
+    for (replica, made) in cluster.replicas.iter().zip(&subscribed) {
+        eventually("a subscription on another node", || async {
+            (replica.metric(WAKE_SUBSCRIPTIONS, "").await > *made).then_some(())
+        })
+        .await;
+    }
+
+    // A keyed send held at WeChat on replica 0; the same key on replica 1 waits for its claim.
+    let woken = r#"result="woken""#;
+    let woken_before = cluster.replicas[1].metric(STORE_WAITS, woken).await;
+    let requests = cluster.sandbox().stats().send_requests;
+    cluster.sandbox().inject(
+        Fault::latency(Duration::from_millis(2500))
+            .for_openid(OPENID)
+            .times(1),
+    );
+    let first = tokio::spawn({
+        let mut client = clients[0].clone();
+        async move { client.send_subscribe(keyed(OPENID, "held")).await }
+    });
+    eventually("the first send at wechat", || async {
+        (cluster.sandbox().stats().send_requests > requests).then_some(())
+    })
+    .await;
+    let second = clients[1]
+        .clone()
+        .send_subscribe(keyed(OPENID, "held"))
+        .await
+        .expect("answered from the first send's record")
+        .into_inner();
+    let first = first.await.unwrap().expect("the first send").into_inner();
+    assert_eq!(second.msgid, first.msgid);
+    assert!(second.deduplicated);
+    assert_eq!(cluster.sandbox().inbox(Some(OPENID)).len(), 1);
+    // Its bounded waits alone would also have found the record; the count says the wake-up
+    // reached it, through a node still up.
+    let woken_after = cluster.replicas[1].metric(STORE_WAITS, woken).await;
+    assert!(
+        woken_after > woken_before,
+        "the waiter was woken: {woken_before} -> {woken_after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_stopped_node_holds_back_only_its_own_slots() {
+    use tonic_types::StatusExt;
+    let mut redis = RedisCluster::start().await;
+    let appid = SandboxConfig::default().apps[0].appid.clone();
+    let app_node = redis.node_of(&format!("wechat-notify:{{{appid}}}:token"));
+    let set_node = redis.node_of("wechat-notify:replicas");
+    // Another node first: the replica set's if it is elsewhere (the replicas' heartbeat then
+    // fails while the app's keys answer).
+    let other = if set_node != app_node {
+        set_node
+    } else {
+        (app_node + 1) % 3
+    };
+    let cluster = Cluster::start(
+        &redis.urls(),
+        &[("NOTIFY_REDIS_CLUSTER", "true".to_owned())],
+        2,
+    )
+    .await;
+    let clients = cluster.clients().await;
+    let sent = clients[0]
+        .clone()
+        .send_subscribe(keyed(OPENID, "before"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Another node down: the app's shared state goes on, across replicas, also once they have
+    // met the dead node (their heartbeat, or any call routed there, failed).
+    let errors = "wechat_notify_store_errors_total";
+    let mut failed = Vec::new();
+    for replica in &cluster.replicas {
+        failed.push(replica.metric(errors, "").await);
+    }
+    redis.nodes[other].stop();
+    if other == set_node {
+        for (replica, before) in cluster.replicas.iter().zip(&failed) {
+            eventually("a heartbeat failing on the stopped node", || async {
+                (replica.metric(errors, "").await > *before).then_some(())
+            })
+            .await;
+        }
+    }
+    let during = clients[0]
+        .clone()
+        .send_subscribe(keyed(&openid(1), "other-down"))
+        .await
+        .expect("keyed sends go on while the app's node is up")
+        .into_inner();
+    let retried = clients[1]
+        .clone()
+        .send_subscribe(keyed(&openid(1), "other-down"))
+        .await
+        .expect("and are answered from the record on another replica")
+        .into_inner();
+    assert_eq!(retried.msgid, during.msgid);
+    assert!(retried.deduplicated);
+    redis.nodes[other].resume().await;
+
+    // The app's own node down: keyed sends whose record cannot be checked are refused.
+    redis.nodes[app_node].stop();
+    let refused = clients[1]
+        .clone()
+        .send_subscribe(keyed(OPENID, "before"))
+        .await
+        .expect_err("the record cannot be checked on replica 1");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        refused.get_error_details().error_info().unwrap().reason,
+        "STORE_UNAVAILABLE"
+    );
+    let fresh = clients[0]
+        .clone()
+        .send_subscribe(keyed(&openid(2), "app-down"))
+        .await
+        .expect_err("a new key cannot be claimed");
+    assert_eq!(fresh.code(), Code::Unavailable, "{fresh:?}");
+    clients[1]
+        .clone()
+        .send_subscribe(course_request(&openid(3)))
+        .await
+        .expect("unkeyed sends go on");
+
+    redis.nodes[app_node].resume().await;
+    let mut again = None;
+    for _ in 0..100 {
+        match clients[1]
+            .clone()
+            .send_subscribe(keyed(OPENID, "before"))
+            .await
+        {
+            Ok(answer) => {
+                again = Some(answer.into_inner());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let again = again.expect("keyed sends resume by themselves");
+    assert!(again.deduplicated);
+    assert_eq!(again.msgid, sent.msgid);
+    clients[0]
+        .clone()
+        .send_subscribe(keyed(&openid(2), "app-down"))
+        .await
+        .expect("new keys are claimed again");
+    assert_eq!(
+        cluster.sandbox().inbox(Some(OPENID)).len(),
+        1,
+        "no duplicate"
+    );
+    assert_eq!(cluster.sandbox().inbox(Some(&openid(2))).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_each_replica_sends_its_share_of_the_rate() {
+    const RATE: u64 = 30;
+    const REPLICAS: usize = 3;
+    let mut redis = RedisServer::start().await;
+    let cluster = Cluster::start(
+        &redis.url(),
+        &[("NOTIFY_RATE_PER_SEC", RATE.to_string())],
+        REPLICAS,
+    )
+    .await;
+    let clients = cluster.clients().await;
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .clone()
+            .send_subscribe(course_request(&openid(index)))
+            .await
+            .expect("a token before the outage");
+    }
+    // Each replica's share is the rate over the replicas it counted at its last heartbeat:
+    // wait until all are in the set, then until each has beaten once more (and so counted all).
+    let beats = || {
+        let listed = redis.cli(&["zrange", "wechat-notify:replicas", "0", "-1", "withscores"]);
+        let values: Vec<String> = listed.lines().map(str::to_owned).collect();
+        values
+            .chunks(2)
+            .map(|pair| (pair[0].clone(), pair[1].parse::<u64>().unwrap()))
+            .collect::<std::collections::BTreeMap<String, u64>>()
+    };
+    let all_in = eventually("every replica in the set", || async {
+        let seen = beats();
+        (seen.len() == REPLICAS).then_some(seen)
+    })
+    .await;
+    eventually("every replica counting all", || async {
+        let seen = beats();
+        all_in
+            .iter()
+            .all(|(replica, at)| seen.get(replica).is_some_and(|now| now > at))
+            .then_some(())
+    })
+    .await;
+
+    redis.stop();
+    let before = cluster.sandbox().stats().delivered;
+    let started = tokio::time::Instant::now();
+    // Far more than the rate allows, from every replica at once; each call waits at most 2 s.
+    let mut calls = Vec::new();
+    for index in 0..360 {
+        let mut client = clients[index % clients.len()].clone();
+        calls.push(tokio::spawn(async move {
+            let mut request = tonic::Request::new(course_request(&openid(1000 + index)));
+            request.set_timeout(Duration::from_secs(2));
+            client.send_subscribe(request).await
+        }));
+    }
+    for call in calls {
+        let _ = call.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let delivered = cluster.sandbox().stats().delivered - before;
+    // Each replica: one second's burst of its share, then its share per second. A replica
+    // taking the whole rate would let three times that through.
+    let share = (RATE / REPLICAS as u64) as f64;
+    let most = REPLICAS as f64 * share * (1.0 + elapsed) + share;
+    assert!(
+        (delivered as f64) <= most,
+        "{delivered} delivered in {elapsed:.1}s while redis was down, at most {most:.0} allowed"
+    );
+    assert!(
+        delivered as f64 >= share,
+        "unkeyed sends go on: {delivered}"
+    );
 }
 
 async fn record(

@@ -13,6 +13,7 @@ use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
+    cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
 };
 use tokio::task::JoinHandle;
 
@@ -226,10 +227,12 @@ impl RedisStore {
             .await;
     }
 
-    /// A client for a pub/sub connection of its own (the first configured node; on a Redis
-    /// Cluster a PUBLISH reaches the subscribers of every node).
-    pub fn pubsub_client(&self) -> redis::RedisResult<redis::Client> {
-        redis::Client::open(self.config.urls[0].expose())
+    /// A pub/sub connection of its own, subscribed to `channel` on one of the configured nodes,
+    /// starting at `*next` (0 at first) and moving on to the next node on failure; a caller whose
+    /// subscription ended calls again with the same `next` and lands on another node. On a
+    /// Redis Cluster a PUBLISH reaches the subscribers of every node, so any node will do.
+    pub async fn subscribe(&self, channel: &str, next: &mut usize) -> redis::aio::PubSub {
+        super::wake::subscribe(&self.config.urls, channel, next).await
     }
 
     /// A listener for announced keys (register it before looking at the state it waits for).
@@ -243,11 +246,30 @@ impl RedisStore {
                 self.health.record_ok();
                 Ok(value)
             }
+            // On a cluster one node failing says nothing of the others, whose apps go on
+            // sharing state: only the probe of every node ([`Self::probe_cluster`]) turns the
+            // store down, so a dead node's keys do not hold back the live nodes' calls.
+            Err(error) if self.config.cluster => {
+                crate::telemetry::catalog::count_store_error();
+                Err(StoreError(error.to_string()))
+            }
             Err(error) => {
                 // A script error (a bug or a full Redis) is an answer, but not a usable one.
                 self.health.record_error(&error);
                 Err(StoreError(error.to_string()))
             }
+        }
+    }
+
+    /// Whether any primary of the cluster answers: the store is down only when none does.
+    async fn probe_cluster(&self, connection: &mut ClusterConnection) {
+        let routing = RoutingInfo::MultiNode((
+            MultipleNodeRoutingInfo::AllMasters,
+            Some(ResponsePolicy::OneSucceeded),
+        ));
+        match connection.route_command(redis::cmd("PING"), routing).await {
+            Ok(_) => self.health.record_ok(),
+            Err(error) => self.health.record_error(&error),
         }
     }
 
@@ -258,15 +280,12 @@ impl RedisStore {
         let store = self.clone();
         tokio::spawn(async move {
             store.connect().await;
-            let subscriber = match store.pubsub_client() {
-                Ok(client) => Some(tokio::spawn(
-                    store.wakeups.clone().run(client, store.keys.wake_channel()),
-                )),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot subscribe to wake-ups; waiters look again every few hundred milliseconds");
-                    None
-                }
-            };
+            let subscriber = tokio::spawn(
+                store
+                    .wakeups
+                    .clone()
+                    .run(store.config.urls.clone(), store.keys.wake_channel()),
+            );
             let _abort_subscriber = AbortOnDrop(subscriber);
             let heartbeat = redis::Script::new(HEARTBEAT_SCRIPT);
             loop {
@@ -281,6 +300,9 @@ impl RedisStore {
                         invocation.invoke_async(&mut connection).await;
                     if let Ok(replicas) = store.record(result) {
                         store.health.set_replicas(replicas);
+                    }
+                    if let Connection::Cluster(connection) = &mut connection {
+                        store.probe_cluster(connection).await;
                     }
                 }
                 tokio::time::sleep(HEARTBEAT).await;
@@ -332,13 +354,11 @@ impl RedisStore {
     }
 }
 
-struct AbortOnDrop(Option<JoinHandle<()>>);
+struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
+        self.0.abort();
     }
 }
 

@@ -1,6 +1,7 @@
 //! One app's token shared by replicas: the token itself (with its remaining life as the key's
-//! TTL, so no clock crosses a process boundary), a fetch lock with an owner and an expiry, and
-//! the force-refresh budget.
+//! TTL, so no clock crosses a process boundary), a fetch lock with an owner and an expiry, the
+//! force-refresh budget, and which token values already had their one fetch after a rejection
+//! (by digest: `rejected:<first 16 bytes of sha256, hex>`, never the token).
 //!
 //! A refresh on any replica first loads the stored token; if it is not fresh, the replica takes
 //! the lock and fetches, or waits for the lock's holder (woken through pub/sub when it releases
@@ -9,12 +10,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sha2::{Digest, Sha256};
 use tokio::time::{Duration, Instant};
 
 use super::RedisStore;
 use crate::{
     secret::Secret,
-    token::{FetchTurn, ForceBudget, StoredToken, TokenStore, TokenStoreError},
+    token::{FetchTurn, ForceBudget, RejectionTurn, StoredToken, TokenStore, TokenStoreError},
 };
 
 /// Life of the fetch lock: a replica that dies mid-fetch holds the others back this long at
@@ -31,12 +33,15 @@ pub struct RedisTokenStore {
     token_key: String,
     lock_key: String,
     force_key: String,
+    /// `prefix:{appid}:rejected:`, followed by a token's digest.
+    rejected_prefix: String,
     load: redis::Script,
     save: redis::Script,
     invalidate: redis::Script,
     release: redis::Script,
     lock_left: redis::Script,
     force: redis::Script,
+    end_rejection: redis::Script,
 }
 
 impl RedisTokenStore {
@@ -47,6 +52,7 @@ impl RedisTokenStore {
             token_key: keys.app(appid, "token"),
             lock_key: keys.app(appid, "token-lock"),
             force_key: keys.app(appid, "force-refresh"),
+            rejected_prefix: keys.app(appid, "rejected:"),
             store,
             load: redis::Script::new(LOAD_SCRIPT),
             save: redis::Script::new(SAVE_SCRIPT),
@@ -54,7 +60,19 @@ impl RedisTokenStore {
             release: redis::Script::new(super::RELEASE_AND_ANNOUNCE_SCRIPT),
             lock_left: redis::Script::new(LOCK_LEFT_SCRIPT),
             force: redis::Script::new(FORCE_SCRIPT),
+            end_rejection: redis::Script::new(END_REJECTION_SCRIPT),
         }
+    }
+
+    /// The key recording the rejection fetch of `token`: named by a digest, so Redis never
+    /// holds a rejected token (which may still be valid).
+    fn rejected_key(&self, token: &Secret) -> String {
+        let digest = Sha256::digest(token.expose().as_bytes());
+        let mut key = self.rejected_prefix.clone();
+        for byte in &digest[..16] {
+            key.push_str(&format!("{byte:02x}"));
+        }
+        key
     }
 }
 
@@ -171,7 +189,67 @@ impl TokenStore for RedisTokenStore {
             ForceBudget::Wait(Duration::from_millis(wait_ms))
         })
     }
+
+    async fn claim_rejection(
+        &self,
+        rejected: &Secret,
+        interval: Duration,
+    ) -> Result<RejectionTurn, TokenStoreError> {
+        let taken: Option<String> = self
+            .store
+            .query(
+                redis::cmd("SET")
+                    .arg(self.rejected_key(rejected))
+                    .arg(REJECTION_RUNNING)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(interval.as_millis().max(1) as u64),
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(if taken.is_some() {
+            RejectionTurn::Mine
+        } else {
+            RejectionTurn::Another
+        })
+    }
+
+    async fn end_rejection(&self, rejected: &Secret) {
+        let mut invocation = self.end_rejection.key(self.rejected_key(rejected));
+        invocation.arg(self.store.keys().wake_channel());
+        // Not marked: the waiters see the outcome at their next look, or wait out their bound.
+        let _ = self.store.invoke::<i64>(&invocation).await;
+    }
+
+    async fn wait_for_rejection(&self, rejected: &Secret, at_most: Duration) -> bool {
+        let key = self.rejected_key(rejected);
+        // Listening before looking: an end between the look and the wait still wakes us.
+        let mut listener = self.store.listen();
+        let state: Result<Option<String>, _> = self.store.query(redis::cmd("GET").arg(&key)).await;
+        match state {
+            Ok(Some(value)) if value == REJECTION_RUNNING => {
+                listener.wait(&key, at_most.min(LOCK_RECHECK)).await;
+                false
+            }
+            // Ended, expired, or not knowable now: the caller looks at the stored token.
+            _ => true,
+        }
+    }
 }
+
+/// The value of a rejection record while its fetch runs; [`END_REJECTION_SCRIPT`] changes it
+/// once the outcome is stored.
+const REJECTION_RUNNING: &str = "1";
+
+/// Marks the rejection record `KEYS[1]` ended (keeping its TTL: the token value's one fetch
+/// per interval stays spent) and announces it on channel `ARGV[1]`.
+const END_REJECTION_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == '1' then
+  redis.call('SET', KEYS[1], 'done', 'KEEPTTL')
+end
+redis.call('PUBLISH', ARGV[1], KEYS[1])
+return 1
+";
 
 /// The stored value (`lifetime_ms\ntoken`) and its remaining life in ms, or nil.
 const LOAD_SCRIPT: &str = r"

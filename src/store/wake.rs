@@ -2,17 +2,62 @@
 //! that changed (a token fetched, an idempotency claim settled). Waiters listen here instead
 //! of polling Redis; they still look again after a bounded while, in case a message was lost
 //! (pub/sub does not queue for a reconnecting subscriber).
+//!
+//! A subscription lives on one node. On a Redis Cluster every node delivers every PUBLISH, so
+//! when the node goes away the subscription moves to the next configured node instead of
+//! waiting for that one to return ([`subscribe`]).
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use tokio::{sync::broadcast, time::Duration};
 
+use crate::{
+    secret::Secret,
+    telemetry::catalog::{self, StoreWait},
+};
+
 /// Messages buffered per listener; one that falls behind simply looks again.
 const BUFFERED: usize = 1024;
 
-/// Delay before subscribing again after the subscription failed or ended.
+/// Delay before another round over the nodes once none of them took the subscription.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+
+/// How long connecting to one node and subscribing there may take: a node that is gone
+/// without refusing (a dropped host) costs this long before the next one is tried.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Subscribes to `channel` on one of the nodes `urls`, starting at `*next` and going round them
+/// (each try bounded by [`SUBSCRIBE_TIMEOUT`]) until one takes it. `*next` is left at the node
+/// after the one subscribed to, so that a caller whose subscription ended tries another node
+/// first. Retries until it succeeds.
+pub(crate) async fn subscribe(
+    urls: &[Secret],
+    channel: &str,
+    next: &mut usize,
+) -> ::redis::aio::PubSub {
+    loop {
+        for _ in 0..urls.len() {
+            let url = &urls[*next % urls.len()];
+            *next = (*next + 1) % urls.len();
+            let attempt = async {
+                let client = ::redis::Client::open(url.expose())?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(channel).await?;
+                Ok::<_, ::redis::RedisError>(pubsub)
+            };
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, attempt).await {
+                Ok(Ok(pubsub)) => return pubsub,
+                // The URL stays out of the log: it may carry a password.
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %channel, "cannot subscribe on this node")
+                }
+                Err(_) => tracing::debug!(%channel, "subscribing on this node timed out"),
+            }
+        }
+        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
 
 /// The local end of the wake-up channel.
 #[derive(Debug, Clone)]
@@ -34,26 +79,22 @@ impl Wakeups {
         }
     }
 
-    /// Subscribes to `channel` through `client` and forwards its messages to the listeners,
-    /// subscribing again whenever the subscription ends. Runs until aborted.
-    pub async fn run(self, client: ::redis::Client, channel: String) {
+    /// Subscribes to `channel` on one of `urls` and forwards its messages to the listeners;
+    /// when the subscription ends (its node went away), subscribes on the next node. Runs until
+    /// aborted.
+    pub async fn run(self, urls: Vec<Secret>, channel: String) {
+        let mut next = 0;
         loop {
-            match client.get_async_pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
-                    Ok(()) => {
-                        tracing::debug!(%channel, "subscribed to wake-ups");
-                        let mut messages = pubsub.on_message();
-                        while let Some(message) = messages.next().await {
-                            if let Ok(key) = message.get_payload::<String>() {
-                                let _ = self.sender.send(Arc::from(key));
-                            }
-                        }
-                    }
-                    Err(error) => tracing::debug!(%error, "cannot subscribe to wake-ups"),
-                },
-                Err(error) => tracing::debug!(%error, "cannot connect for wake-ups"),
+            let pubsub = subscribe(&urls, &channel, &mut next).await;
+            catalog::count_wake_subscription();
+            tracing::debug!(%channel, "subscribed to wake-ups");
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                if let Ok(key) = message.get_payload::<String>() {
+                    let _ = self.sender.send(Arc::from(key));
+                }
             }
-            tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+            tracing::debug!(%channel, "wake-up subscription ended; subscribing on another node");
         }
     }
 }
@@ -64,7 +105,8 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    /// Returns when `key` was announced, or after `at_most`, whichever is first.
+    /// Returns when `key` was announced, or after `at_most`, whichever is first; counted in
+    /// `wechat_notify_store_waits_total` by which it was.
     pub async fn wait(&mut self, key: &str, at_most: Duration) {
         let woken = async {
             loop {
@@ -77,6 +119,10 @@ impl Listener {
                 }
             }
         };
-        let _ = tokio::time::timeout(at_most, woken).await;
+        let ended = match tokio::time::timeout(at_most, woken).await {
+            Ok(()) => StoreWait::Woken,
+            Err(_) => StoreWait::TimedOut,
+        };
+        catalog::count_store_wait(ended);
     }
 }

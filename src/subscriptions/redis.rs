@@ -45,8 +45,6 @@ pub const ENTRY_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
 const CAS_ATTEMPTS: u32 = 32;
 /// The wait after a write lost to another writer (up to 1, 2, 4, 8, then 10 ms).
 const LOST_WRITE_RETRY: Backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(10));
-/// Delay before subscribing again after the event subscription failed or ended.
-const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 /// The hash field counting writes (not a template id: those have no `#`).
 const VERSION_FIELD: &str = "#version";
 
@@ -143,32 +141,24 @@ fn unavailable(error: impl std::fmt::Display) -> LedgerError {
 }
 
 /// Subscribes (on a connection of its own) to every replica's events and hands them to this
-/// replica's watchers, subscribing again whenever the subscription ends. Runs until aborted.
+/// replica's watchers; when the subscription ends (its node went away), subscribes on another
+/// configured node. Runs until aborted.
 async fn relay(store: Arc<RedisStore>, hub: Arc<EventHub>, channel: String) {
+    let mut next = 0;
     loop {
-        match store.pubsub_client() {
-            Ok(client) => match client.get_async_pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
-                    Ok(()) => {
-                        tracing::debug!(%channel, "subscribed to ledger events");
-                        let mut messages = pubsub.on_message();
-                        while let Some(message) = messages.next().await {
-                            let Ok(text) = message.get_payload::<String>() else {
-                                continue;
-                            };
-                            match wire::decode_event(&text) {
-                                Some((appid, event)) => hub.publish(&appid, event),
-                                None => tracing::debug!("ledger event not understood; skipped"),
-                            }
-                        }
-                    }
-                    Err(error) => tracing::debug!(%error, "cannot subscribe to ledger events"),
-                },
-                Err(error) => tracing::debug!(%error, "cannot connect for ledger events"),
-            },
-            Err(error) => tracing::debug!(%error, "no client for ledger events"),
+        let pubsub = store.subscribe(&channel, &mut next).await;
+        tracing::debug!(%channel, "subscribed to ledger events");
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let Ok(text) = message.get_payload::<String>() else {
+                continue;
+            };
+            match wire::decode_event(&text) {
+                Some((appid, event)) => hub.publish(&appid, event),
+                None => tracing::debug!("ledger event not understood; skipped"),
+            }
         }
-        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+        tracing::debug!(%channel, "ledger event subscription ended; subscribing on another node");
     }
 }
 

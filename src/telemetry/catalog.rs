@@ -23,8 +23,8 @@ mod rpc;
 mod tests;
 
 pub use labels::{
-    Endpoint, LedgerLookup, Outcome, PushEventKind, PushResult, StoreState, TemplateFetch,
-    TokenFetch, TokenRejection,
+    Endpoint, LedgerLookup, Outcome, PushEventKind, PushResult, StoreState, StoreWait,
+    TemplateFetch, TokenFetch, TokenRejection,
 };
 pub use rpc::{CallerRpcMetrics, InFlight, RpcMethod, code_name};
 
@@ -63,6 +63,10 @@ const RPC_IN_FLIGHT: &str = "wechat_notify_rpc_in_flight";
 const STORE_ERRORS_TOTAL: &str = "wechat_notify_store_errors_total";
 /// Gauge: 1 while the shared Redis answers.
 const STORE_UP: &str = "wechat_notify_store_up";
+/// Counter `{result}`: waits for another replica, by how they ended.
+const STORE_WAITS_TOTAL: &str = "wechat_notify_store_waits_total";
+/// Counter: subscriptions made to the wake-up channel.
+const STORE_WAKE_SUBSCRIPTIONS_TOTAL: &str = "wechat_notify_store_wake_subscriptions_total";
 /// Counter `{app, result}`: send-time ledger lookups.
 const SUBSCRIPTION_LEDGER_LOOKUPS_TOTAL: &str = "wechat_notify_subscription_ledger_lookups_total";
 /// Counter `{app}`: sends refused under `enforce` without calling WeChat.
@@ -186,6 +190,16 @@ fn describe_all() {
     describe_gauge!(
         STORE_UP,
         "1 while the shared Redis answers, 0 while it does not (only with NOTIFY_REDIS_URL)."
+    );
+    describe_counter!(
+        STORE_WAITS_TOTAL,
+        "Waits for another replica's token fetch or idempotency claim, by how they ended: woken \
+         (the wake-up came through Redis pub/sub) or timed_out (looked again on its own)."
+    );
+    describe_counter!(
+        STORE_WAKE_SUBSCRIPTIONS_TOTAL,
+        "Subscriptions made to the shared wake-up channel: one at start, one more each time the \
+         subscription's node went away and another took it."
     );
     describe_counter!(
         SUBSCRIPTION_LEDGER_LOOKUPS_TOTAL,
@@ -374,6 +388,16 @@ pub fn set_store_state(state: StoreState) {
         StoreState::Down => 0.0,
     };
     metrics::gauge!(STORE_UP).set(up);
+}
+
+/// Counts one wait for another replica, by how it ended.
+pub fn count_store_wait(ended: StoreWait) {
+    metrics::counter!(STORE_WAITS_TOTAL, "result" => ended.label()).increment(1);
+}
+
+/// Counts one subscription made to the wake-up channel.
+pub fn count_wake_subscription() {
+    metrics::counter!(STORE_WAKE_SUBSCRIPTIONS_TOTAL).increment(1);
 }
 
 /// Counts one failed call to the shared Redis (a connection attempt included).

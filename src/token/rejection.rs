@@ -7,7 +7,7 @@ use std::sync::{Arc, atomic::Ordering};
 use tokio::time::{Duration, Instant};
 use tracing::{debug, warn};
 
-use super::{ForceBudget, RefreshState, TokenCache};
+use super::{ForceBudget, RefreshState, RejectionTurn, SHARED_FETCH_WAIT, TokenCache};
 use crate::{
     secret::Secret,
     telemetry::catalog::{self, TokenRejection},
@@ -122,6 +122,18 @@ impl TokenCache {
         {
             return Err(error.clone());
         }
+        // Replicas sharing a store make one fetch for a token value between them; the others
+        // take its outcome. Without the store, this process's memory alone applies.
+        let claimed = match self.store.claim_rejection(rejected, interval).await {
+            Ok(RejectionTurn::Another) => {
+                return Ok(self.rejection_fetched_elsewhere(rejected).await);
+            }
+            Ok(turn) => turn == RejectionTurn::Mine,
+            Err(error) => {
+                warn!(app = %self.app, %error, "token store unavailable; only this replica's rejection fetches are known");
+                false
+            }
+        };
         if state.rejection_fetches.len() == REJECTION_FETCHES_REMEMBERED {
             state.rejection_fetches.pop_front();
         }
@@ -146,7 +158,30 @@ impl TokenCache {
             }
             self.install(cached);
         }
+        if claimed {
+            self.store.end_rejection(rejected).await;
+        }
         result
+    }
+
+    /// Another replica makes the one fetch for `rejected`: waits for its outcome (woken through
+    /// the store, for at most [`SHARED_FETCH_WAIT`]) and installs the token it stored, or keeps
+    /// this one when that is still `rejected` (WeChat stood by it).
+    async fn rejection_fetched_elsewhere(&self, rejected: &Secret) -> RejectionAction {
+        let deadline = Instant::now() + SHARED_FETCH_WAIT;
+        let mut ended = false;
+        loop {
+            if let Some(cached) = self.stored_token(&|token| token != rejected).await {
+                debug!(app = %self.app, "using the token another replica fetched after the rejection");
+                self.install(Arc::new(cached));
+                return RejectionAction::Refreshed;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if ended || left.is_zero() {
+                return RejectionAction::Kept;
+            }
+            ended = self.store.wait_for_rejection(rejected, left).await;
+        }
     }
 
     /// The fetch after a rejection of `rejected`, installing what it yields.

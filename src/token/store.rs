@@ -62,6 +62,18 @@ pub enum ForceBudget {
     Wait(Duration),
 }
 
+/// Whose the one fetch after a rejection of a token value is, when replicas share a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectionTurn {
+    /// The store keeps no such record: the cache's own memory of its rejection fetches applies.
+    Local,
+    /// This replica makes the fetch (and ends it with [`TokenStore::end_rejection`]).
+    Mine,
+    /// Another replica made it or is making it: wait for its outcome
+    /// ([`TokenStore::wait_for_rejection`]) instead of fetching.
+    Another,
+}
+
 /// One app's token storage. Object-safe; every method is called only on the cache's slow path
 /// (misses, refreshes and rejections), never on the hot read path.
 ///
@@ -69,7 +81,8 @@ pub enum ForceBudget {
 /// may have stored a new token), then `save` with whatever it installs: a new token, or T again
 /// when WeChat hands T back and no force refresh is allowed (T is *kept*) or the fetch fails.
 /// So a store never stays empty after a rejection while the token endpoint answers. The
-/// rejection bookkeeping (one fetch per token value per 30 s) lives in the cache, per process.
+/// rejection bookkeeping (one fetch per token value per 30 s) is the store's when it keeps one
+/// ([`TokenStore::claim_rejection`], shared by the replicas), else the cache's, per process.
 ///
 /// The fetch lock and the force-refresh budget have in-process defaults (the cache's own
 /// single flight and budget already cover one process); a store shared by replicas overrides
@@ -106,6 +119,31 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> Result<ForceBudget, TokenStoreError> {
         let _ = (interval, daily_limit);
         Ok(ForceBudget::Local)
+    }
+
+    /// Claims the one fetch that a rejection of `rejected` earns within `interval`, for every
+    /// replica sharing the store. The store may keep a digest of the token, never the token.
+    async fn claim_rejection(
+        &self,
+        rejected: &Secret,
+        interval: Duration,
+    ) -> Result<RejectionTurn, TokenStoreError> {
+        let _ = (rejected, interval);
+        Ok(RejectionTurn::Local)
+    }
+
+    /// Ends the rejection fetch claimed with [`TokenStore::claim_rejection`] (its outcome, a
+    /// token, is saved by then) and wakes the replicas waiting for it.
+    async fn end_rejection(&self, rejected: &Secret) {
+        let _ = rejected;
+    }
+
+    /// Waits (woken, not polled) for the end of another replica's rejection fetch of `rejected`
+    /// for at most `at_most`; true once it has ended (or the store cannot tell), false when it
+    /// may still be running.
+    async fn wait_for_rejection(&self, rejected: &Secret, at_most: Duration) -> bool {
+        let _ = (rejected, at_most);
+        true
     }
 }
 

@@ -54,9 +54,18 @@ impl RedisServer {
 
     /// A cluster node on a loopback port (see the module docs for why a port).
     async fn start_cluster_node() -> RedisServer {
-        let extra: Vec<String> = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
-            .map(str::to_owned)
-            .into();
+        // Without full coverage the nodes that stay up keep serving their own slots while
+        // another is down (what docs/operations.md asks of a production cluster too).
+        let extra: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "2000",
+            "--cluster-require-full-coverage",
+            "no",
+        ]
+        .map(str::to_owned)
+        .into();
         for _ in 0..CLUSTER_NODE_ATTEMPTS {
             let mut server = RedisServer {
                 address: Address::Port(port_free_a_moment_ago()),
@@ -166,6 +175,16 @@ impl RedisServer {
         panic!("redis-server at {} did not answer", self.url());
     }
 
+    /// Runs one `redis-cli` command against this server; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(self.cli_args())
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -230,8 +249,54 @@ impl RedisCluster {
 
     /// The node URLs, comma-separated.
     pub fn urls(&self) -> String {
-        let urls: Vec<String> = self.nodes.iter().map(RedisServer::url).collect();
+        self.urls_from(0)
+    }
+
+    /// The node URLs, comma-separated, node `first` first (where a replica subscribes first).
+    pub fn urls_from(&self, first: usize) -> String {
+        let count = self.nodes.len();
+        let urls: Vec<String> = (0..count)
+            .map(|offset| self.nodes[(first + offset) % count].url())
+            .collect();
         urls.join(",")
+    }
+
+    /// The index of the node serving `key`'s slot (asked of a node that is up).
+    pub fn node_of(&self, key: &str) -> usize {
+        let asked = self
+            .nodes
+            .iter()
+            .find(|node| node.child.is_some())
+            .expect("a node is up");
+        let slot: u16 = asked
+            .cli(&["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .unwrap();
+        // CLUSTER NODES: `id host:port@bus flags primary ping pong epoch link slot...`
+        for line in asked.cli(&["cluster", "nodes"]).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let serves = fields.iter().skip(8).any(|range| {
+                let (low, high) = range.split_once('-').unwrap_or((range, range));
+                match (low.parse::<u16>(), high.parse::<u16>()) {
+                    (Ok(low), Ok(high)) => (low..=high).contains(&slot),
+                    _ => false,
+                }
+            });
+            if serves {
+                let port = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|port| port.parse::<u16>().ok())
+                    .unwrap();
+                return self
+                    .nodes
+                    .iter()
+                    .position(|node| matches!(node.address, Address::Port(p) if p == port))
+                    .expect("the slot's node is one of ours");
+            }
+        }
+        panic!("no node serves slot {slot}");
     }
 }
 
@@ -240,6 +305,8 @@ pub struct Replica {
     child: Child,
     /// Its gRPC port.
     pub port: u16,
+    /// Its metrics port.
+    pub metrics_port: u16,
     logs: tempfile::NamedTempFile,
 }
 
@@ -276,6 +343,7 @@ impl Replica {
             Ok(listening) => Replica {
                 child,
                 port: listening.grpc.port(),
+                metrics_port: listening.metrics.port(),
                 logs,
             },
             Err(problem) => {
@@ -297,6 +365,29 @@ impl Replica {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("replica on port {} never became SERVING", self.port);
+    }
+
+    /// The sum of the samples of the metric `name` whose labels include `labels` (e.g.
+    /// `result="woken"`; empty for all); 0 when it has none yet.
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("metrics answers")
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (sample, sample_labels) = series.split_once('{').unwrap_or((series, ""));
+                (sample == name && sample_labels.contains(labels))
+                    .then(|| value.parse::<f64>().ok())?
+            })
+            .fold(0.0, |sum, value| sum + value)
     }
 
     /// Health status (1 SERVING, 2 NOT_SERVING), once the port answers.

@@ -75,6 +75,17 @@ label_values! {
 }
 
 label_values! {
+    /// `result` of `wechat_notify_store_waits_total`: how a wait for another replica (its token
+    /// fetch, its idempotency claim) ended.
+    pub enum StoreWait {
+        /// The wake-up published through Redis arrived.
+        Woken => "woken",
+        /// No wake-up within the bounded wait; the waiter looks again on its own.
+        TimedOut => "timed_out",
+    }
+}
+
+label_values! {
     /// `result` of `wechat_notify_template_fetches_total`.
     pub enum TemplateFetch {
         /// WeChat listed the templates.

@@ -34,6 +34,10 @@ fn render_everything() -> String {
         set_store_state(StoreState::Down);
         set_store_state(StoreState::Up);
         count_store_error();
+        for ended in StoreWait::ALL {
+            count_store_wait(*ended);
+        }
+        count_wake_subscription();
         for result in LedgerLookup::ALL {
             count_ledger_lookup("a", *result);
         }
