@@ -3,7 +3,8 @@
 //!
 //! Other features that keep shared state use this module: [`RedisStore::invoke`] runs one of
 //! their scripts on the current connection (recording its health), [`RedisStore::keys`] builds
-//! their keys in the app's hash tag, and [`RedisStore::announce`]/`listen` wake waiters.
+//! their keys in the app's hash tag, and `listen` waits for the keys their scripts announce
+//! (a PUBLISH on [`Keys::wake_channel`] inside the script that changed the key).
 
 use std::{sync::Arc, time::Duration};
 
@@ -218,13 +219,6 @@ impl RedisStore {
         let mut connection = self.connection()?;
         let result = command.query_async(&mut connection).await;
         self.record(result)
-    }
-
-    /// Wakes the waiters of `key` on every replica (sent through Redis; best effort).
-    pub async fn announce(&self, key: &str) {
-        let _ = self
-            .query::<()>(redis::cmd("PUBLISH").arg(self.keys.wake_channel()).arg(key))
-            .await;
     }
 
     /// A pub/sub connection of its own, subscribed to `channel` on one of the configured nodes,
