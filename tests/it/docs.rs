@@ -54,7 +54,8 @@ fn test_paths(text: &str) -> Vec<String> {
 }
 
 /// The test targets of the `cargo test --test NAME [FILTER]` commands in `text`, each with the
-/// module its filter names (`replicas` in `--test it replicas::`), if any.
+/// module its filter names (`replicas` in `--test it replicas::`), if any; a placeholder
+/// (`--test ...`) names none.
 fn test_targets(text: &str) -> Vec<(String, Option<String>)> {
     let word = |rest: &str| -> String {
         rest.chars()
@@ -70,6 +71,7 @@ fn test_targets(text: &str) -> Vec<(String, Option<String>)> {
                 filter.filter(|module| rest[target.len() + 1 + module.len()..].starts_with("::"));
             (target, module)
         })
+        .filter(|(target, _)| !target.is_empty())
         .collect()
 }
 
@@ -252,7 +254,9 @@ fn the_test_name_checker_catches_what_it_should() {
         ["tests/it/faults.rs", "tests/browser", "tests/"]
     );
     assert_eq!(
-        test_targets("`cargo test --test it replicas:: -- --nocapture`, --test console"),
+        test_targets(
+            "`cargo test --test it replicas:: -- --nocapture`, --test console, --test ..."
+        ),
         [
             ("it".to_owned(), Some("replicas".to_owned())),
             ("console".to_owned(), None)
