@@ -6,7 +6,7 @@
 //! rejected here**. Characters are counted as Unicode scalar values (`str::chars`).
 //!
 //! The sandbox, playing WeChat, checks values with a table of its own written from the same
-//! documentation (`wechat_notify_sandbox::keywords`); `tests/keyword_rules.rs` runs both over
+//! documentation (`wechat_notify_sandbox::keywords`); `tests/it/keyword_rules.rs` runs both over
 //! one corpus and fails on every value they judge differently.
 //!
 //! Key names: a data key is `<type><digits>` (`thing1`, `character_string13`). A key of any other

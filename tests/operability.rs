@@ -1,8 +1,6 @@
+// Own binary: it asserts exact counts of the process-wide metrics recorder, RPC series included.
 //! What `/metrics` says matches what WeChat (the sandbox) saw: scraped over HTTP from the running
 //! server and parsed from the Prometheus text format.
-//!
-//! Its own test binary, with one test: the recorder is process-wide and the RPC metrics carry
-//! no app label, so exact RPC counts need a binary where nothing else makes calls.
 
 mod common;
 

@@ -1,7 +1,6 @@
+// Own binary: it installs the process-wide log subscriber (JSON lines, captured).
 //! The caller's `x-request-id` (or a generated one) is on every log line of its call and comes
 //! back in the response metadata, errors included; JSON lines carry it at the top level.
-//!
-//! Its own test binary: it installs the process-wide subscriber (JSON lines, captured).
 
 mod common;
 

@@ -1,10 +1,8 @@
+// Own binary: it installs the process-wide log subscriber and reads the process-wide counters.
 //! A request that cannot be decoded (a string that is not UTF-8, malformed protobuf) is the
 //! caller's fault: INVALID_ARGUMENT naming the field where it is known, logged once with the
 //! request id, counted as `invalid`; nothing is sent and the service stays SERVING. A request
 //! over the size limit stays OUT_OF_RANGE.
-//!
-//! Its own test binary: it installs the process-wide subscriber (text, captured) and reads the
-//! process-wide message counter.
 
 mod common;
 

@@ -2,7 +2,7 @@
 // against a running `wechat-notify serve --sandbox`. Messages are sent through the service's
 // gRPC API, as an application would; the page is only looked at and clicked, as a person would.
 //
-// Started by tests/console.rs (which starts the binary on free ports), with:
+// Started by tests/it/console.rs (which starts the binary on free ports), with:
 //   CONSOLE_URL          the sandbox's base URL, e.g. http://127.0.0.1:8089
 //   NOTIFY_TARGET        the service's gRPC address, e.g. 127.0.0.1:50051
 //   NOTIFY_PROTO         proto/notify/v1/notify.proto
@@ -41,7 +41,7 @@ const SHIPPED_DATA = { character_string1: 'SBX2019100100001', thing2: '无线耳
 
 function required(name) {
   const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set (tests/console.rs sets it)`);
+  if (!value) throw new Error(`${name} is not set (tests/it/console.rs sets it)`);
   return value;
 }
 

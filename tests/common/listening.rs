@@ -1,7 +1,7 @@
 //! The `listening` line the binary logs once its listeners are bound: tests start it with port 0
 //! everywhere and read the ports it got from that line, so no port is chosen by the test,
 //! released, and bound again by the child (where something else may have taken it meanwhile).
-//! Standalone (std only), so the polyglot harness includes it too.
+//! Standalone (std only).
 #![allow(dead_code)]
 
 use std::{

@@ -3,9 +3,11 @@
 //!
 //! A single server listens on a unix socket in its own directory and on no TCP port, so nothing
 //! else can take its address, before or after an outage. The nodes of the three-node cluster are
-//! the one exception to "bind once and hand over": a cluster is reached over TCP (clients and the
-//! cluster bus, on the port plus 10000) and redis-server cannot take port 0, so a node gets a port
-//! that was free a moment ago and is started again on another if it was taken in between.
+//! the one exception in the repository to "bind once and hand over" (everything else binds port 0
+//! and reads the port it got, or is handed the bound listener): a cluster is reached over TCP
+//! (clients and the cluster bus, on the port plus 10000) and redis-server cannot take port 0, so
+//! a node gets a port that was free a moment ago and is started again on another if it was taken
+//! in between.
 
 use std::{
     net::TcpListener,

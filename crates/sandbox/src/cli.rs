@@ -3,7 +3,7 @@
 use std::{fmt, future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
-    Sandbox,
+    Sandbox, SandboxServer,
     config::{AppCredentials, SandboxConfig},
     templates::load_templates,
 };
@@ -113,12 +113,12 @@ fn parse_app(app: &str) -> Result<AppCredentials, String> {
     }
 }
 
-/// Runs the sandbox until `shutdown` resolves: validates the flags, binds, logs the base URL,
-/// serves, then drains in-flight requests.
-pub async fn run(
+/// Starts the sandbox: validates the flags, binds (port 0 picks a free port) and serves in the
+/// background. The returned server holds the bound address, so whoever asked for port 0 learns
+/// the real one without a second bind.
+pub async fn start(
     args: SandboxArgs,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<SandboxServer, Box<dyn std::error::Error + Send + Sync>> {
     let listen = args.listen;
     let config = args.into_config()?;
     let appids: Vec<&str> = config.apps.iter().map(|a| a.appid.as_str()).collect();
@@ -131,9 +131,22 @@ pub async fn run(
     );
     let server = Sandbox::new(config).spawn(listen).await?;
     tracing::info!(base_url = %server.base_url(), console = %server.base_url(), "sandbox listening");
+    Ok(server)
+}
+
+/// Serves a started sandbox until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve_until(server: SandboxServer, shutdown: impl Future<Output = ()>) {
     shutdown.await;
     tracing::info!("sandbox shutting down");
     server.shutdown().await;
+}
+
+/// [`start`], then [`serve_until`] `shutdown` resolves: what `wechat-sandbox` runs.
+pub async fn run(
+    args: SandboxArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    serve_until(start(args).await?, shutdown).await;
     Ok(())
 }
 

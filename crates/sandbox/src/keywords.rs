@@ -3,7 +3,7 @@
 //! subscribeMessage.send page (docs/wechat.md, section 2), and its format notes.
 //!
 //! They are the sandbox's own on purpose: the service checks values before it sends with a table
-//! of its own, and the root package's `tests/keyword_rules.rs` runs both over one corpus of
+//! of its own, and the root package's `tests/it/keyword_rules.rs` runs both over one corpus of
 //! values, so a rule either gets wrong shows up as a disagreement instead of being wrong in both.
 //!
 //! The table, as WeChat words it:

@@ -4,11 +4,9 @@
 //! happens before anything is recorded; retries are applied once; XML and JSON bodies in every
 //! shape WeChat sends are understood.
 
-mod common;
-
 use std::{process::Command, time::Duration};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 use wechat_notify::{

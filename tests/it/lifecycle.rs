@@ -4,11 +4,9 @@
 //! the delay; `--warm-tokens` with a secret WeChat refuses exits non-zero without printing the
 //! secret.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{process::*, *};
+use crate::common::{process::*, *};
 use tonic::{Request, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,

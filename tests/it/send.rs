@@ -1,11 +1,9 @@
 //! SendSubscribe end to end: a real server on a loopback port, a real gRPC client, the sandbox
 //! as WeChat.
 
-mod common;
-
 use std::{collections::BTreeMap, time::Duration};
 
-use common::*;
+use crate::common::*;
 use tonic::Code;
 use tonic_types::StatusExt;
 use wechat_notify::pb;
@@ -209,7 +207,7 @@ async fn wechat_errcodes_map_to_the_interface_table() {
 #[tokio::test]
 async fn real_rule_violations_come_back_from_the_sandbox_as_47003() {
     // With template checks off, a key the template does not have is left to WeChat (with them
-    // on it is caught locally: tests/templates.rs).
+    // on it is caught locally: tests/it/templates.rs).
     let sandbox_config = SandboxConfig::default();
     let mut harness = Harness::start_with(sandbox_config, |config| {
         config.template_checks = false;

@@ -3,11 +3,9 @@
 //! it refuses without a call to WeChat), what observe records without blocking, BatchSend per
 //! recipient, and the sandbox's pushes arriving in WatchEvents.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
 use wechat_notify::{
@@ -171,8 +169,12 @@ async fn reports_are_checked_recorded_and_answered() {
 
 #[tokio::test]
 async fn enforce_refuses_what_the_ledger_knows_without_calling_wechat() {
-    // Auto-accept on: the sandbox would deliver anything, so every refusal is the ledger's.
-    let (mut harness, mut client) = start(SubscriptionCheck::Enforce, true).await;
+    // Auto-accept on: the sandbox would deliver anything, so every refusal is the ledger's. The
+    // app's name is this test's own: the metrics recorder is shared by the whole test binary.
+    let (mut harness, mut client) = start_with(SubscriptionCheck::Enforce, true, |config| {
+        config.apps[0].name = "enforced".to_owned();
+    })
+    .await;
     let rejected = openid(1);
     record(&mut client, &rejected, &[(COURSE_REMINDER, "reject")])
         .await
@@ -234,7 +236,7 @@ async fn enforce_refuses_what_the_ledger_knows_without_calling_wechat() {
     assert_eq!(batch.results[0].attempts, 0);
     assert_eq!(harness.sandbox().stats().send_requests, 3);
 
-    // The calls saved are counted (the recorder is shared by this file's tests, which only add).
+    // The calls saved are counted: the rejected pair twice, the spent grant twice.
     let metrics = reqwest::get(format!("http://{}/metrics", harness.server.metrics_addr))
         .await
         .unwrap()
@@ -247,14 +249,17 @@ async fn enforce_refuses_what_the_ledger_knows_without_calling_wechat() {
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
     };
-    assert!(value("wechat_notify_subscription_sends_saved_total{app=\"demo\"}") >= 4.0);
-    assert!(
-        value("wechat_notify_subscription_ledger_lookups_total{app=\"demo\",result=\"hit\"}")
-            >= 4.0
+    assert_eq!(
+        value("wechat_notify_subscription_sends_saved_total{app=\"enforced\"}"),
+        4.0
     );
-    assert!(
-        value("wechat_notify_subscription_ledger_lookups_total{app=\"demo\",result=\"miss\"}")
-            >= 2.0
+    assert_eq!(
+        value("wechat_notify_subscription_ledger_lookups_total{app=\"enforced\",result=\"hit\"}"),
+        5.0
+    );
+    assert_eq!(
+        value("wechat_notify_subscription_ledger_lookups_total{app=\"enforced\",result=\"miss\"}"),
+        2.0
     );
 }
 

@@ -1,23 +1,14 @@
 //! No AppSecret or access token reaches a log line, at any level, even when things go wrong.
-//! (Its own test binary: it installs a process-wide TRACE subscriber.)
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use wechat_notify::pb;
 use wechat_notify_sandbox::{Fault, SandboxConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_hold_no_secret_and_no_token() {
-    let captured = CapturedLogs::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let captured = crate::trace_logs();
 
     let secret = "s3cr3t-app-secret-value-for-the-test";
     let sandbox_config = SandboxConfig {

@@ -3,11 +3,9 @@
 //! keyed sends refused (not risked) while Redis is down, one subscription ledger and its events
 //! for all. The same core promises on a real three-node Redis Cluster.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{redis::*, *};
+use crate::common::{redis::*, *};
 use tonic::Code;
 use wechat_notify::pb::{self, subscription_service_client::SubscriptionServiceClient};
 use wechat_notify_sandbox::{Fault, Sandbox, SandboxConfig, SandboxServer};

@@ -2,9 +2,7 @@
 //! statuses carry (BadRequest, ErrorInfo, RetryInfo) and the files they import, so
 //! `grpcurl` prints them as JSON instead of base64.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use prost::Message;
 use tonic::transport::Channel;
 use tonic_reflection::pb::v1alpha::{

@@ -1,12 +1,10 @@
 //! The error table (docs/api.md, "Errors"): each upstream row provoked through gRPC against the
 //! sandbox, checking that the message says what actually happened (the endpoint, the errcode
 //! and errmsg with its `rid`, or the transport failure), beside the code the table gives. The
-//! codes alone are also checked in tests/send.rs; local validation in tests/send.rs and
-//! tests/templates.rs.
+//! codes alone are also checked in tests/it/send.rs; local validation in tests/it/send.rs and
+//! tests/it/templates.rs.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tonic::Code;
 use tonic_types::StatusExt;
 use wechat_notify_sandbox::{Fault, SandboxConfig};

@@ -2,11 +2,9 @@
 //! accepted and refused (unknown CA, expired), a caller identified by its certificate, and a
 //! certificate rotation while a client keeps its connection.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{pki::*, *};
+use crate::common::{pki::*, *};
 use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use wechat_notify::{

@@ -1,12 +1,9 @@
 //! No bearer token (right or wrong) and no TLS private key reaches a log line, at TRACE, through
 //! identified, refused and TLS calls and a failed certificate reload.
-//! (Its own test binary: it installs a process-wide TRACE subscriber.)
-
-mod common;
 
 use std::time::Duration;
 
-use common::{pki::*, *};
+use crate::common::{pki::*, *};
 use tonic::Request;
 use wechat_notify::{
     config::{CallerConfig, CallersConfig, Rpc, TokenDigest},
@@ -19,13 +16,7 @@ const WRONG_TOKEN: &str = "wrong-bearer-token-value-9876543210";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_hold_no_bearer_token_and_no_tls_key() {
-    let captured = CapturedLogs::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let captured = crate::trace_logs();
 
     let ca = Ca::new("ca");
     let server_leaf = ca.server();

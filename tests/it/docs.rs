@@ -1,7 +1,8 @@
 //! Docs that cannot rot: every relative link in README.md and docs/*.md leads to a file of the
-//! repository (and, with `#anchor`, to a heading of that file), and nothing in the repository
-//! cites a file outside it. The README's quick tour is run command by command by
-//! `tests/examples.rs`.
+//! repository (and, with `#anchor`, to a heading of that file), every `tests/...` path and
+//! `cargo test --test ...` command they name exists, and nothing in the repository cites a file
+//! outside it. The README's quick tour is run command by command by
+//! `tests/it/examples.rs`.
 
 use std::{
     collections::BTreeSet,
@@ -24,6 +25,69 @@ fn documents() -> Vec<PathBuf> {
     docs.sort();
     documents.extend(docs);
     documents
+}
+
+/// README.md, every docs/*.md and the scripts, which name test files and commands.
+fn naming_tests() -> Vec<PathBuf> {
+    let root = repo_root();
+    let mut files = documents();
+    files.extend([root.join("scripts/test"), root.join(".ci/run")]);
+    files
+}
+
+/// The `tests/...` paths `text` names: from a `tests/` that does not continue a longer path, up
+/// to the first character a path here does not hold (a trailing `.` ends a sentence).
+fn test_paths(text: &str) -> Vec<String> {
+    let in_path = |c: char| c.is_alphanumeric() || matches!(c, '/' | '_' | '-' | '.');
+    text.match_indices("tests/")
+        .filter(|(at, _)| {
+            text[..*at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !in_path(c) && c != '$')
+        })
+        .map(|(at, _)| {
+            let path: String = text[at..].chars().take_while(|c| in_path(*c)).collect();
+            path.trim_end_matches('.').to_owned()
+        })
+        .collect()
+}
+
+/// The test targets of the `cargo test --test NAME [FILTER]` commands in `text`, each with the
+/// module its filter names (`replicas` in `--test it replicas::`), if any; a placeholder
+/// (`--test ...`) names none.
+fn test_targets(text: &str) -> Vec<(String, Option<String>)> {
+    let word = |rest: &str| -> String {
+        rest.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    text.match_indices("--test ")
+        .map(|(at, found)| {
+            let rest = &text[at + found.len()..];
+            let target = word(rest);
+            let filter = rest[target.len()..].strip_prefix(' ').map(word);
+            let module =
+                filter.filter(|module| rest[target.len() + 1 + module.len()..].starts_with("::"));
+            (target, module)
+        })
+        .filter(|(target, _)| !target.is_empty())
+        .collect()
+}
+
+/// What is wrong with the test target `target` (and `module` of it), if anything.
+fn missing_target(target: &str, module: Option<&str>) -> Option<String> {
+    let tests = repo_root().join("tests");
+    let file = tests.join(format!("{target}.rs"));
+    let dir = tests.join(target);
+    if !file.is_file() && !dir.join("main.rs").is_file() {
+        return Some(format!(
+            "--test {target}: no tests/{target}.rs nor tests/{target}/main.rs"
+        ));
+    }
+    let module = module?;
+    (!dir.join(format!("{module}.rs")).is_file() && !dir.join(module).join("mod.rs").is_file())
+        .then(|| format!("--test {target} {module}::: no module {module} in tests/{target}/"))
 }
 
 /// The text outside fenced code blocks and inline code, where a `[..](..)` is a link.
@@ -153,6 +217,55 @@ fn the_link_checker_catches_what_it_should() {
         ["b.md"]
     );
     assert!(anchors("## Errors and exit status\n").contains("errors-and-exit-status"));
+}
+
+#[test]
+fn every_test_file_and_test_command_named_exists() {
+    let root = repo_root();
+    let mut named = 0;
+    let mut missing = Vec::new();
+    for file in naming_tests() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for path in test_paths(&text) {
+            named += 1;
+            if !root.join(&path).exists() {
+                missing.push(format!("{}: {path}: no such file", file.display()));
+            }
+        }
+        for (target, module) in test_targets(&text) {
+            named += 1;
+            if let Some(problem) = missing_target(&target, module.as_deref()) {
+                missing.push(format!("{}: {problem}", file.display()));
+            }
+        }
+    }
+    assert!(named > 10, "found only {named} test files and commands");
+    assert!(
+        missing.is_empty(),
+        "named but missing:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn the_test_name_checker_catches_what_it_should() {
+    assert_eq!(
+        test_paths("in tests/it/faults.rs. (`tests/browser`'s) $PWD/tests/x a/tests/y tests/"),
+        ["tests/it/faults.rs", "tests/browser", "tests/"]
+    );
+    assert_eq!(
+        test_targets(
+            "`cargo test --test it replicas:: -- --nocapture`, --test console, --test ..."
+        ),
+        [
+            ("it".to_owned(), Some("replicas".to_owned())),
+            ("console".to_owned(), None)
+        ]
+    );
+    assert_eq!(missing_target("it", Some("replicas")), None);
+    assert_eq!(missing_target("operability", None), None);
+    assert!(missing_target("replicas", None).is_some());
+    assert!(missing_target("it", Some("no_such_area")).is_some());
 }
 
 #[test]

@@ -7,11 +7,9 @@
 //! this test fails and says so. With `WECHAT_NOTIFY_CONSOLE_SCREENSHOT=docs/console.png` it also
 //! saves the screenshot shown in the README.
 
-mod polyglot;
-
 use std::{env, path::PathBuf, process::Command, time::Duration};
 
-use polyglot::{Service, installed, repo_root, run_for};
+use crate::polyglot::{Service, installed, repo_root, run_for};
 
 /// The whole browser session: a dozen steps, each waiting at most 15 s for the page.
 const BROWSER_TEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -58,7 +56,7 @@ fn console_shows_sends_live_and_its_controls_drive_the_sandbox() {
         command.env("CONSOLE_SCREENSHOT", repo_root().join(screenshot));
     }
     let outcome = run_for(command, BROWSER_TEST_TIMEOUT);
-    // The steps, for `cargo test --test console -- --nocapture`.
+    // The steps, for `cargo test --test it console:: -- --nocapture`.
     eprintln!("{}", outcome.stdout);
     assert!(
         outcome.status.success(),

@@ -15,10 +15,7 @@
 //! The seed is printed and named in every failure; `NOTIFY_FAULT_SEED=<seed>` replays a run and
 //! `NOTIFY_FAULT_CALLS=<n>` makes it longer (default 2000 calls).
 
-mod common;
-#[path = "faults/contract.rs"]
 mod contract;
-#[path = "faults/schedule.rs"]
 mod schedule;
 
 use std::{
@@ -30,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{process::*, *};
+use crate::common::{process::*, *};
 use contract::{Answer, Outcome, violation};
 use futures::{StreamExt, future::join_all, stream};
 use schedule::*;

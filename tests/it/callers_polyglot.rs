@@ -1,15 +1,13 @@
 //! Callers and TLS through the real binary and real clients: docs/callers.md's grpcurl
 //! walkthrough as written, and the Python and Node examples with a bearer token and with a
 //! client certificate, against `wechat-notify serve --sandbox --config callers.toml --tls-*`.
-//! Certificates are made in the test. Toolchains come from `scripts/test` (see tests/examples.rs).
-
-mod common;
-mod polyglot;
+//! Certificates are made in the test. Toolchains come from `scripts/test` (see
+//! tests/it/examples.rs).
 
 use std::{ffi::OsString, path::Path, process::Command};
 
-use common::pki::{Ca, Leaf};
-use polyglot::{
+use crate::common::pki::{Ca, Leaf};
+use crate::polyglot::{
     Options, Service, generate_python_stubs, node_modules, path_with, repo_root, retarget, run,
     venv_python,
 };
@@ -84,8 +82,8 @@ fn callers_toml() -> String {
 
 #[test]
 fn callers_doc_grpcurl_walkthrough_runs_as_written() {
-    let grpcurl = polyglot::grpcurl();
-    let steps = polyglot::walkthrough("docs/callers.md", "Try it with grpcurl over TLS");
+    let grpcurl = crate::polyglot::grpcurl();
+    let steps = crate::polyglot::walkthrough("docs/callers.md", "Try it with grpcurl over TLS");
     assert_eq!(steps.len(), 7, "the walkthrough changed; update this test");
     let files = Files::new();
     let service = files.start("callers-grpcurl");
@@ -171,7 +169,7 @@ fn callers_doc_grpcurl_walkthrough_runs_as_written() {
 }
 
 /// What both examples print on success: a delivered message and a full batch.
-fn assert_sent(service: &Service, outcome: &polyglot::Outcome) {
+fn assert_sent(service: &Service, outcome: &crate::polyglot::Outcome) {
     assert!(
         outcome.status.success(),
         "the example failed\n{}\n--- service log\n{}",

@@ -1,8 +1,6 @@
 //! Idempotency keys through gRPC: one send per key, sequential or concurrent.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::future::join_all;
 use std::time::Duration;
 

@@ -3,9 +3,7 @@
 //! attribution in metrics and idempotency scoped per caller. Nothing reaches WeChat (the
 //! sandbox) for a refused call.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_types::StatusExt;

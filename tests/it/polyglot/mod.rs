@@ -1,7 +1,6 @@
 //! Harness for the polyglot tests: the real `wechat-notify serve --sandbox` binary on loopback
 //! ports it picks itself, the callers' toolchains that `scripts/test` installs, and external commands
 //! run with a time limit.
-//! Each test binary uses a part of it.
 #![allow(dead_code)]
 
 use std::{
@@ -22,11 +21,7 @@ use tonic_health::pb::{
 };
 use wechat_notify::config::{DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, DEFAULT_SANDBOX_LISTEN};
 
-// Shared with tests/common, which callers_polyglot also includes: one file, two small copies.
-#[allow(clippy::duplicate_mod)]
-#[path = "../common/listening.rs"]
-mod listening;
-use listening::Listening;
+use crate::common::listening::Listening;
 
 /// How long the binary may take to report SERVING.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,6 +1,6 @@
 //! The console's side of the sandbox over real HTTP on 127.0.0.1:0: the page and its assets,
 //! the live event stream, the refused sends and their causes, the quotas left, and where the
-//! sandbox says it listens. (The page itself runs in a browser in tests/console.rs.)
+//! sandbox says it listens. (The page itself runs in a browser in tests/it/console.rs.)
 
 use std::time::Duration;
 

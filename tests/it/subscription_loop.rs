@@ -3,11 +3,9 @@
 //! revocation, the service's push listener records it, and a send is refused
 //! FAILED_PRECONDITION without a call; an accept is pushed, one send goes, the second is refused.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;

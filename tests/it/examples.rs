@@ -5,11 +5,9 @@
 //! Their toolchains (a virtualenv with grpcio and grpcurl, the Node example's node_modules) are
 //! installed by `scripts/test`; when they are missing these tests fail and say so.
 
-mod polyglot;
-
 use std::process::Command;
 
-use polyglot::{
+use crate::polyglot::{
     Outcome, Service, generate_python_stubs, node_modules, path_with, repo_root, retarget, run,
     venv_python, walkthrough,
 };
@@ -139,7 +137,7 @@ fn json(outcome: &Outcome) -> Value {
 /// developer keeps running nor with a parallel test.
 #[test]
 fn readme_grpcurl_walkthrough_runs_as_written() {
-    let grpcurl = polyglot::grpcurl();
+    let grpcurl = crate::polyglot::grpcurl();
     let steps = walkthrough("README.md", "Quick tour");
     let shown: Vec<&str> = steps.iter().map(|step| step.command.as_str()).collect();
     assert_eq!(

@@ -1,10 +1,8 @@
 //! The shared token cache seen from outside: through gRPC, with the sandbox counting fetches.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::future::join_all;
 use tonic::Code;
 use tonic_types::StatusExt;

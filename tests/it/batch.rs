@@ -6,14 +6,12 @@
 //! until the next minute) run on paused time: the sandbox's latency, the deadlines and the
 //! app's quota clock are all on tokio's clock, so each event happens at its virtual instant.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use futures::future::join_all;
 use tonic::{Code, Request};
 use wechat_notify::{config::ServeConfig, pb};

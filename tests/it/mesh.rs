@@ -1,9 +1,7 @@
 //! What meshes and operators rely on: health for both names, and reflection in both versions
 //! (grpcurl 1.8 speaks only v1alpha).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,

@@ -1,11 +1,9 @@
 //! The load generator runs briefly against an in-process server and sandbox and reports.
 //! No speed is asserted: benchmarks are not timed tests (see docs/benchmarks.md).
 
-mod common;
-
 use std::time::Duration;
 
-use common::Harness;
+use crate::common::Harness;
 use wechat_notify_bench::{LoadOptions, Report, Scenario, run_load};
 
 fn options(target: String, scenario: Scenario) -> LoadOptions {
@@ -131,8 +129,8 @@ async fn the_generator_speaks_tls_with_a_bearer_token() {
     use wechat_notify::config::{CallerConfig, CallersConfig, Rpc, TokenDigest};
     const TOKEN: &str = "bench-token-0123456789abcdef";
 
-    let ca = common::pki::Ca::new("bench ca");
-    let tls = common::pki::TlsDir::new(&ca.server(), None);
+    let ca = crate::common::pki::Ca::new("bench ca");
+    let tls = crate::common::pki::TlsDir::new(&ca.server(), None);
     let harness = Harness::start_with(Default::default(), |config| {
         config.tls = Some(tls.files(false));
         config.callers = CallersConfig {

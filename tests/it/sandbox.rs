@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use wechat_notify_sandbox::{
     AppCredentials, DEFAULT_APPID, DEFAULT_SECRET, DEMO_OPENID, Fault, Grant, Sandbox,
-    SandboxConfig, SandboxServer, Template, TemplateKind,
+    SandboxConfig, SandboxServer, Template, TemplateKind, cli,
 };
 
 const COURSE: &str = "sandbox-course-reminder";
@@ -1314,8 +1314,8 @@ async fn documented_sample_values_are_accepted() {
     }
 }
 
-#[tokio::test]
-async fn run_serves_until_the_shutdown_future_resolves() {
+/// The standalone sandbox's flags (`wechat-sandbox ARGS`), on port 0.
+fn standalone(args: &[&str]) -> wechat_notify_sandbox::SandboxArgs {
     use clap::Parser;
 
     #[derive(Parser)]
@@ -1324,31 +1324,51 @@ async fn run_serves_until_the_shutdown_future_resolves() {
         sandbox: wechat_notify_sandbox::SandboxArgs,
     }
 
-    // Find a free port, then hand it to `run`.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let args = Cli::try_parse_from(["sandbox", "--listen", &listen])
-        .unwrap()
-        .sandbox;
+    let argv = ["sandbox", "--listen", "127.0.0.1:0"].iter().chain(args);
+    Cli::try_parse_from(argv).unwrap().sandbox
+}
+
+#[tokio::test]
+async fn start_binds_port_0_and_reports_the_port_it_got() {
+    let server = cli::start(standalone(&[])).await.expect("starts");
+    assert_ne!(server.addr.port(), 0);
+    let url = server.base_url().join("sandbox/auto-accept").unwrap();
+    let auto_accept: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    assert_eq!(auto_accept["enabled"], false, "standalone default");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn serve_until_serves_until_the_shutdown_future_resolves() {
+    let server = cli::start(standalone(&["--auto-accept"])).await.unwrap();
+    let url = server.base_url().join("sandbox/auto-accept").unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(wechat_notify_sandbox::run(args, async move {
+    let serving = tokio::spawn(cli::serve_until(server, async move {
         let _ = stopped.await;
     }));
-    let url = format!("http://{listen}/sandbox/auto-accept");
-    let up = wait_for_async(|| {
-        let url = url.clone();
-        async move { reqwest::get(url).await.is_ok() }
-    })
-    .await;
-    assert!(up, "sandbox came up");
-    let auto_accept: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
-    assert_eq!(auto_accept["enabled"], false, "standalone default");
+    // The serving task runs first: were it not waiting for `stopped`, it would stop serving now.
+    tokio::task::yield_now().await;
+    let auto_accept: Value = reqwest::get(url.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(auto_accept["enabled"], true, "the flags were applied");
     stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    serving.await.unwrap();
+    assert!(reqwest::get(url).await.is_err(), "stopped serving");
+}
+
+#[tokio::test]
+async fn run_refuses_bad_flags_and_returns_when_told_to_stop() {
+    let refused = wechat_notify_sandbox::run(standalone(&["--app", "wxa"]), std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("APPID:SECRET"), "{refused}");
+    wechat_notify_sandbox::run(standalone(&[]), std::future::ready(()))
+        .await
+        .expect("started and stopped");
 }
 
 /// Polls `condition` for up to 10 s.

@@ -1,14 +1,12 @@
 //! Template-aware validation end to end: the server learns each app's templates from the
 //! sandbox's `gettemplate` and refuses data that cannot match before anything is sent.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use tonic::Code;
 use wechat_notify::pb;
 use wechat_notify_sandbox::{Fault, SandboxConfig, Template, TemplateKind};
@@ -235,7 +233,11 @@ async fn a_template_added_in_the_console_is_picked_up_by_its_first_send() {
 
 #[tokio::test]
 async fn without_a_template_list_sends_go_unchecked() {
-    let mut harness = Harness::start().await;
+    // An app name of this test's own: the metrics recorder is shared by the whole test binary.
+    let mut harness = Harness::start_with(SandboxConfig::default(), |config| {
+        config.apps[0].name = "unlisted".to_owned();
+    })
+    .await;
     // The account lacks the template API: every gettemplate answers 48001.
     harness
         .sandbox()
@@ -265,8 +267,8 @@ async fn without_a_template_list_sends_go_unchecked() {
         .await
         .unwrap();
     for series in [
-        r#"wechat_notify_template_fetches_total{app="demo",result="rejected"}"#,
-        r#"wechat_notify_wechat_errors_total{app="demo",endpoint="templates",errcode="48001"}"#,
+        r#"wechat_notify_template_fetches_total{app="unlisted",result="rejected"} 1"#,
+        r#"wechat_notify_wechat_errors_total{app="unlisted",endpoint="templates",errcode="48001"} 1"#,
     ] {
         assert!(
             metrics.contains(series),
