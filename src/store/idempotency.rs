@@ -87,8 +87,8 @@ impl RedisIdempotencyStore {
         let (appid, rest) = key.split_once('\n').unwrap_or(("", key));
         let keys = self.store.keys();
         ClaimKeys {
-            record: keys.app(appid, &format!("idem:{rest}")),
-            waiting: keys.app(appid, &format!("idem-wait:{rest}")),
+            record: keys.app_parts(appid, &["idem:", rest]),
+            waiting: keys.app_parts(appid, &["idem-wait:", rest]),
         }
     }
 
@@ -301,14 +301,23 @@ where
     }
 }
 
+/// A record as stored (JSON after `r:`).
+#[derive(serde::Serialize)]
+struct Stored<'a> {
+    msgid: Option<u64>,
+    attempts: u32,
+    touser: &'a str,
+    template_id: &'a str,
+}
+
 fn encode(record: &Record) -> String {
-    serde_json::json!({
-        "msgid": record.msgid,
-        "attempts": record.attempts,
-        "touser": record.touser,
-        "template_id": record.template_id,
-    })
-    .to_string()
+    let stored = Stored {
+        msgid: record.msgid,
+        attempts: record.attempts,
+        touser: &record.touser,
+        template_id: &record.template_id,
+    };
+    serde_json::to_string(&stored).unwrap_or_default()
 }
 
 fn decode(text: &str) -> Option<Record> {

@@ -148,7 +148,7 @@ impl RedisLedger {
     }
 
     fn user_key(&self, appid: &str, openid: &str) -> String {
-        self.store.keys().app(appid, &format!("sub:{openid}"))
+        self.store.keys().app_parts(appid, &["sub:", openid])
     }
 
     /// Sends `event` to every replica's watchers; only to this one's when Redis cannot be told.
