@@ -8,6 +8,8 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
+use crate::store::Rider;
+
 /// What is remembered of a delivered message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -23,13 +25,17 @@ pub struct Record {
 }
 
 /// How a keyed request was answered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Keyed {
     /// The record of the one send made under this key.
     pub record: Record,
     /// True when this caller did not make the send itself (answered from the record, or from a
     /// concurrent caller's send).
     pub deduplicated: bool,
+    /// The answer of the [`Rider`] given with the send, when this caller made the send and the
+    /// store ran the rider with its record; `None` otherwise (the rider's feature then does its
+    /// step by itself).
+    pub ridden: Option<redis::Value>,
 }
 
 /// A send to run at most once per key: it yields the record on success, or an error that is
@@ -48,7 +54,14 @@ pub struct StoreUnavailable;
 pub trait IdempotencyStore<E: Send + Sync + 'static>: Send + Sync + 'static {
     /// Runs `send` unless `key` already has a record. Concurrent calls with one key run `send`
     /// once and all get its outcome; a failure is not recorded, so a later call tries again.
-    async fn once(&self, key: String, send: SendOnce<E>) -> Result<Keyed, Arc<E>>;
+    /// A shared store runs `rider` in the same round trip as the record of a successful send;
+    /// the in-memory store has no round trip to share and ignores it.
+    async fn once(
+        &self,
+        key: String,
+        send: SendOnce<E>,
+        rider: Option<Rider>,
+    ) -> Result<Keyed, Arc<E>>;
 }
 
 /// In-process records: bounded in count, each kept for the configured time to live.
@@ -69,13 +82,19 @@ impl MemoryIdempotencyStore {
 
 #[async_trait]
 impl<E: Send + Sync + 'static> IdempotencyStore<E> for MemoryIdempotencyStore {
-    async fn once(&self, key: String, send: SendOnce<E>) -> Result<Keyed, Arc<E>> {
+    async fn once(
+        &self,
+        key: String,
+        send: SendOnce<E>,
+        _rider: Option<Rider>,
+    ) -> Result<Keyed, Arc<E>> {
         // moka runs one initialiser per key and hands its result to every waiter; an error is
         // shared with the waiters and not inserted.
         let entry = self.records.entry(key).or_try_insert_with(send).await?;
         Ok(Keyed {
             deduplicated: !entry.is_fresh(),
             record: entry.into_value(),
+            ridden: None,
         })
     }
 }
@@ -108,11 +127,19 @@ mod tests {
         let store = MemoryIdempotencyStore::new(Duration::from_secs(86_400), 100);
         let calls = Arc::new(AtomicU32::new(0));
         let first = store
-            .once("k".into(), counting_send(calls.clone(), Ok(record(7))))
+            .once(
+                "k".into(),
+                counting_send(calls.clone(), Ok(record(7))),
+                None,
+            )
             .await
             .unwrap();
         let second = store
-            .once("k".into(), counting_send(calls.clone(), Ok(record(8))))
+            .once(
+                "k".into(),
+                counting_send(calls.clone(), Ok(record(8))),
+                None,
+            )
             .await
             .unwrap();
         assert!(!first.deduplicated);
@@ -126,11 +153,19 @@ mod tests {
         let store = MemoryIdempotencyStore::new(Duration::from_secs(86_400), 100);
         let calls = Arc::new(AtomicU32::new(0));
         let failed = store
-            .once("k".into(), counting_send(calls.clone(), Err("busy".into())))
+            .once(
+                "k".into(),
+                counting_send(calls.clone(), Err("busy".into())),
+                None,
+            )
             .await;
         assert_eq!(failed.unwrap_err().as_str(), "busy");
         let retried = store
-            .once("k".into(), counting_send(calls.clone(), Ok(record(9))))
+            .once(
+                "k".into(),
+                counting_send(calls.clone(), Ok(record(9))),
+                None,
+            )
             .await
             .unwrap();
         assert!(!retried.deduplicated);
@@ -148,7 +183,7 @@ mod tests {
             .map(|i| {
                 let store = store.clone();
                 let send = counting_send(calls.clone(), Ok(record(i)));
-                tokio::spawn(async move { store.once("k".into(), send).await.unwrap() })
+                tokio::spawn(async move { store.once("k".into(), send, None).await.unwrap() })
             })
             .collect();
         let mut fresh = 0;

@@ -32,7 +32,7 @@ pub use subscriptions::{MAX_QUERIED_TEMPLATES, MAX_REPORTED_TEMPLATES};
 use self::check::Violations;
 use crate::{
     idempotency::{IdempotencyStore, Keyed, Record},
-    subscriptions::Ledger,
+    subscriptions::{Ledger, SubscriptionCheck},
     telemetry::catalog::{MessageCounters, Outcome},
     validation::MAX_ID_BYTES,
     wechat::{MiniprogramState, SubscribeMessage},
@@ -277,7 +277,9 @@ impl Notifier {
     }
 
     /// Delivers `message` unless the ledger refuses it (under `enforce`), and records what the
-    /// send taught the ledger.
+    /// send taught the ledger: under `observe`, the ledger's lookup is taken with that record,
+    /// after the send, and for a keyed send both ride on the idempotency record (one round trip
+    /// to a shared store for all three).
     async fn deliver_recorded(
         self: &Arc<Self>,
         app: &Arc<AppSender>,
@@ -286,29 +288,51 @@ impl Notifier {
         admission: &Admission,
     ) -> Result<Receipt, SendError> {
         if !self.tracks_subscriptions(app) {
-            return self.deliver_once(app, message, key, admission).await;
+            return Ok(self
+                .deliver_once(app, message, key, admission, None)
+                .await?
+                .0);
         }
-        self.check_subscription(app, &message.touser, &message.template_id)
-            .await?;
+        let enforce = app.subscription_check == SubscriptionCheck::Enforce;
+        if enforce {
+            self.check_subscription(app, &message.touser, &message.template_id)
+                .await?;
+        }
         let (touser, template_id) = (message.touser.clone(), message.template_id.clone());
-        let result = self.deliver_once(app, message, key, admission).await;
-        let outcome = result.as_ref().map(|receipt| !receipt.deduplicated);
-        self.record_send_outcome(app, &touser, &template_id, outcome)
-            .await;
-        result
+        let rider = match &key {
+            Some(_) => self.delivered_rider(app, &touser, &template_id),
+            None => None,
+        };
+        let result = self.deliver_once(app, message, key, admission, rider).await;
+        let (outcome, ridden) = match result {
+            Ok((receipt, ridden)) => (Ok(receipt), ridden),
+            Err(error) => (Err(error), None),
+        };
+        self.record_send_outcome(
+            app,
+            &touser,
+            &template_id,
+            outcome.as_ref().map(|receipt| !receipt.deduplicated),
+            ridden,
+            !enforce,
+        )
+        .await;
+        outcome
     }
 
-    /// Delivers `message`, at most once per idempotency key (scoped by [`scoped_key`]).
+    /// Delivers `message`, at most once per idempotency key (scoped by [`scoped_key`]); a keyed
+    /// send's record carries `rider`, whose answer comes back beside the receipt.
     async fn deliver_once(
         self: &Arc<Self>,
         app: &Arc<AppSender>,
         message: SubscribeMessage,
         key: Option<String>,
         admission: &Admission,
-    ) -> Result<Receipt, SendError> {
+        mut rider: Option<crate::store::Rider>,
+    ) -> Result<(Receipt, Option<redis::Value>), SendError> {
         let Some(key) = key else {
             let record = app.deliver(&message, admission).await?;
-            return Ok(receipt(&record, false));
+            return Ok((receipt(&record, false), None));
         };
         let (touser, template_id) = (message.touser.clone(), message.template_id.clone());
         let scoped_key = key;
@@ -324,7 +348,11 @@ impl Notifier {
                     app.deliver(&message, &admission).await
                 })
             };
-            match self.idempotency.once(scoped_key.clone(), send).await {
+            match self
+                .idempotency
+                .once(scoped_key.clone(), send, rider.take())
+                .await
+            {
                 Ok(keyed) => break keyed,
                 // A failure is shared with every caller waiting on the key. One that says the
                 // send never started (that caller's deadline, cancellation or wait limit) is
@@ -345,7 +373,7 @@ impl Notifier {
                 "was already used for a different recipient or template",
             ));
         }
-        Ok(keyed_receipt(&keyed))
+        Ok((keyed_receipt(&keyed), keyed.ridden))
     }
 }
 

@@ -207,8 +207,8 @@ impl Notifier {
         ledger.apply(&app.appid, openid, updates).await.map(drop)
     }
 
-    /// Under `enforce`, refuses a send the ledger knows cannot be delivered; counts what the
-    /// ledger knew under `observe` too. A ledger that cannot be read never stops a send.
+    /// Under `enforce`, refuses a send the ledger knows cannot be delivered (and counts what it
+    /// knew). A ledger that cannot be read never stops a send.
     pub(crate) async fn check_subscription(
         &self,
         app: &AppSender,
@@ -256,14 +256,35 @@ impl Notifier {
         self.ledger.is_some() && app.subscription_check != SubscriptionCheck::Off
     }
 
+    /// The ledger's record of a delivered send, as a step riding on a keyed send's
+    /// idempotency record, when the ledger can run it so.
+    pub(crate) fn delivered_rider(
+        &self,
+        app: &AppSender,
+        touser: &str,
+        template_id: &str,
+    ) -> Option<crate::store::Rider> {
+        let update = Update::Delivered {
+            template_id: template_id.to_owned(),
+            kind: kind_of(app, template_id),
+        };
+        self.ledger
+            .as_ref()?
+            .send_rider(&app.appid, touser, template_id, Some(&update))
+    }
+
     /// Records what a send taught: a delivered message used a grant; 43101 means none is left.
-    /// `outcome` is `Ok(true)` for a send made, `Ok(false)` for a deduplicated answer.
+    /// `outcome` is `Ok(true)` for a send made, `Ok(false)` for a deduplicated answer;
+    /// `ridden` the answer of [`Notifier::delivered_rider`]'s step when it rode on the send's
+    /// record. With `count_lookup` (`observe`), counts whether the ledger knew the pair.
     pub(crate) async fn record_send_outcome(
         &self,
         app: &AppSender,
         touser: &str,
         template_id: &str,
         outcome: Result<bool, &SendError>,
+        ridden: Option<redis::Value>,
+        count_lookup: bool,
     ) {
         let Some(ledger) = &self.ledger else {
             return;
@@ -271,19 +292,46 @@ impl Notifier {
         let kind = kind_of(app, template_id);
         let update = match outcome {
             // A deduplicated answer made no send.
-            Ok(false) => return,
-            Ok(true) => Update::Delivered {
+            Ok(false) => None,
+            Ok(true) => Some(Update::Delivered {
                 template_id: template_id.to_owned(),
                 kind,
-            },
-            Err(error) if refused(error) => Update::Refused {
+            }),
+            Err(error) if refused(error) => Some(Update::Refused {
                 template_id: template_id.to_owned(),
                 kind,
-            },
-            Err(_) => return,
+            }),
+            Err(_) => None,
         };
-        if let Err(error) = ledger.apply(&app.appid, touser, vec![update]).await {
-            tracing::debug!(app = %app.name, %error, "send outcome not recorded in the ledger");
+        if update.is_none() && !count_lookup {
+            return;
+        }
+        let known = match ridden {
+            Some(answer) => {
+                ledger
+                    .rider_answered(&app.appid, touser, template_id, update, answer)
+                    .await
+            }
+            None => {
+                ledger
+                    .record_send(&app.appid, touser, template_id, update)
+                    .await
+            }
+        };
+        match known {
+            Ok(known) if count_lookup => catalog::count_ledger_lookup(
+                &app.name,
+                if known {
+                    LedgerLookup::Hit
+                } else {
+                    LedgerLookup::Miss
+                },
+            ),
+            Ok(_) => {}
+            // Only a shared store fails, and it logs its outages once, not once per send.
+            Err(error) => {
+                tracing::debug!(app = %app.name, %error, "send outcome not recorded in the ledger");
+            }
         }
     }
 }

@@ -5,7 +5,13 @@
 //! runs). The replica holding the claim sends; one that finds another's claim waits (woken
 //! through pub/sub when the claim settles) and then answers from the record, or claims the
 //! key itself if the send failed (a failure is not recorded). On success the record replaces
-//! the claim for the records' time to live (second script).
+//! the claim for the records' time to live (second script), together with the caller's
+//! [`Rider`] if it gave one (the ledger's send outcome): a keyed send takes two round trips.
+//!
+//! A settle is announced (PUBLISH) only when another replica waits: a waiter raises the key's
+//! wait flag (`idem-wait:<key>`, for [`WAIT_FLAG_LIFE`]) in the same script that finds the
+//! claim, and the script that settles the claim publishes only if it finds the flag. Sends
+//! nobody waits for thus wake no replica's subscriber.
 //!
 //! Within one replica, callers of one key share one claim and its outcome (a local cache, as
 //! the in-memory store does), and a record seen once is answered without a round trip.
@@ -19,7 +25,7 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
-use super::RedisStore;
+use super::{RedisStore, Rider, RiderStep};
 use crate::{
     idempotency::{IdempotencyStore, Keyed, Record, SendOnce, StoreUnavailable},
     retry::Backoff,
@@ -36,6 +42,8 @@ const CLAIM_RECHECK: Backoff = Backoff::new(Duration::from_millis(500), Duration
 /// Longest a caller waits for another replica's send (its longest admission wait, plus a
 /// request): past this the caller is answered STORE_UNAVAILABLE rather than waiting on.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(150);
+/// How long a waiter's flag outlives its last look: longer than the longest wait between looks.
+pub const WAIT_FLAG_LIFE: Duration = Duration::from_secs(10);
 /// How long a record that could not be written after a send is retried in the background.
 const WRITE_BACK_FOR: Duration = Duration::from_secs(600);
 /// The waits between those tries.
@@ -49,6 +57,8 @@ pub struct RedisIdempotencyStore {
     local: moka::future::Cache<String, Keyed>,
     claim: redis::Script,
     finish: redis::Script,
+    /// The finish script with a rider's step, per step (by address: each is a `static`).
+    finish_riding: std::sync::Mutex<Vec<(usize, redis::Script)>>,
     release: redis::Script,
     renew: redis::Script,
 }
@@ -64,24 +74,51 @@ impl RedisIdempotencyStore {
                 .time_to_live(ttl)
                 .build(),
             claim: redis::Script::new(CLAIM_SCRIPT),
-            finish: redis::Script::new(FINISH_SCRIPT),
-            release: redis::Script::new(super::RELEASE_AND_ANNOUNCE_SCRIPT),
+            finish: redis::Script::new(&format!("{FINISH_BODY}\nreturn written\n")),
+            finish_riding: std::sync::Mutex::new(Vec::new()),
+            release: redis::Script::new(RELEASE_SCRIPT),
             renew: redis::Script::new(RENEW_SCRIPT),
         }
     }
 
-    /// The Redis key of a scoped key (`appid\n...`, as the notifier scopes them).
-    fn redis_key(&self, key: &str) -> String {
+    /// The Redis keys of a scoped key (`appid\n...`, as the notifier scopes them): the record
+    /// or claim, and the waiters' flag.
+    fn redis_keys(&self, key: &str) -> ClaimKeys {
         let (appid, rest) = key.split_once('\n').unwrap_or(("", key));
-        self.store.keys().app(appid, &format!("idem:{rest}"))
+        let keys = self.store.keys();
+        ClaimKeys {
+            record: keys.app_parts(appid, &["idem:", rest]),
+            waiting: keys.app_parts(appid, &["idem-wait:", rest]),
+        }
     }
 
-    /// Claims `key` in Redis and sends, or answers from the record.
-    async fn once_shared<E>(&self, key: &str, send: SendOnce<E>) -> Result<Keyed, E>
+    /// The finish script carrying `step`, made on first use.
+    fn finish_with(&self, step: &'static RiderStep) -> redis::Script {
+        let id = std::ptr::from_ref(step) as usize;
+        let mut scripts = self.finish_riding.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, script)) = scripts.iter().find(|(known, _)| *known == id) {
+            return script.clone();
+        }
+        let script =
+            redis::Script::new(&format!("{}\n{FINISH_BODY}\n{RIDE_TAIL}", step.function()));
+        scripts.push((id, script.clone()));
+        script
+    }
+
+    /// Claims `key` in Redis and sends, or answers from the record. A rider's answer goes to
+    /// `ridden`.
+    async fn once_shared<E>(
+        &self,
+        key: &str,
+        send: SendOnce<E>,
+        rider: Option<Rider>,
+        ridden: &std::sync::Mutex<Option<redis::Value>>,
+    ) -> Result<Keyed, E>
     where
         E: From<StoreUnavailable> + Send + Sync + 'static,
     {
-        let redis_key = self.redis_key(key);
+        let keys = self.redis_keys(key);
+        let redis_key = &keys.record;
         let owner = format!(
             "c:{}:{}",
             self.store.replica_id(),
@@ -93,8 +130,12 @@ impl RedisIdempotencyStore {
         loop {
             // Listening first: a settle announced between the look and the wait still wakes us.
             let mut listener = self.store.listen();
-            let mut invocation = self.claim.key(&redis_key);
-            invocation.arg(&owner).arg(CLAIM_LEASE.as_millis() as u64);
+            let mut invocation = self.claim.key(redis_key);
+            invocation
+                .key(&keys.waiting)
+                .arg(&owner)
+                .arg(CLAIM_LEASE.as_millis() as u64)
+                .arg(WAIT_FLAG_LIFE.as_millis() as u64);
             let found: Option<String> =
                 self.store.invoke(&invocation).await.map_err(unavailable)?;
             match found {
@@ -104,13 +145,14 @@ impl RedisIdempotencyStore {
                         return Ok(Keyed {
                             record,
                             deduplicated: true,
+                            ridden: None,
                         });
                     }
                     if started.elapsed() >= MAX_CLAIM_WAIT {
                         return Err(E::from(StoreUnavailable));
                     }
                     looks += 1;
-                    listener.wait(&redis_key, CLAIM_RECHECK.delay(looks)).await;
+                    listener.wait(redis_key, CLAIM_RECHECK.delay(looks)).await;
                 }
             }
         }
@@ -118,7 +160,7 @@ impl RedisIdempotencyStore {
         let renewing = async {
             loop {
                 tokio::time::sleep(CLAIM_RENEWAL).await;
-                let mut invocation = self.renew.key(&redis_key);
+                let mut invocation = self.renew.key(redis_key);
                 invocation.arg(&owner).arg(CLAIM_LEASE.as_millis() as u64);
                 let _ = self.store.invoke::<i64>(&invocation).await;
             }
@@ -129,15 +171,20 @@ impl RedisIdempotencyStore {
         };
         match outcome {
             Ok(record) => {
-                self.write_record(redis_key, owner, &record).await;
+                let answer = self.write_record(&keys, owner, &record, rider).await;
+                *ridden.lock().unwrap_or_else(|e| e.into_inner()) = answer;
                 Ok(Keyed {
                     record,
                     deduplicated: false,
+                    ridden: None,
                 })
             }
             Err(error) => {
-                let mut invocation = self.release.key(&redis_key);
-                invocation.arg(&owner).arg(self.store.keys().wake_channel());
+                let mut invocation = self.release.key(redis_key);
+                invocation
+                    .key(&keys.waiting)
+                    .arg(&owner)
+                    .arg(self.store.keys().wake_channel());
                 // Failing to release only delays the next attempt until the lease ends.
                 let _ = self.store.invoke::<i64>(&invocation).await;
                 Err(error)
@@ -145,18 +192,48 @@ impl RedisIdempotencyStore {
         }
     }
 
-    /// Replaces the claim with the record; if Redis cannot be told now, keeps trying in the
-    /// background (the claim's lease runs out meanwhile: see the module docs).
-    async fn write_record(&self, redis_key: String, owner: String, record: &Record) {
+    /// Replaces the claim with the record, running `rider` in the same script (its answer is
+    /// returned); if Redis cannot be told now, keeps trying in the background without the
+    /// rider (the claim's lease runs out meanwhile: see the module docs).
+    async fn write_record(
+        &self,
+        keys: &ClaimKeys,
+        owner: String,
+        record: &Record,
+        rider: Option<Rider>,
+    ) -> Option<redis::Value> {
         let value = format!("r:{}", encode(record));
         let ttl = self.ttl.as_millis() as u64;
         let channel = self.store.keys().wake_channel();
-        let mut invocation = self.finish.key(&redis_key);
-        invocation.arg(&owner).arg(&value).arg(ttl).arg(&channel);
-        if self.store.invoke::<i64>(&invocation).await.is_ok() {
-            return;
+        if let Some(rider) = rider {
+            let script = self.finish_with(rider.step);
+            let mut invocation = script.key(&keys.record);
+            invocation.key(&keys.waiting);
+            for key in &rider.keys {
+                invocation.key(key);
+            }
+            invocation.arg(&owner).arg(&value).arg(ttl).arg(&channel);
+            for arg in &rider.args {
+                invocation.arg(arg);
+            }
+            if let Ok((_, answer)) = self.store.invoke::<(i64, redis::Value)>(&invocation).await {
+                return Some(answer);
+            }
+        } else {
+            let mut invocation = self.finish.key(&keys.record);
+            invocation
+                .key(&keys.waiting)
+                .arg(&owner)
+                .arg(&value)
+                .arg(ttl)
+                .arg(&channel);
+            if self.store.invoke::<i64>(&invocation).await.is_ok() {
+                return None;
+            }
         }
         tracing::warn!("could not record a delivered message in redis; retrying in the background");
+        let redis_key = keys.record.clone();
+        let waiting = keys.waiting.clone();
         let store = self.store.clone();
         let finish = self.finish.clone();
         tokio::spawn(async move {
@@ -166,7 +243,12 @@ impl RedisIdempotencyStore {
                 tries += 1;
                 tokio::time::sleep(WRITE_BACK_RETRY.delay(tries)).await;
                 let mut invocation = finish.key(&redis_key);
-                invocation.arg(&owner).arg(&value).arg(ttl).arg(&channel);
+                invocation
+                    .key(&waiting)
+                    .arg(&owner)
+                    .arg(&value)
+                    .arg(ttl)
+                    .arg(&channel);
                 if store.invoke::<i64>(&invocation).await.is_ok() {
                     tracing::info!("recorded a delivered message in redis after an outage");
                     return;
@@ -174,7 +256,16 @@ impl RedisIdempotencyStore {
             }
             tracing::warn!("gave up recording a delivered message in redis");
         });
+        None
     }
+}
+
+/// The keys of one idempotency key.
+struct ClaimKeys {
+    /// The record, or the claim of the replica sending.
+    record: String,
+    /// Set while a replica other than the sender waits for the claim to settle.
+    waiting: String,
 }
 
 #[async_trait]
@@ -182,30 +273,51 @@ impl<E> IdempotencyStore<E> for RedisIdempotencyStore
 where
     E: From<StoreUnavailable> + Send + Sync + 'static,
 {
-    async fn once(&self, key: String, send: SendOnce<E>) -> Result<Keyed, Arc<E>> {
+    async fn once(
+        &self,
+        key: String,
+        send: SendOnce<E>,
+        rider: Option<Rider>,
+    ) -> Result<Keyed, Arc<E>> {
         // Callers of one key on this replica share one claim (and a failure, as in memory).
+        // The rider's answer is this caller's alone, so it stays out of the shared entry.
+        let ridden = std::sync::Mutex::new(None);
         let entry = self
             .local
             .entry(key.clone())
-            .or_try_insert_with(self.once_shared(&key, send))
+            .or_try_insert_with(self.once_shared(&key, send, rider, &ridden))
             .await?;
         let fresh = entry.is_fresh();
         let keyed = entry.into_value();
         Ok(Keyed {
             deduplicated: keyed.deduplicated || !fresh,
             record: keyed.record,
+            ridden: if fresh {
+                ridden.into_inner().unwrap_or_else(|e| e.into_inner())
+            } else {
+                None
+            },
         })
     }
 }
 
+/// A record as stored (JSON after `r:`).
+#[derive(serde::Serialize)]
+struct Stored<'a> {
+    msgid: Option<u64>,
+    attempts: u32,
+    touser: &'a str,
+    template_id: &'a str,
+}
+
 fn encode(record: &Record) -> String {
-    serde_json::json!({
-        "msgid": record.msgid,
-        "attempts": record.attempts,
-        "touser": record.touser,
-        "template_id": record.template_id,
-    })
-    .to_string()
+    let stored = Stored {
+        msgid: record.msgid,
+        attempts: record.attempts,
+        touser: &record.touser,
+        template_id: &record.template_id,
+    };
+    serde_json::to_string(&stored).unwrap_or_default()
 }
 
 fn decode(text: &str) -> Option<Record> {
@@ -218,22 +330,54 @@ fn decode(text: &str) -> Option<Record> {
     })
 }
 
-/// The record or another's claim if the key has one; else claims it for `ARGV[1]` with a lease
-/// of `ARGV[2]` ms and answers nil.
+/// The record if the key `KEYS[1]` has one; another's claim, raising the wait flag `KEYS[2]`
+/// for `ARGV[3]` ms (so that its settle is announced); else claims the key for `ARGV[1]` with
+/// a lease of `ARGV[2]` ms and answers nil.
 const CLAIM_SCRIPT: &str = r"
 local value = redis.call('GET', KEYS[1])
-if value then return value end
+if value then
+  if string.sub(value, 1, 2) ~= 'r:' then
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+  end
+  return value
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 ";
 
-/// Writes the record `ARGV[2]` for `ARGV[3]` ms unless a record is there already, and
-/// announces the key on channel `ARGV[4]`.
-const FINISH_SCRIPT: &str = r"
+/// Writes the record `ARGV[2]` for `ARGV[3]` ms unless a record is there already
+/// (`written` 1, else 0), and announces the key on channel `ARGV[4]` if a waiter raised the flag
+/// `KEYS[2]`.
+const FINISH_BODY: &str = r"
+local written = 0
 local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, 2) == 'r:' then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('PUBLISH', ARGV[4], KEYS[1])
+if not (value and string.sub(value, 1, 2) == 'r:') then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  written = 1
+  if redis.call('DEL', KEYS[2]) == 1 then
+    redis.call('PUBLISH', ARGV[4], KEYS[1])
+  end
+end
+";
+
+/// After [`FINISH_BODY`], runs the rider on the keys after the first two and the arguments
+/// after the first four; answers `{written, rider's answer}`.
+const RIDE_TAIL: &str = r"
+local keys, args = {}, {}
+for i = 3, #KEYS do keys[#keys + 1] = KEYS[i] end
+for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
+return {written, rider(keys, args)}
+";
+
+/// Drops the claim `KEYS[1]` if its owner `ARGV[1]` still holds it, and announces the key on
+/// channel `ARGV[2]` if a waiter raised the flag `KEYS[2]`.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+if redis.call('DEL', KEYS[2]) == 1 then
+  redis.call('PUBLISH', ARGV[2], KEYS[1])
+end
 return 1
 ";
 

@@ -28,9 +28,48 @@ mod wake;
 
 pub use self::redis::{Keys, RedisConfig, RedisStore};
 
-/// Drops the lock or claim `KEYS[1]` if its owner `ARGV[1]` still holds it, and announces the
-/// key on channel `ARGV[2]` so that waiters on any replica look again. Shared by the token
-/// fetch lock and the idempotency claims.
+/// A step of another feature that rides on a keyed send's record script, so that the record
+/// and the step take one round trip (every key of an app is in its hash tag, hence in one
+/// Cluster slot, so one script may touch them all). The subscription ledger's send outcome is
+/// one: see `crate::subscriptions::RedisLedger`.
+pub struct Rider {
+    /// The step's Lua, the body of a function of `keys` and `args` (its own keys and arguments,
+    /// apart from the host script's); what it returns comes back as the rider's answer.
+    pub step: &'static RiderStep,
+    /// Its keys, in the app's hash tag.
+    pub keys: Vec<String>,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+/// The Lua of a [`Rider`]: a `static`, so that a host script that embeds it is made once.
+pub struct RiderStep(pub &'static str);
+
+impl RiderStep {
+    /// The step as a script of its own (`KEYS` and `ARGV` are its keys and arguments).
+    pub fn standalone(&self) -> String {
+        format!(
+            "{}
+return rider(KEYS, ARGV)
+",
+            self.function()
+        )
+    }
+
+    /// The step as the Lua function `rider(keys, args)`, for a host script to call.
+    pub fn function(&self) -> String {
+        format!(
+            "local function rider(keys, args)
+{}
+end",
+            self.0
+        )
+    }
+}
+
+/// Drops the lock `KEYS[1]` if its owner `ARGV[1]` still holds it, and announces the key on
+/// channel `ARGV[2]` so that waiters on any replica look again (the token fetch lock; the
+/// idempotency claims announce only to raised waiters' flags, in their own script).
 const RELEASE_AND_ANNOUNCE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])

@@ -66,7 +66,23 @@ impl Keys {
 
     /// `prefix:{appid}:name`, the key `name` of one app.
     pub fn app(&self, appid: &str, name: &str) -> String {
-        format!("{}:{{{appid}}}:{name}", self.prefix)
+        self.app_parts(appid, &[name])
+    }
+
+    /// `prefix:{appid}:` and `parts` one after the other: [`Keys::app`] with a name made of
+    /// pieces (a kind and an id), without formatting the name first. Per-message keys are made
+    /// so.
+    pub fn app_parts(&self, appid: &str, parts: &[&str]) -> String {
+        let length = parts.iter().map(|part| part.len()).sum::<usize>();
+        let mut key = String::with_capacity(self.prefix.len() + appid.len() + 4 + length);
+        key.push_str(&self.prefix);
+        key.push_str(":{");
+        key.push_str(appid);
+        key.push_str("}:");
+        for part in parts {
+            key.push_str(part);
+        }
+        key
     }
 
     /// The pub/sub channel on which changed keys are announced.
@@ -375,6 +391,10 @@ mod tests {
     fn every_app_key_is_in_the_app_hash_tag() {
         let keys = Keys::new("wechat-notify");
         assert_eq!(keys.app("wx123", "token"), "wechat-notify:{wx123}:token");
+        assert_eq!(
+            keys.app_parts("wx123", &["idem:", "\nsend\nk"]),
+            "wechat-notify:{wx123}:idem:\nsend\nk"
+        );
         assert_eq!(Keys::hash_tag("wx123"), "{wx123}");
     }
 }

@@ -21,6 +21,8 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+use crate::store::Rider;
+
 pub use self::redis::{ENTRY_TTL, RedisLedger};
 pub use events::{EventHub, WatchItem, Watcher};
 pub use memory::{MemoryLedger, PUSH_DEDUPE_TTL};
@@ -246,6 +248,52 @@ pub trait Ledger: Send + Sync + 'static {
         openid: &str,
         updates: Vec<Update>,
     ) -> Result<Vec<Subscription>, LedgerError>;
+
+    /// Records what one send taught about the pair (`update`: [`Update::Delivered`] or
+    /// [`Update::Refused`] of `template_id`, or `None` when it taught nothing) and answers
+    /// whether the ledger had an entry for the pair before: the lookup `observe` counts, taken
+    /// with the update after the send so that it costs a shared store no round trip of its own.
+    async fn record_send(
+        &self,
+        appid: &str,
+        openid: &str,
+        template_id: &str,
+        update: Option<Update>,
+    ) -> Result<bool, LedgerError> {
+        let known = !self
+            .get(appid, openid, &[template_id.to_owned()])
+            .await?
+            .is_empty();
+        if let Some(update) = update {
+            self.apply(appid, openid, vec![update]).await?;
+        }
+        Ok(known)
+    }
+
+    /// [`Ledger::record_send`] as a step riding on a keyed send's record (one round trip for
+    /// both), when the ledger is on the shared store; `None` when it has no round trip to save.
+    fn send_rider(
+        &self,
+        _appid: &str,
+        _openid: &str,
+        _template_id: &str,
+        _update: Option<&Update>,
+    ) -> Option<Rider> {
+        None
+    }
+
+    /// Completes [`Ledger::record_send`] from the answer of the step [`Ledger::send_rider`]
+    /// gave for the same arguments.
+    async fn rider_answered(
+        &self,
+        appid: &str,
+        openid: &str,
+        template_id: &str,
+        update: Option<Update>,
+        _answer: ::redis::Value,
+    ) -> Result<bool, LedgerError> {
+        self.record_send(appid, openid, template_id, update).await
+    }
 
     /// The user's entries for `template_ids` (all of them when empty), in template id order.
     async fn get(

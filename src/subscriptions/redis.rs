@@ -16,6 +16,13 @@
 //! again (at most [`CAS_ATTEMPTS`] times, after a short random pause; two writers on one user are
 //! rare, a herd on one user is the only way to run out). A conflict costs a retry, never a lost update.
 //!
+//! A send's outcome takes one round trip ([`OUTCOME_STEP`], riding on a keyed send's record
+//! when there is one): it reads the pair's entry, answers whether there was one (the lookup
+//! `observe` counts), and writes what needs no rules: nothing for a delivery to an unknown pair,
+//! the entry a 43101 creates (computed here) for an unknown pair. A pair the ledger knows goes
+//! back to the rules here and takes a second round trip (a compare-and-set on the hash's
+//! version, with its event); a conflict falls back to the read-modify-write above.
+//!
 //! Events go out only through Redis, so this replica's watchers get its own events once, from
 //! the subscription like everyone else's; when the PUBLISH itself fails they are handed to the
 //! local watchers directly. Pub/sub does not queue: events published while a replica's
@@ -35,7 +42,10 @@ use super::{
     EventHub, Ledger, LedgerError, LedgerEvent, PUSH_DEDUPE_TTL, Subscription, Update, Watcher,
     memory::MAX_TEMPLATES_PER_USER, rules, wire,
 };
-use crate::{retry::Backoff, store::RedisStore};
+use crate::{
+    retry::Backoff,
+    store::{RedisStore, Rider, RiderStep},
+};
 
 /// How long a user's entries are kept after their last write (a long-term grant lasts until
 /// the user turns it off, so entries must outlive quiet months; a year and a bit).
@@ -65,10 +75,48 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
+/// One send's outcome for a pair, as a [`Rider`] step. keys[1] the user's hash; args[1] the
+/// template id, args[2] the entry to create when the pair is unknown ('' for none), args[3] its
+/// event, args[4] the time to live (ms), args[5] the templates a user may have, args[6] the
+/// event channel. Answers {0, '', ''} for an unknown pair (the entry written, if any), {1,
+/// version, entry} for a known one (nothing written), {2, '', ''} for an unknown pair whose
+/// entry would need an eviction (nothing written).
+pub static OUTCOME_STEP: RiderStep = RiderStep(
+    r"
+local entry = redis.call('HGET', keys[1], args[1])
+if entry then
+  return {1, redis.call('HGET', keys[1], '#version') or '', entry}
+end
+if args[2] == '' then return {0, '', ''} end
+if redis.call('HLEN', keys[1]) > tonumber(args[5]) then return {2, '', ''} end
+redis.call('HSET', keys[1], args[1], args[2])
+redis.call('HINCRBY', keys[1], '#version', 1)
+redis.call('PEXPIRE', keys[1], args[4])
+redis.call('PUBLISH', args[6], args[3])
+return {0, '', ''}
+",
+);
+
+/// Replaces one entry of the user's hash if its `#version` is still `ARGV[1]`, and publishes
+/// its event. ARGV: version, template id, entry, time to live (ms), channel, event. Answers 1
+/// written, 0 conflict.
+const REPLACE_SCRIPT: &str = r"
+if (redis.call('HGET', KEYS[1], '#version') or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HINCRBY', KEYS[1], '#version', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+";
+
 /// The ledger on Redis.
 pub struct RedisLedger {
     store: Arc<RedisStore>,
+    /// The pub/sub channel of every app's events.
+    channel: String,
     write: redis::Script,
+    outcome: redis::Script,
+    replace: redis::Script,
     hub: Arc<EventHub>,
     relay: tokio::task::JoinHandle<()>,
 }
@@ -84,17 +132,21 @@ impl RedisLedger {
     /// (call within a tokio runtime).
     pub fn new(store: Arc<RedisStore>) -> Self {
         let hub = Arc::new(EventHub::default());
-        let relay = tokio::spawn(relay(store.clone(), hub.clone(), channel(&store)));
+        let channel = channel(&store);
+        let relay = tokio::spawn(relay(store.clone(), hub.clone(), channel.clone()));
         Self {
             store,
+            channel,
             write: redis::Script::new(WRITE_SCRIPT),
+            outcome: redis::Script::new(&OUTCOME_STEP.standalone()),
+            replace: redis::Script::new(REPLACE_SCRIPT),
             hub,
             relay,
         }
     }
 
     fn user_key(&self, appid: &str, openid: &str) -> String {
-        self.store.keys().app(appid, &format!("sub:{openid}"))
+        self.store.keys().app_parts(appid, &["sub:", openid])
     }
 
     /// Sends `event` to every replica's watchers; only to this one's when Redis cannot be told.
@@ -102,11 +154,85 @@ impl RedisLedger {
         let message = wire::encode_event(appid, &event);
         let published = self
             .store
-            .query::<i64>(redis::cmd("PUBLISH").arg(channel(&self.store)).arg(message))
+            .query::<i64>(redis::cmd("PUBLISH").arg(&self.channel).arg(message))
             .await;
         if published.is_err() {
             self.hub.publish(appid, event);
         }
+    }
+
+    /// The step of [`OUTCOME_STEP`] for one send's outcome.
+    fn outcome_rider(
+        &self,
+        appid: &str,
+        openid: &str,
+        template_id: &str,
+        update: Option<&Update>,
+    ) -> Rider {
+        let now = whole_millis(SystemTime::now());
+        // The entry the update makes of nothing: the rules decide, not the script.
+        let (created, event) = match update.and_then(|update| rules::apply(None, update, now)) {
+            Some(entry) => (
+                wire::encode(&entry),
+                wire::encode_event(
+                    appid,
+                    &LedgerEvent::Changed {
+                        openid: openid.to_owned(),
+                        subscription: entry,
+                    },
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
+        Rider {
+            step: &OUTCOME_STEP,
+            keys: vec![self.user_key(appid, openid)],
+            args: vec![
+                template_id.to_owned(),
+                created,
+                event,
+                ENTRY_TTL.as_millis().to_string(),
+                MAX_TEMPLATES_PER_USER.to_string(),
+                self.channel.clone(),
+            ],
+        }
+    }
+
+    /// Applies `update` to the entry `text` read at `version` (a known pair): one
+    /// compare-and-set, or the whole read-modify-write if another writer came first.
+    async fn update_known(
+        &self,
+        appid: &str,
+        openid: &str,
+        template_id: &str,
+        update: Update,
+        version: &str,
+        text: &str,
+    ) -> Result<(), LedgerError> {
+        let now = whole_millis(SystemTime::now());
+        let entry = wire::decode(template_id, text);
+        if let Some(after) = entry.and_then(|entry| rules::apply(Some(entry), &update, now)) {
+            let event = wire::encode_event(
+                appid,
+                &LedgerEvent::Changed {
+                    openid: openid.to_owned(),
+                    subscription: after.clone(),
+                },
+            );
+            let mut invocation = self.replace.key(self.user_key(appid, openid));
+            invocation
+                .arg(version)
+                .arg(template_id)
+                .arg(wire::encode(&after))
+                .arg(ENTRY_TTL.as_millis() as u64)
+                .arg(&self.channel)
+                .arg(event);
+            let written: i64 = self.store.invoke(&invocation).await.map_err(unavailable)?;
+            if written == 1 {
+                return Ok(());
+            }
+        }
+        self.apply(appid, openid, vec![update]).await.map(drop)
     }
 
     /// The user's hash: its version ('' when none) and its entries.
@@ -252,6 +378,56 @@ impl Ledger for RedisLedger {
         Err(LedgerError(
             "too many concurrent updates of one user's entries".to_owned(),
         ))
+    }
+
+    async fn record_send(
+        &self,
+        appid: &str,
+        openid: &str,
+        template_id: &str,
+        update: Option<Update>,
+    ) -> Result<bool, LedgerError> {
+        let rider = self.outcome_rider(appid, openid, template_id, update.as_ref());
+        let mut invocation = self.outcome.key(&rider.keys[0]);
+        for arg in &rider.args {
+            invocation.arg(arg);
+        }
+        let answer: redis::Value = self.store.invoke(&invocation).await.map_err(unavailable)?;
+        self.rider_answered(appid, openid, template_id, update, answer)
+            .await
+    }
+
+    fn send_rider(
+        &self,
+        appid: &str,
+        openid: &str,
+        template_id: &str,
+        update: Option<&Update>,
+    ) -> Option<Rider> {
+        Some(self.outcome_rider(appid, openid, template_id, update))
+    }
+
+    async fn rider_answered(
+        &self,
+        appid: &str,
+        openid: &str,
+        template_id: &str,
+        update: Option<Update>,
+        answer: redis::Value,
+    ) -> Result<bool, LedgerError> {
+        let (found, version, text): (u8, String, String) =
+            redis::from_redis_value(answer).map_err(unavailable)?;
+        match (found, update) {
+            (1, Some(update)) => {
+                self.update_known(appid, openid, template_id, update, &version, &text)
+                    .await?;
+                Ok(true)
+            }
+            (1, None) => Ok(true),
+            // Unknown, but its new entry needs the least recently changed one evicted.
+            (2, Some(update)) => self.apply(appid, openid, vec![update]).await.map(|_| false),
+            _ => Ok(false),
+        }
     }
 
     async fn get(

@@ -130,6 +130,62 @@ async fn a_herd_over_three_replicas_fetches_one_token_and_each_key_sends_once() 
     one_send_per_key(&cluster).await;
 }
 
+/// Settles are announced (PUBLISH on the wake-up channel) only when another replica waits: a
+/// keyed send nobody waits for publishes nothing, and one that another replica is waiting on
+/// still wakes it, which then answers from the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_send_another_replica_waits_on_wakes_it_and_no_other_send_publishes() {
+    use futures::StreamExt;
+
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(&redis.url(), &[], 2).await;
+    let clients = cluster.clients().await;
+    // Tokens first: a fetch lock's release is announced on the same channel.
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .clone()
+            .send_subscribe(course_request(&openid(index)))
+            .await
+            .expect("sent");
+    }
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut wakeups = client.get_async_pubsub().await.unwrap();
+    wakeups.subscribe("wechat-notify:wake").await.unwrap();
+    let mut wakeups = wakeups.into_on_message();
+
+    // Nobody waits: no announcement (had there been one, it would come first below).
+    clients[0]
+        .clone()
+        .send_subscribe(keyed(OPENID, "alone"))
+        .await
+        .expect("sent");
+
+    // Replica 0's send is held at WeChat while replica 1 asks with the same key.
+    cluster
+        .sandbox()
+        .inject(Fault::latency(Duration::from_secs(3)).times(1));
+    let requests = cluster.sandbox().stats().send_requests;
+    let mut first = clients[0].clone();
+    let sending = tokio::spawn(async move { first.send_subscribe(keyed(OPENID, "waited")).await });
+    while cluster.sandbox().stats().send_requests == requests {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut second = clients[1].clone();
+    let waiting = tokio::spawn(async move { second.send_subscribe(keyed(OPENID, "waited")).await });
+
+    let woken = tokio::time::timeout(Duration::from_secs(20), wakeups.next())
+        .await
+        .expect("the settle was announced")
+        .unwrap();
+    let key: String = woken.get_payload().unwrap();
+    assert!(key.ends_with("\nsend\nwaited"), "{key:?}");
+    let sent = sending.await.unwrap().unwrap().into_inner();
+    let answered = waiting.await.unwrap().unwrap().into_inner();
+    assert!(answered.deduplicated);
+    assert_eq!(answered.msgid, sent.msgid);
+    assert_eq!(cluster.sandbox().inbox(Some(OPENID)).len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_redis_cluster_too() {
     let redis = RedisCluster::start().await;
@@ -898,4 +954,61 @@ async fn the_ledger_and_its_events_are_shared_by_the_replicas() {
         accept.unwrap().expect("every accept is recorded");
     }
     assert_eq!(get(&mut ledgers[1], &herd).await[0].remaining, 20);
+}
+
+/// Under `observe`, a send's outcome reaches the shared ledger in one step after the send (for a
+/// keyed send, inside its record's script): a grant used by a keyed send on a known user, a
+/// 43101 on an unknown one, and nothing for a delivery to an unknown one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_outcomes_reach_the_shared_ledger_keyed_or_not() {
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(&redis.url(), &[], 2).await;
+    let clients = cluster.clients().await;
+    let mut ledger = subscriptions_client(
+        format!("127.0.0.1:{}", cluster.replicas[0].port)
+            .parse()
+            .unwrap(),
+    )
+    .await;
+
+    let known = openid(1);
+    record(&mut ledger, &known, "accept").await.unwrap();
+    record(&mut ledger, &known, "accept").await.unwrap();
+    assert_eq!(get(&mut ledger, &known).await[0].remaining, 2);
+    clients[1]
+        .clone()
+        .send_subscribe(keyed(&known, "known-1"))
+        .await
+        .expect("sent");
+    let after = get(&mut ledger, &known).await;
+    assert_eq!(after[0].remaining, 1, "the grant used is recorded");
+    assert_eq!(after[0].source, pb::SubscriptionSource::SendOutcome as i32);
+    clients[0]
+        .clone()
+        .send_subscribe(course_request(&known))
+        .await
+        .expect("sent");
+    assert_eq!(get(&mut ledger, &known).await[0].remaining, 0);
+
+    let unknown = openid(2);
+    clients[1]
+        .clone()
+        .send_subscribe(keyed(&unknown, "unknown-1"))
+        .await
+        .expect("sent");
+    assert!(get(&mut ledger, &unknown).await.is_empty(), "nothing known");
+
+    cluster
+        .sandbox()
+        .inject(Fault::errcode(43101).for_openid(&unknown).times(1));
+    let refused = clients[1]
+        .clone()
+        .send_subscribe(keyed(&unknown, "unknown-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(errcode(&refused), Some(43101));
+    let entry = get(&mut ledger, &unknown).await;
+    assert_eq!(entry.len(), 1);
+    assert_eq!(entry[0].source, pb::SubscriptionSource::SendOutcome as i32);
+    assert_eq!(entry[0].remaining, 0);
 }
