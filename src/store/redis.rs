@@ -109,7 +109,22 @@ impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(connection) => connection.req_packed_command(cmd),
-            Self::Cluster(connection) => connection.req_packed_command(cmd),
+            // The redis crate sends SCRIPT LOAD (a script's first run on a node, after NOSCRIPT)
+            // to every node and needs every answer, so one node that hangs would fail every
+            // script's first run on every node. The node of the script's keys is among the
+            // primaries, and gets the load on the same connection before the EVALSHA that
+            // follows it: one answer is enough.
+            Self::Cluster(connection) => {
+                if is_script_load(cmd) {
+                    let routing = RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllMasters,
+                        Some(ResponsePolicy::OneSucceeded),
+                    ));
+                    Box::pin(connection.route_command(cmd.clone(), routing))
+                } else {
+                    connection.req_packed_command(cmd)
+                }
+            }
         }
     }
 
@@ -131,6 +146,18 @@ impl ConnectionLike for Connection {
             Self::Cluster(connection) => connection.get_db(),
         }
     }
+}
+
+/// `SCRIPT LOAD ...`.
+fn is_script_load(cmd: &Cmd) -> bool {
+    let mut args = cmd.args_iter().map(|arg| match arg {
+        redis::Arg::Simple(bytes) => bytes,
+        _ => b"".as_slice(),
+    });
+    matches!(
+        (args.next(), args.next()),
+        (Some(command), Some(sub)) if command.eq_ignore_ascii_case(b"SCRIPT") && sub.eq_ignore_ascii_case(b"LOAD")
+    )
 }
 
 /// Where the state shared by replicas lives, as the configuration gives it
@@ -237,12 +264,12 @@ impl RedisStore {
         self.record(result)
     }
 
-    /// A pub/sub connection of its own, subscribed to `channel` on one of the configured nodes,
-    /// starting at `*next` (0 at first) and moving on to the next node on failure; a caller whose
-    /// subscription ended calls again with the same `next` and lands on another node. On a
-    /// Redis Cluster a PUBLISH reaches the subscribers of every node, so any node will do.
-    pub async fn subscribe(&self, channel: &str, next: &mut usize) -> redis::aio::PubSub {
-        super::wake::subscribe(&self.config.urls, channel, next).await
+    /// Stays subscribed to `channel` (a pub/sub connection of its own, on one of the
+    /// configured nodes) and hands every message to `deliver`; moves to the next node when its
+    /// node goes away or stops answering. On a Redis Cluster a PUBLISH reaches the subscribers
+    /// of every node, so any node will do. Runs until aborted.
+    pub async fn relay(&self, channel: &str, deliver: impl FnMut(redis::Msg)) {
+        super::wake::relay(&self.config.urls, channel, || {}, deliver).await;
     }
 
     /// A listener for announced keys (register it before looking at the state it waits for).
@@ -386,6 +413,19 @@ return redis.call('ZCARD', KEYS[1])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn script_loads_are_told_apart_from_other_commands() {
+        assert!(is_script_load(
+            redis::cmd("SCRIPT").arg("LOAD").arg("return 1")
+        ));
+        assert!(is_script_load(
+            redis::cmd("script").arg("load").arg("return 1")
+        ));
+        assert!(!is_script_load(redis::cmd("SCRIPT").arg("FLUSH")));
+        assert!(!is_script_load(redis::cmd("EVALSHA").arg("abc").arg(0)));
+        assert!(!is_script_load(&redis::cmd("PING")));
+    }
 
     #[test]
     fn every_app_key_is_in_the_app_hash_tag() {
