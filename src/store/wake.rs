@@ -4,8 +4,9 @@
 //! (pub/sub does not queue for a reconnecting subscriber).
 //!
 //! A subscription lives on one node. On a Redis Cluster every node delivers every PUBLISH, so
-//! when the node goes away the subscription moves to the next configured node instead of
-//! waiting for that one to return ([`subscribe`]).
+//! when the node goes away, or stops answering without closing the connection (a frozen or
+//! unplugged host), the subscription moves to the next configured node instead of waiting for
+//! that one to return ([`relay`]).
 
 use std::sync::Arc;
 
@@ -27,15 +28,53 @@ const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 /// without refusing (a dropped host) costs this long before the next one is tried.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How often a subscription's node is asked (PING on the subscription's own connection) whether
+/// it still answers: a subscriber only reads, so without it a node that stops answering but
+/// never closes the connection would hold the subscription, silent, for good.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long that PING's answer may take before the node counts as gone.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Stays subscribed to `channel` on one of the nodes `urls` and hands every message to
+/// `deliver`. When the subscription ends, or its node leaves a PING unanswered for
+/// [`PING_TIMEOUT`], it subscribes on the next node (`subscribed` is called each time it has).
+/// Runs until aborted.
+pub(crate) async fn relay(
+    urls: &[Secret],
+    channel: &str,
+    mut subscribed: impl FnMut(),
+    mut deliver: impl FnMut(::redis::Msg),
+) {
+    let mut next = 0;
+    loop {
+        let (mut sink, mut messages) = subscribe(urls, channel, &mut next).await.split();
+        subscribed();
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ended = loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => deliver(message),
+                    None => break "ended",
+                },
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(PING_TIMEOUT, sink.ping::<::redis::Value>());
+                    if !matches!(pong.await, Ok(Ok(_))) {
+                        break "stopped answering";
+                    }
+                }
+            }
+        };
+        tracing::debug!(%channel, ended, "subscription lost; subscribing on another node");
+    }
+}
+
 /// Subscribes to `channel` on one of the nodes `urls`, starting at `*next` and going round them
 /// (each try bounded by [`SUBSCRIBE_TIMEOUT`]) until one takes it. `*next` is left at the node
 /// after the one subscribed to, so that a caller whose subscription ended tries another node
 /// first. Retries until it succeeds.
-pub(crate) async fn subscribe(
-    urls: &[Secret],
-    channel: &str,
-    next: &mut usize,
-) -> ::redis::aio::PubSub {
+async fn subscribe(urls: &[Secret], channel: &str, next: &mut usize) -> ::redis::aio::PubSub {
     loop {
         for _ in 0..urls.len() {
             let url = &urls[*next % urls.len()];
@@ -79,23 +118,20 @@ impl Wakeups {
         }
     }
 
-    /// Subscribes to `channel` on one of `urls` and forwards its messages to the listeners;
-    /// when the subscription ends (its node went away), subscribes on the next node. Runs until
-    /// aborted.
+    /// Subscribes to `channel` on one of `urls` and forwards its messages to the listeners,
+    /// moving to the next node when its node goes away ([`relay`]). Runs until aborted.
     pub async fn run(self, urls: Vec<Secret>, channel: String) {
-        let mut next = 0;
-        loop {
-            let pubsub = subscribe(&urls, &channel, &mut next).await;
-            catalog::count_wake_subscription();
-            tracing::debug!(%channel, "subscribed to wake-ups");
-            let mut messages = pubsub.into_on_message();
-            while let Some(message) = messages.next().await {
+        relay(
+            &urls,
+            &channel,
+            catalog::count_wake_subscription,
+            |message| {
                 if let Ok(key) = message.get_payload::<String>() {
                     let _ = self.sender.send(Arc::from(key));
                 }
-            }
-            tracing::debug!(%channel, "wake-up subscription ended; subscribing on another node");
-        }
+            },
+        )
+        .await;
     }
 }
 

@@ -35,7 +35,6 @@ use std::{
 };
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use sha1::{Digest, Sha1};
 
 use super::{
@@ -270,22 +269,17 @@ fn unavailable(error: impl std::fmt::Display) -> LedgerError {
 /// replica's watchers; when the subscription ends (its node went away), subscribes on another
 /// configured node. Runs until aborted.
 async fn relay(store: Arc<RedisStore>, hub: Arc<EventHub>, channel: String) {
-    let mut next = 0;
-    loop {
-        let pubsub = store.subscribe(&channel, &mut next).await;
-        tracing::debug!(%channel, "subscribed to ledger events");
-        let mut messages = pubsub.into_on_message();
-        while let Some(message) = messages.next().await {
+    store
+        .relay(&channel, |message| {
             let Ok(text) = message.get_payload::<String>() else {
-                continue;
+                return;
             };
             match wire::decode_event(&text) {
                 Some((appid, event)) => hub.publish(&appid, event),
                 None => tracing::debug!("ledger event not understood; skipped"),
             }
-        }
-        tracing::debug!(%channel, "ledger event subscription ended; subscribing on another node");
-    }
+        })
+        .await;
 }
 
 fn whole_millis(at: SystemTime) -> SystemTime {

@@ -110,6 +110,18 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the process (SIGSTOP): its connections stay open and nothing answers, as when a
+    /// host hangs or drops off the network without closing anything. Stopping it or dropping
+    /// the server still ends it (SIGKILL).
+    pub fn freeze(&self) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let status = Command::new("kill")
+            .args(["-STOP", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "redis-server frozen");
+    }
+
     /// Starts it again at the same address and data.
     pub async fn resume(&mut self) {
         assert!(self.try_resume().await, "redis-server exited at start");

@@ -552,6 +552,24 @@ const STORE_WAITS: &str = "wechat_notify_store_waits_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_wake_ups_survive_the_loss_of_the_subscribed_node() {
+    wake_ups_survive_losing_the_subscribed_node(NodeLoss::Stopped).await;
+}
+
+/// A node that hangs without closing its connections: only a PING left unanswered tells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_wake_ups_survive_a_subscribed_node_that_stops_answering() {
+    wake_ups_survive_losing_the_subscribed_node(NodeLoss::Frozen).await;
+}
+
+/// How a cluster node is lost.
+enum NodeLoss {
+    /// The process ends: its connections are closed.
+    Stopped,
+    /// The process hangs (SIGSTOP): its connections stay open, unanswered.
+    Frozen,
+}
+
+async fn wake_ups_survive_losing_the_subscribed_node(loss: NodeLoss) {
     let mut redis = RedisCluster::start().await;
     let appid = SandboxConfig::default().apps[0].appid.clone();
     // The node to stop serves neither the app's keys nor the replica set, so that everything
@@ -587,7 +605,10 @@ async fn on_a_cluster_wake_ups_survive_the_loss_of_the_subscribed_node() {
         );
     }
 
-    redis.nodes[victim].stop();
+    match loss {
+        NodeLoss::Stopped => redis.nodes[victim].stop(),
+        NodeLoss::Frozen => redis.nodes[victim].freeze(),
+    }
     for (replica, made) in cluster.replicas.iter().zip(&subscribed) {
         eventually("a subscription on another node", || async {
             (replica.metric(WAKE_SUBSCRIPTIONS, "").await > *made).then_some(())
