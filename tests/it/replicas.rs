@@ -141,13 +141,7 @@ async fn a_keyed_send_another_replica_waits_on_wakes_it_and_no_other_send_publis
     let cluster = Cluster::start(&redis.url(), &[], 2).await;
     let clients = cluster.clients().await;
     // Tokens first: a fetch lock's release is announced on the same channel.
-    for (index, client) in clients.iter().enumerate() {
-        client
-            .clone()
-            .send_subscribe(course_request(&openid(index)))
-            .await
-            .expect("sent");
-    }
+    send_on_each(&clients, 0, "sent").await;
     let client = ::redis::Client::open(redis.url()).unwrap();
     let mut wakeups = client.get_async_pubsub().await.unwrap();
     wakeups.subscribe("wechat-notify:wake").await.unwrap();
@@ -205,13 +199,7 @@ async fn a_revoked_token_is_refreshed_once_for_all_replicas() {
     let redis = RedisServer::start().await;
     let cluster = Cluster::start(&redis.url(), &[], 3).await;
     let clients = cluster.clients().await;
-    for (index, client) in clients.iter().enumerate() {
-        client
-            .clone()
-            .send_subscribe(course_request(&openid(index)))
-            .await
-            .unwrap();
-    }
+    send_on_each(&clients, 0, "sent").await;
     let appid = cluster.sandbox().config().apps[0].appid.clone();
     let before = cluster.sandbox().stats().token_fetches[&appid].clone();
     cluster.sandbox().revoke_tokens(&appid);
@@ -256,13 +244,7 @@ async fn one_fetch_per_rejected_token(cluster: &Cluster) {
         .await
         .unwrap_err();
     assert_eq!(errcode(&rejected), Some(40001));
-    for (index, client) in clients.iter().enumerate() {
-        client
-            .clone()
-            .send_subscribe(course_request(&openid(200 + index)))
-            .await
-            .expect("every replica sends with the new token");
-    }
+    send_on_each(&clients, 200, "every replica sends with the new token").await;
     // Now the same rejection on every replica at once, of the token they all hold.
     let before = cluster.sandbox().stats().token_fetches[&appid].clone();
     let mut calls = Vec::new();
@@ -289,13 +271,7 @@ async fn one_fetch_per_rejected_token(cluster: &Cluster) {
     );
     assert!(forced <= 1, "{before:?} -> {after:?}");
     cluster.sandbox().clear_faults();
-    for (index, client) in clients.iter().enumerate() {
-        client
-            .clone()
-            .send_subscribe(course_request(&openid(210 + index)))
-            .await
-            .expect("the other users are served on every replica");
-    }
+    send_on_each(&clients, 210, "the other users are served on every replica").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,6 +521,22 @@ async fn a_replica_started_without_redis_is_not_serving_until_it_connects() {
     cluster.replicas[0].serving(READY).await;
 }
 
+/// One unkeyed send on each replica, to users `first`, `first + 1`, ...: each then holds a
+/// token (and has run its scripts once). Panics with `what` if one fails.
+async fn send_on_each(
+    clients: &[pb::notify_service_client::NotifyServiceClient<tonic::transport::Channel>],
+    first: usize,
+    what: &str,
+) {
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .clone()
+            .send_subscribe(course_request(&openid(first + index)))
+            .await
+            .expect(what);
+    }
+}
+
 /// Counter: subscriptions made to the wake-up channel.
 const WAKE_SUBSCRIPTIONS: &str = "wechat_notify_store_wake_subscriptions_total";
 /// Counter `{result}`: waits for another replica, woken or timed out.
@@ -587,13 +579,7 @@ async fn wake_ups_survive_losing_the_subscribed_node(loss: NodeLoss) {
     .await;
     assert_eq!(cluster.sandbox().config().apps[0].appid, appid);
     let clients = cluster.clients().await;
-    for (index, client) in clients.iter().enumerate() {
-        client
-            .clone()
-            .send_subscribe(course_request(&openid(index)))
-            .await
-            .expect("a token for each replica");
-    }
+    send_on_each(&clients, 0, "a token for each replica").await;
     let mut subscribed = Vec::new();
     for replica in &cluster.replicas {
         subscribed.push(
@@ -779,13 +765,7 @@ async fn while_redis_is_down_each_replica_sends_its_share_of_the_rate() {
     )
     .await;
     let clients = cluster.clients().await;
-    for (index, client) in clients.iter().enumerate() {
-        client
-            .clone()
-            .send_subscribe(course_request(&openid(index)))
-            .await
-            .expect("a token before the outage");
-    }
+    send_on_each(&clients, 0, "a token before the outage").await;
     // Each replica's share is the rate over the replicas it counted at its last heartbeat:
     // wait until all are in the set, then until each has beaten once more (and so counted all).
     let beats = || {
