@@ -202,53 +202,38 @@ impl RedisIdempotencyStore {
         record: &Record,
         rider: Option<Rider>,
     ) -> Option<redis::Value> {
-        let value = format!("r:{}", encode(record));
-        let ttl = self.ttl.as_millis() as u64;
-        let channel = self.store.keys().wake_channel();
+        let finish = Finish {
+            record_key: keys.record.clone(),
+            waiting: keys.waiting.clone(),
+            owner,
+            value: format!("r:{}", encode(record)),
+            ttl_ms: self.ttl.as_millis() as u64,
+            channel: self.store.keys().wake_channel(),
+        };
         if let Some(rider) = rider {
             let script = self.finish_with(rider.step);
-            let mut invocation = script.key(&keys.record);
-            invocation.key(&keys.waiting);
-            for key in &rider.keys {
-                invocation.key(key);
-            }
-            invocation.arg(&owner).arg(&value).arg(ttl).arg(&channel);
-            for arg in &rider.args {
-                invocation.arg(arg);
-            }
+            let invocation = finish.invocation(&script, Some(&rider));
             if let Ok((_, answer)) = self.store.invoke::<(i64, redis::Value)>(&invocation).await {
                 return Some(answer);
             }
-        } else {
-            let mut invocation = self.finish.key(&keys.record);
-            invocation
-                .key(&keys.waiting)
-                .arg(&owner)
-                .arg(&value)
-                .arg(ttl)
-                .arg(&channel);
-            if self.store.invoke::<i64>(&invocation).await.is_ok() {
-                return None;
-            }
+        } else if self
+            .store
+            .invoke::<i64>(&finish.invocation(&self.finish, None))
+            .await
+            .is_ok()
+        {
+            return None;
         }
         tracing::warn!("could not record a delivered message in redis; retrying in the background");
-        let redis_key = keys.record.clone();
-        let waiting = keys.waiting.clone();
         let store = self.store.clone();
-        let finish = self.finish.clone();
+        let script = self.finish.clone();
         tokio::spawn(async move {
             let until = tokio::time::Instant::now() + WRITE_BACK_FOR;
             let mut tries = 0;
             while tokio::time::Instant::now() < until {
                 tries += 1;
                 tokio::time::sleep(WRITE_BACK_RETRY.delay(tries)).await;
-                let mut invocation = finish.key(&redis_key);
-                invocation
-                    .key(&waiting)
-                    .arg(&owner)
-                    .arg(&value)
-                    .arg(ttl)
-                    .arg(&channel);
+                let invocation = finish.invocation(&script, None);
                 if store.invoke::<i64>(&invocation).await.is_ok() {
                     tracing::info!("recorded a delivered message in redis after an outage");
                     return;
@@ -257,6 +242,41 @@ impl RedisIdempotencyStore {
             tracing::warn!("gave up recording a delivered message in redis");
         });
         None
+    }
+}
+
+/// What the finish script is given: the claim becomes the record.
+struct Finish {
+    record_key: String,
+    waiting: String,
+    owner: String,
+    value: String,
+    ttl_ms: u64,
+    channel: String,
+}
+
+impl Finish {
+    /// `script` (the finish script, or the one carrying `rider`'s step) with its keys and
+    /// arguments: the finish's first, then the rider's.
+    fn invocation<'a>(
+        &'a self,
+        script: &'a redis::Script,
+        rider: Option<&'a Rider>,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.key(&self.record_key);
+        invocation.key(&self.waiting);
+        for key in rider.iter().flat_map(|rider| &rider.keys) {
+            invocation.key(key);
+        }
+        invocation
+            .arg(&self.owner)
+            .arg(&self.value)
+            .arg(self.ttl_ms)
+            .arg(&self.channel);
+        for arg in rider.iter().flat_map(|rider| &rider.args) {
+            invocation.arg(arg);
+        }
+        invocation
     }
 }
 
