@@ -11,17 +11,18 @@
 //!   message); each replica subscribes once and hands them to its local watchers.
 //!
 //! Updates are an optimistic read-modify-write: read the user's hash, apply [`rules`] here (the
-//! very rules of the in-memory store; they live in Rust, not in Lua), and write back with a
-//! script that writes only if `#version` is still the one read, else the update is computed
-//! again (at most [`CAS_ATTEMPTS`] times, after a short random pause; two writers on one user are
-//! rare, a herd on one user is the only way to run out). A conflict costs a retry, never a lost update.
+//! very rules of the in-memory store), and write back with a script that writes only if
+//! `#version` is still the one read, else the update is computed again (at most
+//! [`CAS_ATTEMPTS`] times, after a short random pause; two writers on one user are rare, a herd
+//! on one user is the only way to run out). A conflict costs a retry, never a lost update.
 //!
 //! A send's outcome takes one round trip ([`OUTCOME_STEP`], riding on a keyed send's record
 //! when there is one): it reads the pair's entry, answers whether there was one (the lookup
-//! `observe` counts), and writes what needs no rules: nothing for a delivery to an unknown pair,
-//! the entry a 43101 creates (computed here) for an unknown pair. A pair the ledger knows goes
-//! back to the rules here and takes a second round trip (a compare-and-set on the hash's
-//! version, with its event); a conflict falls back to the read-modify-write above.
+//! `observe` counts), and writes the outcome with its event. For a pair the ledger knows, the
+//! rules here choose a [`rules::OutcomePatch`] and the step applies it to the stored entry; for
+//! an unknown pair it writes the entry the rules made of nothing (a 43101), if any. The rare
+//! cases the step leaves alone (an eviction to make room, an entry it cannot read) go back to
+//! the read-modify-write above.
 //!
 //! Events go out only through Redis, so this replica's watchers get its own events once, from
 //! the subscription like everyone else's; when the PUBLISH itself fails they are handed to the
@@ -77,36 +78,57 @@ return 1
 /// One send's outcome for a pair, as a [`Rider`] step. keys[1] the user's hash; args[1] the
 /// template id, args[2] the entry to create when the pair is unknown ('' for none), args[3] its
 /// event, args[4] the time to live (ms), args[5] the templates a user may have, args[6] the
-/// event channel. Answers {0, '', ''} for an unknown pair (the entry written, if any), {1,
-/// version, entry} for a known one (nothing written), {2, '', ''} for an unknown pair whose
-/// entry would need an eviction (nothing written).
+/// event channel, args[7] the outcome's patch for a known pair ([`wire::encode_patch`]; '' for
+/// none), args[8] the appid, args[9] the openid.
+///
+/// The patch is applied as [`rules::OutcomePatch::apply`] does, step by step; the rules that
+/// chose it stay in Rust. `tests/it/ledger_scripts.rs` runs both over one corpus of entries.
+///
+/// Answers [`UNKNOWN`] (the created entry written, if any), [`KNOWN`] (the patch written and
+/// published, if any), [`UNKNOWN_FULL`] (an unknown pair whose entry would need an eviction;
+/// nothing written) or [`KNOWN_UNREADABLE`] (an entry this step cannot read; nothing written).
 pub static OUTCOME_STEP: RiderStep = RiderStep(
     r"
-local entry = redis.call('HGET', keys[1], args[1])
-if entry then
-  return {1, redis.call('HGET', keys[1], '#version') or '', entry}
+local text = redis.call('HGET', keys[1], args[1])
+if text then
+  if args[7] == '' then return 1 end
+  local ok, e = pcall(cjson.decode, text)
+  if not ok or type(e) ~= 'table' or type(e.k) ~= 'number' or type(e.r) ~= 'number' then
+    return 3
+  end
+  local patch = cjson.decode(args[7])
+  if patch.k ~= 0 then e.k = patch.k end
+  if e.k == patch.l then e.r = 0 end
+  if patch.g and e.r > 0 then e.r = e.r - 1 end
+  if patch.c then
+    e.r = 0
+    e.p = cjson.null
+  end
+  e.f = patch.f
+  e.u = patch.u
+  e.o = patch.o
+  text = cjson.encode(e)
+  redis.call('HSET', keys[1], args[1], text)
+  redis.call('HINCRBY', keys[1], '#version', 1)
+  redis.call('PEXPIRE', keys[1], args[4])
+  redis.call('PUBLISH', args[6], cjson.encode({a = args[8], o = args[9], t = args[1], e = text}))
+  return 1
 end
-if args[2] == '' then return {0, '', ''} end
-if redis.call('HLEN', keys[1]) > tonumber(args[5]) then return {2, '', ''} end
+if args[2] == '' then return 0 end
+if redis.call('HLEN', keys[1]) > tonumber(args[5]) then return 2 end
 redis.call('HSET', keys[1], args[1], args[2])
 redis.call('HINCRBY', keys[1], '#version', 1)
 redis.call('PEXPIRE', keys[1], args[4])
 redis.call('PUBLISH', args[6], args[3])
-return {0, '', ''}
+return 0
 ",
 );
 
-/// Replaces one entry of the user's hash if its `#version` is still `ARGV[1]`, and publishes
-/// its event. ARGV: version, template id, entry, time to live (ms), channel, event. Answers 1
-/// written, 0 conflict.
-const REPLACE_SCRIPT: &str = r"
-if (redis.call('HGET', KEYS[1], '#version') or '') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('HINCRBY', KEYS[1], '#version', 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return 1
-";
+/// [`OUTCOME_STEP`]'s answers.
+const UNKNOWN: i64 = 0;
+const KNOWN: i64 = 1;
+const UNKNOWN_FULL: i64 = 2;
+const KNOWN_UNREADABLE: i64 = 3;
 
 /// The ledger on Redis.
 pub struct RedisLedger {
@@ -115,7 +137,6 @@ pub struct RedisLedger {
     channel: String,
     write: redis::Script,
     outcome: redis::Script,
-    replace: redis::Script,
     hub: Arc<EventHub>,
     relay: tokio::task::JoinHandle<()>,
 }
@@ -138,7 +159,6 @@ impl RedisLedger {
             channel,
             write: redis::Script::new(WRITE_SCRIPT),
             outcome: redis::Script::new(&OUTCOME_STEP.standalone()),
-            replace: redis::Script::new(REPLACE_SCRIPT),
             hub,
             relay,
         }
@@ -183,6 +203,11 @@ impl RedisLedger {
             ),
             None => (String::new(), String::new()),
         };
+        // What it does to a known pair, applied by the step itself.
+        let patch = update
+            .and_then(rules::OutcomePatch::of)
+            .map(|patch| wire::encode_patch(&patch, now))
+            .unwrap_or_default();
         Rider {
             step: &OUTCOME_STEP,
             keys: vec![self.user_key(appid, openid)],
@@ -193,45 +218,11 @@ impl RedisLedger {
                 ENTRY_TTL.as_millis().to_string(),
                 MAX_TEMPLATES_PER_USER.to_string(),
                 self.channel.clone(),
+                patch,
+                appid.to_owned(),
+                openid.to_owned(),
             ],
         }
-    }
-
-    /// Applies `update` to the entry `text` read at `version` (a known pair): one
-    /// compare-and-set, or the whole read-modify-write if another writer came first.
-    async fn update_known(
-        &self,
-        appid: &str,
-        openid: &str,
-        template_id: &str,
-        update: Update,
-        version: &str,
-        text: &str,
-    ) -> Result<(), LedgerError> {
-        let now = whole_millis(SystemTime::now());
-        let entry = wire::decode(template_id, text);
-        if let Some(after) = entry.and_then(|entry| rules::apply(Some(entry), &update, now)) {
-            let event = wire::encode_event(
-                appid,
-                &LedgerEvent::Changed {
-                    openid: openid.to_owned(),
-                    subscription: after.clone(),
-                },
-            );
-            let mut invocation = self.replace.key(self.user_key(appid, openid));
-            invocation
-                .arg(version)
-                .arg(template_id)
-                .arg(wire::encode(&after))
-                .arg(ENTRY_TTL.as_millis() as u64)
-                .arg(&self.channel)
-                .arg(event);
-            let written: i64 = self.store.invoke(&invocation).await.map_err(unavailable)?;
-            if written == 1 {
-                return Ok(());
-            }
-        }
-        self.apply(appid, openid, vec![update]).await.map(drop)
     }
 
     /// The user's hash: its version ('' when none) and its entries.
@@ -405,22 +396,28 @@ impl Ledger for RedisLedger {
         &self,
         appid: &str,
         openid: &str,
-        template_id: &str,
+        _template_id: &str,
         update: Option<Update>,
         answer: redis::Value,
     ) -> Result<bool, LedgerError> {
-        let (found, version, text): (u8, String, String) =
-            redis::from_redis_value(answer).map_err(unavailable)?;
-        match (found, update) {
-            (1, Some(update)) => {
-                self.update_known(appid, openid, template_id, update, &version, &text)
-                    .await?;
+        let answer: i64 = redis::from_redis_value(answer).map_err(unavailable)?;
+        match (answer, update) {
+            (KNOWN, _) => Ok(true),
+            (UNKNOWN, _) | (UNKNOWN_FULL, None) => Ok(false),
+            // Unknown, but its new entry needs the least recently changed one evicted.
+            (UNKNOWN_FULL, Some(update)) => {
+                self.apply(appid, openid, vec![update]).await.map(|_| false)
+            }
+            // An entry the step could not read: the rules here decide, as for any update.
+            (KNOWN_UNREADABLE, update) => {
+                if let Some(update) = update {
+                    self.apply(appid, openid, vec![update]).await?;
+                }
                 Ok(true)
             }
-            (1, None) => Ok(true),
-            // Unknown, but its new entry needs the least recently changed one evicted.
-            (2, Some(update)) => self.apply(appid, openid, vec![update]).await.map(|_| false),
-            _ => Ok(false),
+            (other, _) => Err(LedgerError(format!(
+                "the send outcome step answered {other}"
+            ))),
         }
     }
 

@@ -84,27 +84,76 @@ pub fn apply(
             entry.source = *source;
             Some(entry)
         }
-        Update::Delivered { kind, .. } => {
-            let mut entry = entry?;
-            learn_kind(&mut entry, *kind);
-            if entry.kind != Kind::LongTerm {
-                entry.remaining = entry.remaining.saturating_sub(1);
-            }
-            entry.refused = false;
-            entry.updated_at = now;
-            entry.source = Source::SendOutcome;
+        Update::Delivered { .. } | Update::Refused { .. } => {
+            let patch = OutcomePatch::of(update)?;
+            let mut entry = match entry {
+                Some(entry) => entry,
+                None if patch.creates() => fresh(),
+                None => return None,
+            };
+            patch.apply(&mut entry, now);
             Some(entry)
         }
-        Update::Refused { kind, .. } => {
-            let mut entry = entry.unwrap_or_else(fresh);
-            learn_kind(&mut entry, *kind);
+    }
+}
+
+/// What a send's outcome ([`Update::Delivered`] or [`Update::Refused`]) does to an entry, as
+/// data: [`apply`] applies it here, and a shared store applies the very same patch inside its
+/// own write (`RedisLedger`'s outcome step, in Lua, mechanically: the decisions are made here),
+/// so that recording a send to a known user takes no extra round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutcomePatch {
+    /// The template's kind, when the send knew it ([`Kind::Unspecified`] keeps the entry's).
+    /// A long-term entry holds no count of grants.
+    pub kind: Kind,
+    /// One grant is used: one fewer left, never fewer than none.
+    pub use_grant: bool,
+    /// No grant is left, and no accept is waiting for its pair.
+    pub clear_grants: bool,
+    /// The entry's `refused` flag afterwards.
+    pub refused: bool,
+}
+
+impl OutcomePatch {
+    /// The patch of a send's outcome; `None` for a user's answer.
+    pub fn of(update: &Update) -> Option<OutcomePatch> {
+        match *update {
+            Update::Delivered { kind, .. } => Some(OutcomePatch {
+                kind,
+                use_grant: true,
+                clear_grants: false,
+                refused: false,
+            }),
+            Update::Refused { kind, .. } => Some(OutcomePatch {
+                kind,
+                use_grant: false,
+                clear_grants: true,
+                refused: true,
+            }),
+            Update::Answered { .. } => None,
+        }
+    }
+
+    /// True when the patch makes an entry of nothing (a 43101 is worth knowing about any
+    /// user; a delivery to a pair the ledger never heard of leaves it unknown).
+    pub fn creates(&self) -> bool {
+        self.refused
+    }
+
+    /// Applies the patch to `entry` at `now`, in this order (the shared store's step follows
+    /// it): learn the kind, use a grant, clear the grants, then the flag, time and source.
+    pub fn apply(&self, entry: &mut Subscription, now: SystemTime) {
+        learn_kind(entry, self.kind);
+        if self.use_grant {
+            entry.remaining = entry.remaining.saturating_sub(1);
+        }
+        if self.clear_grants {
             entry.remaining = 0;
-            entry.refused = true;
             entry.unpaired = None;
-            entry.updated_at = now;
-            entry.source = Source::SendOutcome;
-            Some(entry)
         }
+        entry.refused = self.refused;
+        entry.updated_at = now;
+        entry.source = Source::SendOutcome;
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::{Kind, LedgerEvent, Side, Source, Status, Subscription, Unpaired};
+use super::{Kind, LedgerEvent, Side, Source, Status, Subscription, Unpaired, rules::OutcomePatch};
 
 fn millis(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
@@ -104,6 +104,23 @@ pub fn decode(template_id: &str, text: &str) -> Option<Subscription> {
         refused: value.get("f").and_then(Value::as_bool).unwrap_or(false),
         unpaired,
     })
+}
+
+/// A send outcome's patch at `at`, for the shared store's outcome step to apply to an entry
+/// in the form [`encode`] writes: `k` the kind's code (0 keeps the entry's), `l` the long-term
+/// code, `g` use a grant, `c` clear the grants, `f` the refused flag, `u` the time, `o` the
+/// source's code. The step knows the entry's field names, not what any code means.
+pub fn encode_patch(patch: &OutcomePatch, at: SystemTime) -> String {
+    json!({
+        "k": kind_code(patch.kind),
+        "l": kind_code(Kind::LongTerm),
+        "g": patch.use_grant,
+        "c": patch.clear_grants,
+        "f": patch.refused,
+        "u": millis(at),
+        "o": source_code(Source::SendOutcome),
+    })
+    .to_string()
 }
 
 /// An event of `appid`, for every replica's watchers.

@@ -25,6 +25,7 @@ mod faults;
 mod grpcurl;
 mod idempotency;
 mod keyword_rules;
+mod ledger_scripts;
 mod lifecycle;
 mod mesh;
 mod push;
