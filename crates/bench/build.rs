@@ -4,7 +4,7 @@
 
 use std::{env, path::PathBuf};
 
-const PROTOS: &[&str] = &["notify/v1/notify.proto"];
+const PROTOS: &[&str] = &["notify/v1/notify.proto", "notify/v1/subscriptions.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

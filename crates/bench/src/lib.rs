@@ -94,6 +94,10 @@ struct LoadArgs {
     /// Give every SendSubscribe its own idempotency key (unique to the run).
     #[arg(long)]
     keyed: bool,
+    /// Before the warm-up, record every SendSubscribe recipient as subscribed to the template
+    /// (RecordSubscriptions, `accept`), so that the sends go to users the ledger knows.
+    #[arg(long)]
+    subscribed: bool,
     /// Speak TLS to the service, trusting this CA certificate (PEM) for the name `localhost`
     /// (use an https:// --target).
     #[arg(long, value_name = "FILE")]
@@ -185,6 +189,7 @@ impl LoadArgs {
             watch: self.pids,
             reset_peak: self.reset_peak,
             keyed: self.keyed,
+            subscribed: self.subscribed,
             tls_ca,
             token: self.token,
         })

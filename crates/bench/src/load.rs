@@ -16,7 +16,10 @@ use std::{
 use tokio::{sync::Semaphore, time::Instant};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::pb::{self, notify_service_client::NotifyServiceClient};
+use crate::pb::{
+    self, notify_service_client::NotifyServiceClient,
+    subscription_service_client::SubscriptionServiceClient,
+};
 use crate::{
     process::ProcessWatch,
     report::{Latency, Report},
@@ -81,6 +84,8 @@ pub struct LoadOptions {
     pub reset_peak: bool,
     /// Give every SendSubscribe its own idempotency key (unique to the run).
     pub keyed: bool,
+    /// Record every SendSubscribe recipient as subscribed first (users the ledger knows).
+    pub subscribed: bool,
     /// Speak TLS to the service, trusting this CA (PEM), for the name `localhost`.
     pub tls_ca: Option<String>,
     /// A caller's bearer token, sent as `authorization: Bearer ...` on every call.
@@ -257,6 +262,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// Runs the load described by `options` and reports on the measured interval.
 pub async fn run_load(options: &LoadOptions) -> Result<Report, String> {
     let callers = callers(options).await?;
+    if options.subscribed {
+        subscribe_recipients(options).await?;
+    }
     if !options.warmup.is_zero() {
         drive(options, &callers, options.warmup, None).await;
     }
@@ -309,6 +317,46 @@ pub async fn run_load(options: &LoadOptions) -> Result<Report, String> {
         latency_us: Latency::of(&mut tally.latencies_us),
         processes,
     })
+}
+
+/// Records every SendSubscribe recipient as having accepted the template, a few calls at a
+/// time.
+async fn subscribe_recipients(options: &LoadOptions) -> Result<(), String> {
+    let channel = connect(&options.target, options.tls_ca.as_deref()).await?;
+    let client = SubscriptionServiceClient::new(channel);
+    let authorization = options.token.as_ref().map(|token| {
+        format!("Bearer {}", token.expose())
+            .parse::<Authorization>()
+            .map_err(|_| "--token: not a valid header value".to_owned())
+    });
+    let authorization = authorization.transpose()?;
+    const WORKERS: usize = 16;
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..WORKERS {
+        let (mut client, app) = (client.clone(), options.app.clone());
+        let authorization = authorization.clone();
+        workers.spawn(async move {
+            for index in (worker..SEND_RECIPIENTS).step_by(WORKERS) {
+                let mut request = tonic::Request::new(pb::RecordSubscriptionsRequest {
+                    app: app.clone(),
+                    openid: openid(index),
+                    results: [(TEMPLATE_ID.to_owned(), "accept".to_owned())].into(),
+                });
+                authorize(&mut request, authorization.as_ref());
+                client
+                    .record_subscriptions(request)
+                    .await
+                    .map_err(|status| {
+                        format!("--subscribed: RecordSubscriptions: {}", status.message())
+                    })?;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.map_err(|error| error.to_string())??;
+    }
+    Ok(())
 }
 
 /// One caller per connection (gRPC) or one for all (HTTP: reqwest pools connections itself).
