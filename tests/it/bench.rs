@@ -20,6 +20,7 @@ fn options(target: String, scenario: Scenario) -> LoadOptions {
         watch: vec![("self".to_owned(), std::process::id())],
         reset_peak: false,
         keyed: false,
+        subscribed: false,
         tls_ca: None,
         token: None,
     }
@@ -80,6 +81,30 @@ async fn the_generator_drives_send_and_batch_and_reports() {
     assert_shape(&open, "send");
     assert_eq!(open.mode, "open");
     assert!(open.calls <= 141, "the schedule bounds the calls: {open}");
+
+    // --subscribed: the recipients are recorded as subscribed before the load.
+    let mut ledger = crate::common::subscriptions_client(harness.server.grpc_addr).await;
+    let first_recipient = || wechat_notify::pb::GetSubscriptionsRequest {
+        openid: "oBenchUser000000000000000000".to_owned(),
+        ..Default::default()
+    };
+    let before = ledger.get_subscriptions(first_recipient()).await.unwrap();
+    assert!(before.into_inner().subscriptions.is_empty());
+    let subscribed = run_load(&LoadOptions {
+        subscribed: true,
+        max_requests: Some(1),
+        ..options(target.clone(), Scenario::Send)
+    })
+    .await
+    .unwrap();
+    assert_shape(&subscribed, "send");
+    let after = ledger.get_subscriptions(first_recipient()).await.unwrap();
+    let known = after.into_inner().subscriptions;
+    assert_eq!(known.len(), 1, "{known:?}");
+    assert_eq!(
+        known[0].status,
+        wechat_notify::pb::SubscriptionStatus::Accepted as i32
+    );
 
     let batch = run_load(&LoadOptions {
         concurrency: 1,
