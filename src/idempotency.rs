@@ -8,7 +8,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
-use crate::store::Rider;
+use crate::store::{Rider, RiderAnswer};
 
 /// What is remembered of a delivered message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub struct Keyed {
     /// The answer of the [`Rider`] given with the send, when this caller made the send and the
     /// store ran the rider with its record; `None` otherwise (the rider's feature then does its
     /// step by itself).
-    pub ridden: Option<redis::Value>,
+    pub ridden: Option<RiderAnswer>,
 }
 
 /// A send to run at most once per key: it yields the record on success, or an error that is

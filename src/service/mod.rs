@@ -329,7 +329,7 @@ impl Notifier {
         key: Option<String>,
         admission: &Admission,
         mut rider: Option<crate::store::Rider>,
-    ) -> Result<(Receipt, Option<redis::Value>), SendError> {
+    ) -> Result<(Receipt, Option<crate::store::RiderAnswer>), SendError> {
         let Some(key) = key else {
             let record = app.deliver(&message, admission).await?;
             return Ok((receipt(&record, false), None));

@@ -283,7 +283,7 @@ impl Notifier {
         touser: &str,
         template_id: &str,
         outcome: Result<bool, &SendError>,
-        ridden: Option<redis::Value>,
+        ridden: Option<crate::store::RiderAnswer>,
         count_lookup: bool,
     ) {
         let Some(ledger) = &self.ledger else {

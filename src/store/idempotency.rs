@@ -25,7 +25,7 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
-use super::{RedisStore, Rider, RiderStep};
+use super::{RedisStore, Rider, RiderAnswer, RiderStep};
 use crate::{
     idempotency::{IdempotencyStore, Keyed, Record, SendOnce, StoreUnavailable},
     retry::Backoff,
@@ -112,7 +112,7 @@ impl RedisIdempotencyStore {
         key: &str,
         send: SendOnce<E>,
         rider: Option<Rider>,
-        ridden: &std::sync::Mutex<Option<redis::Value>>,
+        ridden: &std::sync::Mutex<Option<RiderAnswer>>,
     ) -> Result<Keyed, E>
     where
         E: From<StoreUnavailable> + Send + Sync + 'static,
@@ -201,7 +201,7 @@ impl RedisIdempotencyStore {
         owner: String,
         record: &Record,
         rider: Option<Rider>,
-    ) -> Option<redis::Value> {
+    ) -> Option<RiderAnswer> {
         let finish = Finish {
             record_key: keys.record.clone(),
             waiting: keys.waiting.clone(),
@@ -214,7 +214,7 @@ impl RedisIdempotencyStore {
             let script = self.finish_with(rider.step);
             let invocation = finish.invocation(&script, Some(&rider));
             if let Ok((_, answer)) = self.store.invoke::<(i64, redis::Value)>(&invocation).await {
-                return Some(answer);
+                return Some(RiderAnswer::new(answer));
             }
         } else if self
             .store

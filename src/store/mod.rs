@@ -26,7 +26,7 @@ pub mod redis;
 pub mod token;
 mod wake;
 
-pub use self::redis::{Keys, RedisConfig, RedisStore};
+pub use self::redis::{Keys, RedisConfig, RedisStore, StoreError};
 
 /// A step of another feature that rides on a keyed send's record script, so that the record
 /// and the step take one round trip (every key of an app is in its hash tag, hence in one
@@ -40,6 +40,22 @@ pub struct Rider {
     pub keys: Vec<String>,
     /// Its arguments.
     pub args: Vec<String>,
+}
+
+/// What a [`Rider`]'s step answered: opaque, except to the feature that gave the step
+/// ([`RiderAnswer::read`]), so that the traits that carry it say nothing of the Redis client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RiderAnswer(::redis::Value);
+
+impl RiderAnswer {
+    pub(crate) fn new(value: ::redis::Value) -> Self {
+        Self(value)
+    }
+
+    /// The answer as the step's Lua returned it.
+    pub fn read<T: ::redis::FromRedisValue>(self) -> Result<T, StoreError> {
+        ::redis::from_redis_value(self.0).map_err(|error| StoreError(error.to_string()))
+    }
 }
 
 /// The Lua of a [`Rider`]: a `static`, so that a host script that embeds it is made once.

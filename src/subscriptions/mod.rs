@@ -21,7 +21,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use crate::store::Rider;
+use crate::store::{Rider, RiderAnswer};
 
 pub use self::redis::{ENTRY_TTL, RedisLedger};
 pub use events::{EventHub, WatchItem, Watcher};
@@ -290,7 +290,7 @@ pub trait Ledger: Send + Sync + 'static {
         openid: &str,
         template_id: &str,
         update: Option<Update>,
-        _answer: ::redis::Value,
+        _answer: RiderAnswer,
     ) -> Result<bool, LedgerError> {
         self.record_send(appid, openid, template_id, update).await
     }

@@ -44,7 +44,7 @@ use super::{
 };
 use crate::{
     retry::Backoff,
-    store::{RedisStore, Rider, RiderStep},
+    store::{RedisStore, Rider, RiderAnswer, RiderStep},
 };
 
 /// How long a user's entries are kept after their last write (a long-term grant lasts until
@@ -378,6 +378,7 @@ impl Ledger for RedisLedger {
             invocation.arg(arg);
         }
         let answer: redis::Value = self.store.invoke(&invocation).await.map_err(unavailable)?;
+        let answer = RiderAnswer::new(answer);
         self.rider_answered(appid, openid, template_id, update, answer)
             .await
     }
@@ -398,9 +399,9 @@ impl Ledger for RedisLedger {
         openid: &str,
         _template_id: &str,
         update: Option<Update>,
-        answer: redis::Value,
+        answer: RiderAnswer,
     ) -> Result<bool, LedgerError> {
-        let answer: i64 = redis::from_redis_value(answer).map_err(unavailable)?;
+        let answer: i64 = answer.read().map_err(unavailable)?;
         match (answer, update) {
             (KNOWN, _) => Ok(true),
             (UNKNOWN, _) | (UNKNOWN_FULL, None) => Ok(false),
