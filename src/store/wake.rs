@@ -80,7 +80,7 @@ async fn subscribe(urls: &[Secret], channel: &str, next: &mut usize) -> ::redis:
             let url = &urls[*next % urls.len()];
             *next = (*next + 1) % urls.len();
             let attempt = async {
-                let client = ::redis::Client::open(url.expose())?;
+                let client = super::redis::client(url.expose())?;
                 let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(channel).await?;
                 Ok::<_, ::redis::RedisError>(pubsub)
