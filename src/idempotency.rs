@@ -4,7 +4,12 @@
 //! The store is a small trait so that a shared store (for many replicas) can replace the
 //! in-memory one without touching the service.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 
@@ -42,6 +47,19 @@ pub struct Keyed {
 /// shared (not recorded) with every concurrent caller of the same key.
 pub type SendOnce<E> = Pin<Box<dyn Future<Output = Result<Record, E>> + Send>>;
 
+/// Steps of other features that ride on a keyed send's round trips to a shared store (the
+/// subscription ledger's): the in-memory store has no round trip to share and ignores them.
+#[derive(Default)]
+pub struct Riders {
+    /// Runs in the claim's script when this caller claims the key (not when a record or
+    /// another's claim answers); the store puts its answer in `claimed` before it runs the
+    /// send, so the send can read it (the ledger's lookup under `enforce`).
+    pub claim: Option<(Rider, Arc<OnceLock<RiderAnswer>>)>,
+    /// Runs in the record's script after a successful send; its answer comes back in
+    /// [`Keyed::ridden`] (the ledger's record of the outcome).
+    pub record: Option<Rider>,
+}
+
 /// A shared store could not be asked whether a key has a record, so the send must not be
 /// risked (it might be a duplicate).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -54,14 +72,8 @@ pub struct StoreUnavailable;
 pub trait IdempotencyStore<E: Send + Sync + 'static>: Send + Sync + 'static {
     /// Runs `send` unless `key` already has a record. Concurrent calls with one key run `send`
     /// once and all get its outcome; a failure is not recorded, so a later call tries again.
-    /// A shared store runs `rider` in the same round trip as the record of a successful send;
-    /// the in-memory store has no round trip to share and ignores it.
-    async fn once(
-        &self,
-        key: String,
-        send: SendOnce<E>,
-        rider: Option<Rider>,
-    ) -> Result<Keyed, Arc<E>>;
+    /// A shared store runs `riders` in the same round trips as the claim and the record.
+    async fn once(&self, key: String, send: SendOnce<E>, riders: Riders) -> Result<Keyed, Arc<E>>;
 }
 
 /// In-process records: bounded in count, each kept for the configured time to live.
@@ -82,12 +94,7 @@ impl MemoryIdempotencyStore {
 
 #[async_trait]
 impl<E: Send + Sync + 'static> IdempotencyStore<E> for MemoryIdempotencyStore {
-    async fn once(
-        &self,
-        key: String,
-        send: SendOnce<E>,
-        _rider: Option<Rider>,
-    ) -> Result<Keyed, Arc<E>> {
+    async fn once(&self, key: String, send: SendOnce<E>, _riders: Riders) -> Result<Keyed, Arc<E>> {
         // moka runs one initialiser per key and hands its result to every waiter; an error is
         // shared with the waiters and not inserted.
         let entry = self.records.entry(key).or_try_insert_with(send).await?;
@@ -130,7 +137,7 @@ mod tests {
             .once(
                 "k".into(),
                 counting_send(calls.clone(), Ok(record(7))),
-                None,
+                Riders::default(),
             )
             .await
             .unwrap();
@@ -138,7 +145,7 @@ mod tests {
             .once(
                 "k".into(),
                 counting_send(calls.clone(), Ok(record(8))),
-                None,
+                Riders::default(),
             )
             .await
             .unwrap();
@@ -156,7 +163,7 @@ mod tests {
             .once(
                 "k".into(),
                 counting_send(calls.clone(), Err("busy".into())),
-                None,
+                Riders::default(),
             )
             .await;
         assert_eq!(failed.unwrap_err().as_str(), "busy");
@@ -164,7 +171,7 @@ mod tests {
             .once(
                 "k".into(),
                 counting_send(calls.clone(), Ok(record(9))),
-                None,
+                Riders::default(),
             )
             .await
             .unwrap();
@@ -183,7 +190,12 @@ mod tests {
             .map(|i| {
                 let store = store.clone();
                 let send = counting_send(calls.clone(), Ok(record(i)));
-                tokio::spawn(async move { store.once("k".into(), send, None).await.unwrap() })
+                tokio::spawn(async move {
+                    store
+                        .once("k".into(), send, Riders::default())
+                        .await
+                        .unwrap()
+                })
             })
             .collect();
         let mut fresh = 0;

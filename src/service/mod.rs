@@ -13,7 +13,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll, ready},
@@ -31,7 +31,7 @@ pub use subscriptions::{MAX_QUERIED_TEMPLATES, MAX_REPORTED_TEMPLATES};
 
 use self::check::Violations;
 use crate::{
-    idempotency::{IdempotencyStore, Keyed, Record},
+    idempotency::{IdempotencyStore, Keyed, Record, Riders},
     subscriptions::{Ledger, SubscriptionCheck},
     telemetry::catalog::{MessageCounters, Outcome},
     validation::MAX_ID_BYTES,
@@ -289,21 +289,25 @@ impl Notifier {
     ) -> Result<Receipt, SendError> {
         if !self.tracks_subscriptions(app) {
             return Ok(self
-                .deliver_once(app, message, key, admission, None)
+                .deliver_once(app, message, key, admission, LedgerSteps::default())
                 .await?
                 .0);
         }
         let enforce = app.subscription_check == SubscriptionCheck::Enforce;
-        if enforce {
-            self.check_subscription(app, &message.touser, &message.template_id)
-                .await?;
-        }
         let (touser, template_id) = (message.touser.clone(), message.template_id.clone());
-        let rider = match &key {
-            Some(_) => self.delivered_rider(app, &touser, &template_id),
-            None => None,
+        let steps = match &key {
+            Some(_) => LedgerSteps {
+                lookup: self.lookup_rider(app, &touser, &template_id),
+                record: self.delivered_rider(app, &touser, &template_id),
+            },
+            None => LedgerSteps::default(),
         };
-        let result = self.deliver_once(app, message, key, admission, rider).await;
+        // Under `enforce` the ledger is read before the send: with the claim when the lookup
+        // rides on it (then inside the send, once the key is claimed), else here.
+        if enforce && steps.lookup.is_none() {
+            self.check_subscription(app, &touser, &template_id).await?;
+        }
+        let result = self.deliver_once(app, message, key, admission, steps).await;
         let (outcome, ridden) = match result {
             Ok((receipt, ridden)) => (Ok(receipt), ridden),
             Err(error) => (Err(error), None),
@@ -320,15 +324,16 @@ impl Notifier {
         outcome
     }
 
-    /// Delivers `message`, at most once per idempotency key (scoped by [`scoped_key`]); a keyed
-    /// send's record carries `rider`, whose answer comes back beside the receipt.
+    /// Delivers `message`, at most once per idempotency key (scoped by [`scoped_key`]). A keyed
+    /// send's claim carries the ledger's lookup (then checked before the send), and its record
+    /// the ledger's record of the outcome, whose answer comes back beside the receipt.
     async fn deliver_once(
         self: &Arc<Self>,
         app: &Arc<AppSender>,
         message: SubscribeMessage,
         key: Option<String>,
         admission: &Admission,
-        mut rider: Option<crate::store::Rider>,
+        mut steps: LedgerSteps,
     ) -> Result<(Receipt, Option<crate::store::RiderAnswer>), SendError> {
         let Some(key) = key else {
             let record = app.deliver(&message, admission).await?;
@@ -340,17 +345,33 @@ impl Notifier {
         let mut joins = 0;
         let keyed = loop {
             let ran_here = Arc::new(AtomicBool::new(false));
+            // The lookup's answer, put here by the store when this caller claims the key.
+            let looked_up = Arc::new(OnceLock::new());
             let send = {
                 let (app, message, admission) = (app.clone(), message.clone(), admission.clone());
                 let ran_here = ran_here.clone();
+                let check = steps
+                    .lookup
+                    .is_some()
+                    .then(|| (self.clone(), looked_up.clone()));
                 Box::pin(async move {
                     ran_here.store(true, Ordering::Relaxed);
+                    if let Some((notifier, looked_up)) = check {
+                        let answer = looked_up.get().cloned();
+                        notifier
+                            .check_claimed(&app, &message.touser, &message.template_id, answer)
+                            .await?;
+                    }
                     app.deliver(&message, &admission).await
                 })
             };
+            let riders = Riders {
+                claim: steps.lookup.clone().map(|rider| (rider, looked_up)),
+                record: steps.record.take(),
+            };
             match self
                 .idempotency
-                .once(scoped_key.clone(), send, rider.take())
+                .once(scoped_key.clone(), send, riders)
                 .await
             {
                 Ok(keyed) => break keyed,
@@ -375,6 +396,15 @@ impl Notifier {
         }
         Ok((keyed_receipt(&keyed), keyed.ridden))
     }
+}
+
+/// The ledger's steps that ride on a keyed send's round trips to a shared store.
+#[derive(Default)]
+struct LedgerSteps {
+    /// Its lookup under `enforce`, on the claim.
+    lookup: Option<crate::store::Rider>,
+    /// Its record of the outcome, on the record.
+    record: Option<crate::store::Rider>,
 }
 
 /// A future run in place by whoever awaits it, finished on a tracked task of its own if that

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use super::{AppSender, ErrorKind, Notifier, SendError, check::Violations};
 use crate::{
     push::{EventKind, PushEvent},
+    store::{Rider, RiderAnswer},
     subscriptions::{
-        Answer, Kind, Ledger, LedgerEvent, Source, Subscription, SubscriptionCheck, Update,
-        Verdict, Watcher, verdict,
+        Answer, Kind, Ledger, LedgerError, LedgerEvent, Source, Subscription, SubscriptionCheck,
+        Update, Verdict, Watcher, verdict,
     },
     telemetry::catalog::{self, LedgerLookup, PushEventKind},
     wechat::{ErrorClass, TemplateKind},
@@ -218,37 +219,45 @@ impl Notifier {
         let Some(ledger) = &self.ledger else {
             return Ok(());
         };
-        let mode = app.subscription_check;
-        let entry = match ledger
+        let entry = ledger
             .get(&app.appid, touser, &[template_id.to_owned()])
             .await
-        {
-            Ok(mut entries) => entries.pop().map(|mut entry| {
-                // Learned since the entry was written (the list loads on the first send).
-                if entry.kind == Kind::Unspecified {
-                    entry.kind = kind_of(app, template_id);
-                }
-                entry
-            }),
-            Err(error) => {
-                // Only a shared store fails, and it logs its outages once, not once per send.
-                tracing::debug!(app = %app.name, %error, "ledger unavailable; sending unchecked");
-                return Ok(());
+            .map(|mut entries| entries.pop());
+        judge(app, template_id, entry)
+    }
+
+    /// [`Notifier::check_subscription`] from the answer of [`Notifier::lookup_rider`]'s step,
+    /// which rode on a keyed send's claim; looks the entry up itself when there is none (a
+    /// retry after another caller's claim failed).
+    pub(crate) async fn check_claimed(
+        &self,
+        app: &AppSender,
+        touser: &str,
+        template_id: &str,
+        answer: Option<RiderAnswer>,
+    ) -> Result<(), SendError> {
+        match (&self.ledger, answer) {
+            (Some(ledger), Some(answer)) => {
+                judge(app, template_id, ledger.looked_up(template_id, answer))
             }
-        };
-        let lookup = if entry.is_some() {
-            LedgerLookup::Hit
-        } else {
-            LedgerLookup::Miss
-        };
-        catalog::count_ledger_lookup(&app.name, lookup);
-        match verdict(entry.as_ref()) {
-            Verdict::Undeliverable(reason) if mode == SubscriptionCheck::Enforce => {
-                catalog::count_send_saved(&app.name);
-                Err(SendError::new(ErrorKind::NotSubscribed(reason), 0))
-            }
-            _ => Ok(()),
+            _ => self.check_subscription(app, touser, template_id).await,
         }
+    }
+
+    /// The ledger's lookup of the pair under `enforce`, as a step riding on a keyed send's
+    /// claim, when the ledger can run it so.
+    pub(crate) fn lookup_rider(
+        &self,
+        app: &AppSender,
+        touser: &str,
+        template_id: &str,
+    ) -> Option<Rider> {
+        if app.subscription_check != SubscriptionCheck::Enforce {
+            return None;
+        }
+        self.ledger
+            .as_ref()?
+            .lookup_rider(&app.appid, touser, template_id)
     }
 
     /// True when the app's sends consult and update the ledger.
@@ -333,6 +342,43 @@ impl Notifier {
                 tracing::debug!(app = %app.name, %error, "send outcome not recorded in the ledger");
             }
         }
+    }
+}
+
+/// Counts what the ledger knew of the pair (`entry`, or why it could not be read) and, under
+/// `enforce`, refuses a send it knows cannot be delivered.
+fn judge(
+    app: &AppSender,
+    template_id: &str,
+    entry: Result<Option<Subscription>, LedgerError>,
+) -> Result<(), SendError> {
+    let mode = app.subscription_check;
+    let entry = match entry {
+        Ok(entry) => entry.map(|mut entry| {
+            // Learned since the entry was written (the list loads on the first send).
+            if entry.kind == Kind::Unspecified {
+                entry.kind = kind_of(app, template_id);
+            }
+            entry
+        }),
+        Err(error) => {
+            // Only a shared store fails, and it logs its outages once, not once per send.
+            tracing::debug!(app = %app.name, %error, "ledger unavailable; sending unchecked");
+            return Ok(());
+        }
+    };
+    let lookup = if entry.is_some() {
+        LedgerLookup::Hit
+    } else {
+        LedgerLookup::Miss
+    };
+    catalog::count_ledger_lookup(&app.name, lookup);
+    match verdict(entry.as_ref()) {
+        Verdict::Undeliverable(reason) if mode == SubscriptionCheck::Enforce => {
+            catalog::count_send_saved(&app.name);
+            Err(SendError::new(ErrorKind::NotSubscribed(reason), 0))
+        }
+        _ => Ok(()),
     }
 }
 

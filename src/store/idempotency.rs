@@ -5,8 +5,10 @@
 //! runs). The replica holding the claim sends; one that finds another's claim waits (woken
 //! through pub/sub when the claim settles) and then answers from the record, or claims the
 //! key itself if the send failed (a failure is not recorded). On success the record replaces
-//! the claim for the records' time to live (second script), together with the caller's
-//! [`Rider`] if it gave one (the ledger's send outcome): a keyed send takes two round trips.
+//! the claim for the records' time to live (second script): a keyed send takes two round
+//! trips. Other features' steps ride on both ([`Riders`]): the ledger's lookup under `enforce`
+//! on the claim (run only when this caller claims the key), its record of the send's outcome
+//! on the record.
 //!
 //! A settle is announced (PUBLISH) only when another replica waits: a waiter raises the key's
 //! wait flag (`idem-wait:<key>`, for [`WAIT_FLAG_LIFE`]) in the same script that finds the
@@ -27,7 +29,7 @@ use async_trait::async_trait;
 
 use super::{RedisStore, Rider, RiderAnswer, RiderStep};
 use crate::{
-    idempotency::{IdempotencyStore, Keyed, Record, SendOnce, StoreUnavailable},
+    idempotency::{IdempotencyStore, Keyed, Record, Riders, SendOnce, StoreUnavailable},
     retry::Backoff,
 };
 
@@ -57,8 +59,10 @@ pub struct RedisIdempotencyStore {
     local: moka::future::Cache<String, Keyed>,
     claim: redis::Script,
     finish: redis::Script,
-    /// The finish script with a rider's step, per step (by address: each is a `static`).
-    finish_riding: std::sync::Mutex<Vec<(usize, redis::Script)>>,
+    /// The claim script with a rider's step.
+    claim_riding: RidingScripts,
+    /// The finish script with a rider's step.
+    finish_riding: RidingScripts,
     release: redis::Script,
     renew: redis::Script,
 }
@@ -73,9 +77,10 @@ impl RedisIdempotencyStore {
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
-            claim: redis::Script::new(CLAIM_SCRIPT),
+            claim: redis::Script::new(&format!("{CLAIM_BODY}\nreturn {{false}}\n")),
             finish: redis::Script::new(&format!("{FINISH_BODY}\nreturn written\n")),
-            finish_riding: std::sync::Mutex::new(Vec::new()),
+            claim_riding: RidingScripts::new(CLAIM_BODY, CLAIM_RIDE_TAIL),
+            finish_riding: RidingScripts::new(FINISH_BODY, FINISH_RIDE_TAIL),
             release: redis::Script::new(RELEASE_SCRIPT),
             renew: redis::Script::new(RENEW_SCRIPT),
         }
@@ -92,26 +97,13 @@ impl RedisIdempotencyStore {
         }
     }
 
-    /// The finish script carrying `step`, made on first use.
-    fn finish_with(&self, step: &'static RiderStep) -> redis::Script {
-        let id = std::ptr::from_ref(step) as usize;
-        let mut scripts = self.finish_riding.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, script)) = scripts.iter().find(|(known, _)| *known == id) {
-            return script.clone();
-        }
-        let script =
-            redis::Script::new(&format!("{}\n{FINISH_BODY}\n{RIDE_TAIL}", step.function()));
-        scripts.push((id, script.clone()));
-        script
-    }
-
-    /// Claims `key` in Redis and sends, or answers from the record. A rider's answer goes to
-    /// `ridden`.
+    /// Claims `key` in Redis and sends, or answers from the record. The claim's rider answers
+    /// into its slot; the record's into `ridden`.
     async fn once_shared<E>(
         &self,
         key: &str,
         send: SendOnce<E>,
-        rider: Option<Rider>,
+        riders: Riders,
         ridden: &std::sync::Mutex<Option<RiderAnswer>>,
     ) -> Result<Keyed, E>
     where
@@ -130,16 +122,40 @@ impl RedisIdempotencyStore {
         loop {
             // Listening first: a settle announced between the look and the wait still wakes us.
             let mut listener = self.store.listen();
-            let mut invocation = self.claim.key(redis_key);
+            let script = match &riders.claim {
+                Some((rider, _)) => self.claim_riding.with(rider.step),
+                None => self.claim.clone(),
+            };
+            let mut invocation = script.key(redis_key);
+            invocation.key(&keys.waiting);
+            let rider = riders.claim.as_ref().map(|(rider, _)| rider);
+            for key in rider.iter().flat_map(|rider| &rider.keys) {
+                invocation.key(key);
+            }
             invocation
-                .key(&keys.waiting)
                 .arg(&owner)
                 .arg(CLAIM_LEASE.as_millis() as u64)
                 .arg(WAIT_FLAG_LIFE.as_millis() as u64);
-            let found: Option<String> =
+            for arg in rider.iter().flat_map(|rider| &rider.args) {
+                invocation.arg(arg);
+            }
+            let answer: Vec<redis::Value> =
                 self.store.invoke(&invocation).await.map_err(unavailable)?;
+            let mut answer = answer.into_iter();
+            let found: Option<String> = match answer.next() {
+                None | Some(redis::Value::Nil) => None,
+                Some(value) => {
+                    Some(redis::from_redis_value(value).map_err(|_| E::from(StoreUnavailable))?)
+                }
+            };
+            let answer = answer.next();
             match found {
-                None => break,
+                None => {
+                    if let (Some((_, slot)), Some(answer)) = (&riders.claim, answer) {
+                        let _ = slot.set(RiderAnswer::new(answer));
+                    }
+                    break;
+                }
                 Some(value) => {
                     if let Some(record) = value.strip_prefix("r:").and_then(decode) {
                         return Ok(Keyed {
@@ -171,7 +187,9 @@ impl RedisIdempotencyStore {
         };
         match outcome {
             Ok(record) => {
-                let answer = self.write_record(&keys, owner, &record, rider).await;
+                let answer = self
+                    .write_record(&keys, owner, &record, riders.record)
+                    .await;
                 *ridden.lock().unwrap_or_else(|e| e.into_inner()) = answer;
                 Ok(Keyed {
                     record,
@@ -211,7 +229,7 @@ impl RedisIdempotencyStore {
             channel: self.store.keys().wake_channel(),
         };
         if let Some(rider) = rider {
-            let script = self.finish_with(rider.step);
+            let script = self.finish_riding.with(rider.step);
             let invocation = finish.invocation(&script, Some(&rider));
             if let Ok((_, answer)) = self.store.invoke::<(i64, redis::Value)>(&invocation).await {
                 return Some(RiderAnswer::new(answer));
@@ -242,6 +260,41 @@ impl RedisIdempotencyStore {
             tracing::warn!("gave up recording a delivered message in redis");
         });
         None
+    }
+}
+
+/// A host script (its body, then a tail that calls the rider) with each rider's step embedded,
+/// made on first use of the step (by address: each is a `static`).
+struct RidingScripts {
+    body: &'static str,
+    tail: &'static str,
+    made: std::sync::Mutex<Vec<(usize, redis::Script)>>,
+}
+
+impl RidingScripts {
+    fn new(body: &'static str, tail: &'static str) -> Self {
+        Self {
+            body,
+            tail,
+            made: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The host script carrying `step`.
+    fn with(&self, step: &'static RiderStep) -> redis::Script {
+        let id = std::ptr::from_ref(step) as usize;
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, script)) = made.iter().find(|(known, _)| *known == id) {
+            return script.clone();
+        }
+        let script = redis::Script::new(&format!(
+            "{}\n{}\n{}",
+            step.function(),
+            self.body,
+            self.tail
+        ));
+        made.push((id, script.clone()));
+        script
     }
 }
 
@@ -293,19 +346,14 @@ impl<E> IdempotencyStore<E> for RedisIdempotencyStore
 where
     E: From<StoreUnavailable> + Send + Sync + 'static,
 {
-    async fn once(
-        &self,
-        key: String,
-        send: SendOnce<E>,
-        rider: Option<Rider>,
-    ) -> Result<Keyed, Arc<E>> {
+    async fn once(&self, key: String, send: SendOnce<E>, riders: Riders) -> Result<Keyed, Arc<E>> {
         // Callers of one key on this replica share one claim (and a failure, as in memory).
         // The rider's answer is this caller's alone, so it stays out of the shared entry.
         let ridden = std::sync::Mutex::new(None);
         let entry = self
             .local
             .entry(key.clone())
-            .or_try_insert_with(self.once_shared(&key, send, rider, &ridden))
+            .or_try_insert_with(self.once_shared(&key, send, riders, &ridden))
             .await?;
         let fresh = entry.is_fresh();
         let keyed = entry.into_value();
@@ -350,19 +398,28 @@ fn decode(text: &str) -> Option<Record> {
     })
 }
 
-/// The record if the key `KEYS[1]` has one; another's claim, raising the wait flag `KEYS[2]`
-/// for `ARGV[3]` ms (so that its settle is announced); else claims the key for `ARGV[1]` with
-/// a lease of `ARGV[2]` ms and answers nil.
-const CLAIM_SCRIPT: &str = r"
+/// Answers `{record}` if the key `KEYS[1]` has one; `{claim}` if another holds it, raising the
+/// wait flag `KEYS[2]` for `ARGV[3]` ms (so that its settle is announced); else claims the key
+/// for `ARGV[1]` with a lease of `ARGV[2]` ms, and the script goes on (answering `{nil}`, or
+/// [`CLAIM_RIDE_TAIL`]'s answer).
+const CLAIM_BODY: &str = r"
 local value = redis.call('GET', KEYS[1])
 if value then
   if string.sub(value, 1, 2) ~= 'r:' then
     redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
   end
-  return value
+  return {value}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
+";
+
+/// After [`CLAIM_BODY`] claimed the key, runs the rider on the keys after the first two and the
+/// arguments after the first three; answers `{nil, rider's answer}`.
+const CLAIM_RIDE_TAIL: &str = r"
+local keys, args = {}, {}
+for i = 3, #KEYS do keys[#keys + 1] = KEYS[i] end
+for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
+return {false, rider(keys, args)}
 ";
 
 /// Writes the record `ARGV[2]` for `ARGV[3]` ms unless a record is there already
@@ -382,7 +439,7 @@ end
 
 /// After [`FINISH_BODY`], runs the rider on the keys after the first two and the arguments
 /// after the first four; answers `{written, rider's answer}`.
-const RIDE_TAIL: &str = r"
+const FINISH_RIDE_TAIL: &str = r"
 local keys, args = {}, {}
 for i = 3, #KEYS do keys[#keys + 1] = KEYS[i] end
 for i = 5, #ARGV do args[#args + 1] = ARGV[i] end

@@ -32,6 +32,7 @@ pub use self::redis::{Keys, RedisConfig, RedisStore, StoreError};
 /// and the step take one round trip (every key of an app is in its hash tag, hence in one
 /// Cluster slot, so one script may touch them all). The subscription ledger's send outcome is
 /// one: see `crate::subscriptions::RedisLedger`.
+#[derive(Clone)]
 pub struct Rider {
     /// The step's Lua, the body of a function of `keys` and `args` (its own keys and arguments,
     /// apart from the host script's); what it returns comes back as the rider's answer.

@@ -295,6 +295,22 @@ pub trait Ledger: Send + Sync + 'static {
         self.record_send(appid, openid, template_id, update).await
     }
 
+    /// The pair's entry, as a step riding on a keyed send's claim (the lookup `enforce` makes
+    /// before the send: one round trip for both), when the ledger is on the shared store;
+    /// `None` when it has no round trip to save.
+    fn lookup_rider(&self, _appid: &str, _openid: &str, _template_id: &str) -> Option<Rider> {
+        None
+    }
+
+    /// The entry of `template_id` that [`Ledger::lookup_rider`]'s step answered.
+    fn looked_up(
+        &self,
+        _template_id: &str,
+        _answer: RiderAnswer,
+    ) -> Result<Option<Subscription>, LedgerError> {
+        Err(LedgerError("this ledger has no lookup step".to_owned()))
+    }
+
     /// The user's entries for `template_ids` (all of them when empty), in template id order.
     async fn get(
         &self,

@@ -124,6 +124,10 @@ return 0
 ",
 );
 
+/// The pair's entry before a send under `enforce`, as a [`Rider`] step on the claim: keys[1]
+/// the user's hash, args[1] the template id; answers the entry as stored, or nil.
+pub static LOOKUP_STEP: RiderStep = RiderStep("return redis.call('HGET', keys[1], args[1])");
+
 /// [`OUTCOME_STEP`]'s answers.
 const UNKNOWN: i64 = 0;
 const KNOWN: i64 = 1;
@@ -391,6 +395,23 @@ impl Ledger for RedisLedger {
         update: Option<&Update>,
     ) -> Option<Rider> {
         Some(self.outcome_rider(appid, openid, template_id, update))
+    }
+
+    fn lookup_rider(&self, appid: &str, openid: &str, template_id: &str) -> Option<Rider> {
+        Some(Rider {
+            step: &LOOKUP_STEP,
+            keys: vec![self.user_key(appid, openid)],
+            args: vec![template_id.to_owned()],
+        })
+    }
+
+    fn looked_up(
+        &self,
+        template_id: &str,
+        answer: RiderAnswer,
+    ) -> Result<Option<Subscription>, LedgerError> {
+        let text: Option<String> = answer.read().map_err(unavailable)?;
+        Ok(text.and_then(|text| wire::decode(template_id, &text)))
     }
 
     async fn rider_answered(

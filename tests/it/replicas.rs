@@ -1013,3 +1013,87 @@ async fn send_outcomes_reach_the_shared_ledger_keyed_or_not() {
     assert_eq!(entry[0].source, pb::SubscriptionSource::SendOutcome as i32);
     assert_eq!(entry[0].remaining, 0);
 }
+
+/// Under `enforce`, a keyed send's lookup rides on its claim: a send the shared ledger knows
+/// cannot be delivered is refused without calling WeChat on any replica, the refusal is not
+/// recorded under the key (a retry after the user accepts sends), and a send to a user with a
+/// grant goes through and uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_enforce_keyed_sends_are_checked_with_their_claim() {
+    let redis = RedisServer::start().await;
+    let enforce = [("NOTIFY_SUBSCRIPTION_CHECK", "enforce".to_owned())];
+    let cluster = Cluster::start(&redis.url(), &enforce, 2).await;
+    let clients = cluster.clients().await;
+    let mut ledger = subscriptions_client(
+        format!("127.0.0.1:{}", cluster.replicas[0].port)
+            .parse()
+            .unwrap(),
+    )
+    .await;
+
+    let user = openid(1);
+    record(&mut ledger, &user, "reject").await.unwrap();
+    let requests = cluster.sandbox().stats().send_requests;
+    // The lookup is a step of the claim's script, not a read of its own (HMGET).
+    let lookups = || {
+        let stats = redis.cli(&["info", "commandstats"]);
+        let line = stats
+            .lines()
+            .find(|line| line.starts_with("cmdstat_hmget:"));
+        line.map(str::to_owned).unwrap_or_default()
+    };
+    let lookups_before = lookups();
+    for client in &clients {
+        let refused = client
+            .clone()
+            .send_subscribe(keyed(&user, "enforced-1"))
+            .await
+            .unwrap_err();
+        assert_not_subscribed(&refused);
+    }
+    assert_eq!(
+        cluster.sandbox().stats().send_requests,
+        requests,
+        "nothing was sent to WeChat"
+    );
+    assert_eq!(lookups(), lookups_before, "no lookup of its own");
+
+    // The refusal released the claim: once the user accepts, the same key sends, once.
+    record(&mut ledger, &user, "accept").await.unwrap();
+    let before = cluster.sandbox().stats().delivered;
+    let sent = clients[1]
+        .clone()
+        .send_subscribe(keyed(&user, "enforced-1"))
+        .await
+        .expect("sent after the accept")
+        .into_inner();
+    let again = clients[0]
+        .clone()
+        .send_subscribe(keyed(&user, "enforced-1"))
+        .await
+        .expect("answered from the record")
+        .into_inner();
+    assert_eq!(again.msgid, sent.msgid);
+    assert!(again.deduplicated);
+    assert_eq!(cluster.sandbox().stats().delivered - before, 1);
+    let entry = get(&mut ledger, &user).await;
+    assert_eq!(entry[0].remaining, 0, "the grant was used");
+
+    // With the grant used, the next key is refused (a one-time template), on either replica.
+    let refused = clients[0]
+        .clone()
+        .send_subscribe(keyed(&user, "enforced-2"))
+        .await
+        .unwrap_err();
+    assert_not_subscribed(&refused);
+}
+
+fn assert_not_subscribed(status: &tonic::Status) {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let reason = status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone());
+    assert_eq!(reason.as_deref(), Some("NOT_SUBSCRIBED"), "{status:?}");
+}
