@@ -107,17 +107,32 @@ async fn next_change(watcher: &mut Watcher) -> Option<Subscription> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_outcome_step_and_the_rust_rules_agree_on_every_entry() {
-    let redis = RedisServer::start().await;
+/// A store and a ledger on `redis`, connected; the upkeep task runs while its handle lives.
+async fn ledger_on(redis: &RedisServer) -> (Arc<RedisStore>, RedisLedger, UpkeepTask) {
     let store = RedisStore::new(&RedisConfig {
         urls: vec![Secret::new(redis.url())],
         cluster: false,
         key_prefix: "ledger-scripts".to_owned(),
     });
-    let _upkeep = store.spawn_upkeep();
+    let upkeep = UpkeepTask(store.spawn_upkeep());
     store.wait_connected().await;
     let ledger = RedisLedger::new(Arc::clone(&store));
+    (store, ledger, upkeep)
+}
+
+/// Stops the store's upkeep task when the test ends.
+struct UpkeepTask(tokio::task::JoinHandle<()>);
+
+impl Drop for UpkeepTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outcome_step_and_the_rust_rules_agree_on_every_entry() {
+    let redis = RedisServer::start().await;
+    let (store, ledger, _upkeep) = ledger_on(&redis).await;
     let mut watcher = ledger.watch(APPID);
     // The relay subscribes in the background: wait until an event goes round.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -206,14 +221,7 @@ async fn the_outcome_step_and_the_rust_rules_agree_on_every_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_the_step_cannot_read_goes_back_to_the_rules() {
     let redis = RedisServer::start().await;
-    let store = RedisStore::new(&RedisConfig {
-        urls: vec![Secret::new(redis.url())],
-        cluster: false,
-        key_prefix: "ledger-scripts".to_owned(),
-    });
-    let _upkeep = store.spawn_upkeep();
-    store.wait_connected().await;
-    let ledger = RedisLedger::new(Arc::clone(&store));
+    let (store, ledger, _upkeep) = ledger_on(&redis).await;
     let key = store.keys().app_parts(APPID, &["sub:", "unreadable"]);
     let _: i64 = store
         .query(redis::cmd("HSET").arg(&key).arg(TEMPLATE).arg("{\"k\":"))

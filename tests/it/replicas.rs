@@ -45,6 +45,12 @@ impl Cluster {
     fn sandbox(&self) -> &Sandbox {
         self.sandbox.sandbox()
     }
+
+    /// A SubscriptionService client of replica `index`.
+    async fn ledger(&self, index: usize) -> SubscriptionServiceClient<tonic::transport::Channel> {
+        let port = self.replicas[index].port;
+        subscriptions_client(format!("127.0.0.1:{port}").parse().unwrap()).await
+    }
 }
 
 fn keyed(touser: &str, key: &str) -> pb::SendSubscribeRequest {
@@ -880,10 +886,8 @@ async fn the_ledger_and_its_events_are_shared_by_the_replicas() {
     let cluster = Cluster::start(&redis.url(), &enforce, 2).await;
     let clients = cluster.clients().await;
     let mut ledgers = Vec::new();
-    for replica in &cluster.replicas {
-        ledgers.push(
-            subscriptions_client(format!("127.0.0.1:{}", replica.port).parse().unwrap()).await,
-        );
+    for index in 0..cluster.replicas.len() {
+        ledgers.push(cluster.ledger(index).await);
     }
 
     // Recorded on A, read on B.
@@ -965,12 +969,7 @@ async fn send_outcomes_reach_the_shared_ledger_keyed_or_not() {
     let redis = RedisServer::start().await;
     let cluster = Cluster::start(&redis.url(), &[], 2).await;
     let clients = cluster.clients().await;
-    let mut ledger = subscriptions_client(
-        format!("127.0.0.1:{}", cluster.replicas[0].port)
-            .parse()
-            .unwrap(),
-    )
-    .await;
+    let mut ledger = cluster.ledger(0).await;
 
     let known = openid(1);
     record(&mut ledger, &known, "accept").await.unwrap();
@@ -1024,12 +1023,7 @@ async fn under_enforce_keyed_sends_are_checked_with_their_claim() {
     let enforce = [("NOTIFY_SUBSCRIPTION_CHECK", "enforce".to_owned())];
     let cluster = Cluster::start(&redis.url(), &enforce, 2).await;
     let clients = cluster.clients().await;
-    let mut ledger = subscriptions_client(
-        format!("127.0.0.1:{}", cluster.replicas[0].port)
-            .parse()
-            .unwrap(),
-    )
-    .await;
+    let mut ledger = cluster.ledger(0).await;
 
     let user = openid(1);
     record(&mut ledger, &user, "reject").await.unwrap();
