@@ -59,8 +59,8 @@ use tracing::{debug, warn};
 pub use self::{
     rejection::RejectionAction,
     store::{
-        FetchTurn, ForceBudget, MemoryTokenStore, RejectionTurn, StoredToken, TokenStore,
-        TokenStoreError,
+        FetchTurn, ForceBudget, MemoryTokenStore, RejectionTurn, RejectionWait, StoredToken,
+        TokenStore, TokenStoreError,
     },
 };
 use crate::{

@@ -6,6 +6,10 @@
 //! A refresh on any replica first loads the stored token; if it is not fresh, the replica takes
 //! the lock and fetches, or waits for the lock's holder (woken through pub/sub when it releases
 //! the lock) and loads that token. A herd over any number of replicas thus makes one fetch.
+//!
+//! A rejection's one fetch is claimed with a record that lapses after the fetch lock's life
+//! unless its replica ends it (then it stays, spent, for the force-refresh interval): if that
+//! replica dies mid-fetch, a waiting replica finds the record gone and claims the fetch itself.
 
 use std::sync::Arc;
 
@@ -16,7 +20,10 @@ use tokio::time::{Duration, Instant};
 use super::RedisStore;
 use crate::{
     secret::Secret,
-    token::{FetchTurn, ForceBudget, RejectionTurn, StoredToken, TokenStore, TokenStoreError},
+    token::{
+        FetchTurn, ForceBudget, RejectionTurn, RejectionWait, StoredToken, TokenStore,
+        TokenStoreError,
+    },
 };
 
 /// Life of the fetch lock: a replica that dies mid-fetch holds the others back this long at
@@ -203,7 +210,7 @@ impl TokenStore for RedisTokenStore {
                     .arg(REJECTION_RUNNING)
                     .arg("NX")
                     .arg("PX")
-                    .arg(interval.as_millis().max(1) as u64),
+                    .arg(interval.min(FETCH_LOCK_LIFE).as_millis().max(1) as u64),
             )
             .await
             .map_err(store_error)?;
@@ -214,14 +221,16 @@ impl TokenStore for RedisTokenStore {
         })
     }
 
-    async fn end_rejection(&self, rejected: &Secret) {
+    async fn end_rejection(&self, rejected: &Secret, interval: Duration) {
         let mut invocation = self.end_rejection.key(self.rejected_key(rejected));
-        invocation.arg(self.store.keys().wake_channel());
+        invocation
+            .arg(self.store.keys().wake_channel())
+            .arg(interval.as_millis().max(1) as u64);
         // Not marked: the waiters see the outcome at their next look, or wait out their bound.
         let _ = self.store.invoke::<i64>(&invocation).await;
     }
 
-    async fn wait_for_rejection(&self, rejected: &Secret, at_most: Duration) -> bool {
+    async fn wait_for_rejection(&self, rejected: &Secret, at_most: Duration) -> RejectionWait {
         let key = self.rejected_key(rejected);
         // Listening before looking: an end between the look and the wait still wakes us.
         let mut listener = self.store.listen();
@@ -229,10 +238,12 @@ impl TokenStore for RedisTokenStore {
         match state {
             Ok(Some(value)) if value == REJECTION_RUNNING => {
                 listener.wait(&key, at_most.min(LOCK_RECHECK)).await;
-                false
+                RejectionWait::Running
             }
-            // Ended, expired, or not knowable now: the caller looks at the stored token.
-            _ => true,
+            // Claimed, never ended, and lapsed: its replica is gone.
+            Ok(None) => RejectionWait::Abandoned,
+            // Ended, or not knowable now: the caller looks at the stored token.
+            _ => RejectionWait::Ended,
         }
     }
 }
@@ -241,11 +252,11 @@ impl TokenStore for RedisTokenStore {
 /// once the outcome is stored.
 const REJECTION_RUNNING: &str = "1";
 
-/// Marks the rejection record `KEYS[1]` ended (keeping its TTL: the token value's one fetch
-/// per interval stays spent) and announces it on channel `ARGV[1]`.
+/// Marks the rejection record `KEYS[1]` ended, for `ARGV[2]` ms (the token value's one fetch
+/// per interval stays spent), and announces it on channel `ARGV[1]`.
 const END_REJECTION_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == '1' then
-  redis.call('SET', KEYS[1], 'done', 'KEEPTTL')
+  redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2])
 end
 redis.call('PUBLISH', ARGV[1], KEYS[1])
 return 1

@@ -7,7 +7,9 @@ use std::sync::{Arc, atomic::Ordering};
 use tokio::time::{Duration, Instant};
 use tracing::{debug, warn};
 
-use super::{ForceBudget, RefreshState, RejectionTurn, SHARED_FETCH_WAIT, TokenCache};
+use super::{
+    ForceBudget, RefreshState, RejectionTurn, RejectionWait, SHARED_FETCH_WAIT, TokenCache,
+};
 use crate::{
     secret::Secret,
     telemetry::catalog::{self, TokenRejection},
@@ -18,6 +20,9 @@ use crate::{
 /// [`force_refresh_interval`](super::TokenOptions::force_refresh_interval) only a few tokens
 /// can have been issued).
 const REJECTION_FETCHES_REMEMBERED: usize = 8;
+/// Claims of one rejection's fetch a caller makes at most: its own, and one more after another
+/// replica abandoned the fetch.
+const MAX_REJECTION_CLAIMS: u32 = 2;
 
 /// The window of the force-refresh daily limit (rolling, stricter than a calendar day).
 const FORCE_REFRESH_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
@@ -124,14 +129,24 @@ impl TokenCache {
         }
         // Replicas sharing a store make one fetch for a token value between them; the others
         // take its outcome. Without the store, this process's memory alone applies.
-        let claimed = match self.store.claim_rejection(rejected, interval).await {
-            Ok(RejectionTurn::Another) => {
-                return Ok(self.rejection_fetched_elsewhere(rejected).await);
-            }
-            Ok(turn) => turn == RejectionTurn::Mine,
-            Err(error) => {
-                warn!(app = %self.app, %error, "token store unavailable; only this replica's rejection fetches are known");
-                false
+        let mut claims = 0;
+        let claimed = loop {
+            claims += 1;
+            match self.store.claim_rejection(rejected, interval).await {
+                Ok(RejectionTurn::Another) => {
+                    match self.rejection_fetched_elsewhere(rejected).await {
+                        Some(action) => return Ok(action),
+                        // Its replica is gone: claim the fetch again (once more at most, so a
+                        // caller waits for two lapsed claims at the very worst).
+                        None if claims < MAX_REJECTION_CLAIMS => {}
+                        None => return Ok(RejectionAction::Kept),
+                    }
+                }
+                Ok(turn) => break turn == RejectionTurn::Mine,
+                Err(error) => {
+                    warn!(app = %self.app, %error, "token store unavailable; only this replica's rejection fetches are known");
+                    break false;
+                }
             }
         };
         if state.rejection_fetches.len() == REJECTION_FETCHES_REMEMBERED {
@@ -159,28 +174,35 @@ impl TokenCache {
             self.install(cached);
         }
         if claimed {
-            self.store.end_rejection(rejected).await;
+            self.store.end_rejection(rejected, interval).await;
         }
         result
     }
 
     /// Another replica makes the one fetch for `rejected`: waits for its outcome (woken through
     /// the store, for at most [`SHARED_FETCH_WAIT`]) and installs the token it stored, or keeps
-    /// this one when that is still `rejected` (WeChat stood by it).
-    async fn rejection_fetched_elsewhere(&self, rejected: &Secret) -> RejectionAction {
+    /// this one when that is still `rejected` (WeChat stood by it). `None` when that replica
+    /// abandoned the fetch (its claim lapsed, nothing stored): the fetch is to be claimed again.
+    async fn rejection_fetched_elsewhere(&self, rejected: &Secret) -> Option<RejectionAction> {
         let deadline = Instant::now() + SHARED_FETCH_WAIT;
-        let mut ended = false;
+        let mut wait = RejectionWait::Running;
         loop {
             if let Some(cached) = self.stored_token(&|token| token != rejected).await {
                 debug!(app = %self.app, "using the token another replica fetched after the rejection");
                 self.install(Arc::new(cached));
-                return RejectionAction::Refreshed;
+                return Some(RejectionAction::Refreshed);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if ended || left.is_zero() {
-                return RejectionAction::Kept;
+            match wait {
+                RejectionWait::Abandoned => {
+                    warn!(app = %self.app, "another replica's fetch after a rejection was abandoned; claiming it");
+                    return None;
+                }
+                RejectionWait::Ended => return Some(RejectionAction::Kept),
+                RejectionWait::Running if left.is_zero() => return Some(RejectionAction::Kept),
+                RejectionWait::Running => {}
             }
-            ended = self.store.wait_for_rejection(rejected, left).await;
+            wait = self.store.wait_for_rejection(rejected, left).await;
         }
     }
 

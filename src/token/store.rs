@@ -74,6 +74,19 @@ pub enum RejectionTurn {
     Another,
 }
 
+/// What a replica waiting for another's rejection fetch learned
+/// ([`TokenStore::wait_for_rejection`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectionWait {
+    /// It may still be running.
+    Running,
+    /// It ended (its outcome is in the store), or the store cannot tell.
+    Ended,
+    /// Its claim lapsed before it ended: the replica that made it died or lost the store. The
+    /// fetch is anyone's to claim again.
+    Abandoned,
+}
+
 /// One app's token storage. Object-safe; every method is called only on the cache's slow path
 /// (misses, refreshes and rejections), never on the hot read path.
 ///
@@ -123,6 +136,8 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Claims the one fetch that a rejection of `rejected` earns within `interval`, for every
     /// replica sharing the store. The store may keep a digest of the token, never the token.
+    /// The claim lapses if its replica does not end it within the fetch lock's life, so a
+    /// replica that dies mid-fetch does not hold the others back for longer than that.
     async fn claim_rejection(
         &self,
         rejected: &Secret,
@@ -133,17 +148,17 @@ pub trait TokenStore: Send + Sync + 'static {
     }
 
     /// Ends the rejection fetch claimed with [`TokenStore::claim_rejection`] (its outcome, a
-    /// token, is saved by then) and wakes the replicas waiting for it.
-    async fn end_rejection(&self, rejected: &Secret) {
-        let _ = rejected;
+    /// token, is saved by then), keeping it spent for `interval`, and wakes the replicas
+    /// waiting for it.
+    async fn end_rejection(&self, rejected: &Secret, interval: Duration) {
+        let _ = (rejected, interval);
     }
 
     /// Waits (woken, not polled) for the end of another replica's rejection fetch of `rejected`
-    /// for at most `at_most`; true once it has ended (or the store cannot tell), false when it
-    /// may still be running.
-    async fn wait_for_rejection(&self, rejected: &Secret, at_most: Duration) -> bool {
+    /// for at most `at_most`, and says what became of it.
+    async fn wait_for_rejection(&self, rejected: &Secret, at_most: Duration) -> RejectionWait {
         let _ = (rejected, at_most);
-        true
+        RejectionWait::Ended
     }
 }
 

@@ -231,6 +231,43 @@ async fn a_revoked_token_is_refreshed_once_for_all_replicas() {
     );
 }
 
+/// A replica that dies in the middle of the fetch a rejection earned does not hold the others
+/// back for longer than the fetch lock's life (20 s): its claim of the fetch lapses, and the
+/// next replica to meet the rejected token claims the fetch itself and sends. (Before, the
+/// others waited out their whole bound and kept the revoked token.) Takes about 20 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_dies_mid_rejection_fetch_holds_the_others_back_no_longer_than_the_lock() {
+    let redis = RedisServer::start().await;
+    let mut cluster = Cluster::start(&redis.url(), &[], 2).await;
+    let clients = cluster.clients().await;
+    send_on_each(&clients, 0, "sent").await;
+    let appid = cluster.sandbox().config().apps[0].appid.clone();
+    // The first replica meets the revoked token, claims the fetch and hangs in it.
+    cluster
+        .sandbox()
+        .inject(Fault::latency(Duration::from_secs(120)).on_token_endpoint());
+    cluster.sandbox().revoke_tokens(&appid);
+    let mut dying = clients[0].clone();
+    let hung = tokio::spawn(async move { dying.send_subscribe(course_request(&openid(1))).await });
+    eventually("the first replica holding the fetch lock", || async {
+        let held = redis.cli(&["--scan", "--pattern", "*token-lock*"]);
+        let claimed = redis.cli(&["--scan", "--pattern", "*rejected:*"]);
+        (!held.trim().is_empty() && !claimed.trim().is_empty()).then_some(())
+    })
+    .await;
+    drop(cluster.replicas.remove(0));
+    let _ = hung.await;
+    cluster.sandbox().clear_faults();
+
+    let mut request = tonic::Request::new(course_request(&openid(2)));
+    request.set_timeout(Duration::from_secs(60));
+    clients[1]
+        .clone()
+        .send_subscribe(request)
+        .await
+        .expect("the other replica fetches once the dead one's claim lapses, and sends");
+}
+
 /// The token is fine, but WeChat rejects it for one user: every replica meets the rejection at
 /// once and WeChat hands the same token back; the replicas ask WeChat about it once between
 /// them (the `rejected:` record in Redis), not once each.
