@@ -204,6 +204,16 @@ pub async fn closed_base() -> (Url, tokio::net::TcpSocket) {
     (Url::parse(&format!("http://{addr}/")).unwrap(), socket)
 }
 
+/// The ErrorInfo reason of a status ("" without one).
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
 /// The decimal `wechat-errcode` trailer of a status.
 pub fn errcode(status: &tonic::Status) -> Option<i32> {
     status

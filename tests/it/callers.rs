@@ -242,10 +242,7 @@ async fn each_permission_is_allowed_and_refused() {
     }
     let status = refused.expect("the caller's rate refuses within 20 quick calls");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert_eq!(
-        status.get_error_details().error_info().unwrap().reason,
-        "CALLER_RATE_LIMITED"
-    );
+    assert_eq!(reason(&status), "CALLER_RATE_LIMITED");
     assert!(status.metadata().get("retry-after").is_some());
     let sent_before_refusal = harness.sandbox().send_requests().len();
 

@@ -19,15 +19,6 @@ async fn status_under(faults: Vec<Fault>) -> (tonic::Status, Harness) {
     (status, harness)
 }
 
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .unwrap()
-        .reason
-        .clone()
-}
-
 #[tokio::test]
 async fn every_send_errcode_names_the_endpoint_the_errcode_and_the_errmsg_with_its_rid() {
     for (wechat_errcode, errmsg, code) in [

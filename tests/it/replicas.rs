@@ -501,11 +501,7 @@ async fn while_redis_is_down_keyed_sends_are_refused_and_all_resumes_after() {
         }
     }
     let refused = refused.expect("a keyed send is refused while redis is down");
-    use tonic_types::StatusExt;
-    assert_eq!(
-        refused.get_error_details().error_info().unwrap().reason,
-        "STORE_UNAVAILABLE"
-    );
+    assert_eq!(reason(&refused), "STORE_UNAVAILABLE");
     // Unkeyed sends go on, the ledger (observe, the default) unread and unwritten.
     clients[1]
         .clone()
@@ -516,10 +512,7 @@ async fn while_redis_is_down_keyed_sends_are_refused_and_all_resumes_after() {
     let mut ledger = subscriptions_client(format!("127.0.0.1:{port}").parse().unwrap()).await;
     let unrecorded = record(&mut ledger, &openid(2), "accept").await.unwrap_err();
     assert_eq!(unrecorded.code(), Code::Unavailable);
-    assert_eq!(
-        unrecorded.get_error_details().error_info().unwrap().reason,
-        "STORE_UNAVAILABLE"
-    );
+    assert_eq!(reason(&unrecorded), "STORE_UNAVAILABLE");
     assert_eq!(replica_health(&cluster, 1).await, Some(1), "still SERVING");
 
     redis.resume().await;
@@ -683,7 +676,6 @@ async fn wake_ups_survive_losing_the_subscribed_node(loss: NodeLoss) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_a_stopped_node_holds_back_only_its_own_slots() {
-    use tonic_types::StatusExt;
     let mut redis = RedisCluster::start().await;
     let appid = SandboxConfig::default().apps[0].appid.clone();
     let app_node = redis.node_of(&format!("wechat-notify:{{{appid}}}:token"));
@@ -749,10 +741,7 @@ async fn on_a_cluster_a_stopped_node_holds_back_only_its_own_slots() {
         .await
         .expect_err("the record cannot be checked on replica 1");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert_eq!(
-        refused.get_error_details().error_info().unwrap().reason,
-        "STORE_UNAVAILABLE"
-    );
+    assert_eq!(reason(&refused), "STORE_UNAVAILABLE");
     let fresh = clients[0]
         .clone()
         .send_subscribe(keyed(&openid(2), "app-down"))
@@ -977,12 +966,7 @@ async fn the_ledger_and_its_events_are_shared_by_the_replicas() {
         .send_subscribe(course_request(&rejected))
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::FailedPrecondition);
-    use tonic_types::StatusExt;
-    assert_eq!(
-        refused.get_error_details().error_info().unwrap().reason,
-        "NOT_SUBSCRIBED"
-    );
+    assert_not_subscribed(&refused);
     assert_eq!(cluster.sandbox().stats().send_requests, calls, "no call");
 
     // Concurrent accepts of one user over both replicas: none is lost (each is a grant).
@@ -1120,11 +1104,6 @@ async fn under_enforce_keyed_sends_are_checked_with_their_claim() {
 }
 
 fn assert_not_subscribed(status: &tonic::Status) {
-    use tonic_types::StatusExt;
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    let reason = status
-        .get_error_details()
-        .error_info()
-        .map(|info| info.reason.clone());
-    assert_eq!(reason.as_deref(), Some("NOT_SUBSCRIBED"), "{status:?}");
+    assert_eq!(reason(status), "NOT_SUBSCRIBED", "{status:?}");
 }

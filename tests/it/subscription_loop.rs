@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use serde_json::{Value, json};
 use tonic::{Code, transport::Channel};
-use tonic_types::StatusExt;
 use wechat_notify::pb::{self, subscription_service_client::SubscriptionServiceClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,10 +50,7 @@ async fn sandbox_pushes_feed_the_ledger_and_enforce_refuses_without_a_call() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert_eq!(
-        refused.get_error_details().error_info().unwrap().reason,
-        "NOT_SUBSCRIBED"
-    );
+    assert_eq!(reason(&refused), "NOT_SUBSCRIBED");
     assert_eq!(send_requests().await, 0, "wechat was not called");
 
     // The user accepts in the popup: WeChat pushes the popup event; one message may go.
@@ -72,10 +68,7 @@ async fn sandbox_pushes_feed_the_ledger_and_enforce_refuses_without_a_call() {
         .await
         .unwrap_err();
     assert_eq!(second.code(), Code::FailedPrecondition);
-    assert_eq!(
-        second.get_error_details().error_info().unwrap().reason,
-        "NOT_SUBSCRIBED"
-    );
+    assert_eq!(reason(&second), "NOT_SUBSCRIBED");
     assert_eq!(
         send_requests().await,
         1,

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use crate::common::*;
 use tonic::{Code, transport::Channel};
-use tonic_types::StatusExt;
 use wechat_notify::{
     config::{PushSettings, ServeConfig},
     pb::{self, subscription_service_client::SubscriptionServiceClient},
@@ -58,14 +57,6 @@ async fn record(
         })
         .await
         .map(|response| response.into_inner().subscriptions)
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|info| info.reason.clone())
-        .unwrap_or_default()
 }
 
 #[tokio::test]
