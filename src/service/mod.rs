@@ -289,25 +289,27 @@ impl Notifier {
     ) -> Result<Receipt, SendError> {
         if !self.tracks_subscriptions(app) {
             return Ok(self
-                .deliver_once(app, message, key, admission, LedgerSteps::default())
+                .deliver_once(app, message, key, admission, None, None)
                 .await?
                 .0);
         }
         let enforce = app.subscription_check == SubscriptionCheck::Enforce;
         let (touser, template_id) = (message.touser.clone(), message.template_id.clone());
-        let steps = match &key {
-            Some(_) => LedgerSteps {
-                lookup: self.lookup_rider(app, &touser, &template_id),
-                record: self.delivered_rider(app, &touser, &template_id),
-            },
-            None => LedgerSteps::default(),
+        let (lookup, record) = match &key {
+            Some(_) => (
+                self.lookup_rider(app, &touser, &template_id),
+                self.delivered_rider(app, &touser, &template_id),
+            ),
+            None => (None, None),
         };
         // Under `enforce` the ledger is read before the send: with the claim when the lookup
         // rides on it (then inside the send, once the key is claimed), else here.
-        if enforce && steps.lookup.is_none() {
+        if enforce && lookup.is_none() {
             self.check_subscription(app, &touser, &template_id).await?;
         }
-        let result = self.deliver_once(app, message, key, admission, steps).await;
+        let result = self
+            .deliver_once(app, message, key, admission, lookup, record)
+            .await;
         let (outcome, ridden) = match result {
             Ok((receipt, ridden)) => (Ok(receipt), ridden),
             Err(error) => (Err(error), None),
@@ -325,15 +327,16 @@ impl Notifier {
     }
 
     /// Delivers `message`, at most once per idempotency key (scoped by [`scoped_key`]). A keyed
-    /// send's claim carries the ledger's lookup (then checked before the send), and its record
-    /// the ledger's record of the outcome, whose answer comes back beside the receipt.
+    /// send's claim carries the ledger's `lookup` (then checked before the send), and its record
+    /// the ledger's `record` of the outcome, whose answer comes back beside the receipt.
     async fn deliver_once(
         self: &Arc<Self>,
         app: &Arc<AppSender>,
         message: SubscribeMessage,
         key: Option<String>,
         admission: &Admission,
-        mut steps: LedgerSteps,
+        lookup: Option<crate::store::Rider>,
+        mut record: Option<crate::store::Rider>,
     ) -> Result<(Receipt, Option<crate::store::RiderAnswer>), SendError> {
         let Some(key) = key else {
             let record = app.deliver(&message, admission).await?;
@@ -350,10 +353,7 @@ impl Notifier {
             let send = {
                 let (app, message, admission) = (app.clone(), message.clone(), admission.clone());
                 let ran_here = ran_here.clone();
-                let check = steps
-                    .lookup
-                    .is_some()
-                    .then(|| (self.clone(), looked_up.clone()));
+                let check = lookup.is_some().then(|| (self.clone(), looked_up.clone()));
                 Box::pin(async move {
                     ran_here.store(true, Ordering::Relaxed);
                     if let Some((notifier, looked_up)) = check {
@@ -366,8 +366,8 @@ impl Notifier {
                 })
             };
             let riders = Riders {
-                claim: steps.lookup.clone().map(|rider| (rider, looked_up)),
-                record: steps.record.take(),
+                claim: lookup.clone().map(|rider| (rider, looked_up)),
+                record: record.take(),
             };
             match self
                 .idempotency
@@ -396,15 +396,6 @@ impl Notifier {
         }
         Ok((keyed_receipt(&keyed), keyed.ridden))
     }
-}
-
-/// The ledger's steps that ride on a keyed send's round trips to a shared store.
-#[derive(Default)]
-struct LedgerSteps {
-    /// Its lookup under `enforce`, on the claim.
-    lookup: Option<crate::store::Rider>,
-    /// Its record of the outcome, on the record.
-    record: Option<crate::store::Rider>,
 }
 
 /// A future run in place by whoever awaits it, finished on a tracked task of its own if that
