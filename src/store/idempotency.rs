@@ -127,18 +127,15 @@ impl RedisIdempotencyStore {
                 None => self.claim.clone(),
             };
             let mut invocation = script.key(redis_key);
-            invocation.key(&keys.waiting);
-            let rider = riders.claim.as_ref().map(|(rider, _)| rider);
-            for key in rider.iter().flat_map(|rider| &rider.keys) {
-                invocation.key(key);
-            }
             invocation
+                .key(&keys.waiting)
                 .arg(&owner)
                 .arg(CLAIM_LEASE.as_millis() as u64)
                 .arg(WAIT_FLAG_LIFE.as_millis() as u64);
-            for arg in rider.iter().flat_map(|rider| &rider.args) {
-                invocation.arg(arg);
-            }
+            ride(
+                &mut invocation,
+                riders.claim.as_ref().map(|(rider, _)| rider),
+            );
             let answer: Vec<redis::Value> =
                 self.store.invoke(&invocation).await.map_err(unavailable)?;
             let mut answer = answer.into_iter();
@@ -317,19 +314,24 @@ impl Finish {
         rider: Option<&'a Rider>,
     ) -> redis::ScriptInvocation<'a> {
         let mut invocation = script.key(&self.record_key);
-        invocation.key(&self.waiting);
-        for key in rider.iter().flat_map(|rider| &rider.keys) {
-            invocation.key(key);
-        }
         invocation
+            .key(&self.waiting)
             .arg(&self.owner)
             .arg(&self.value)
             .arg(self.ttl_ms)
             .arg(&self.channel);
-        for arg in rider.iter().flat_map(|rider| &rider.args) {
-            invocation.arg(arg);
-        }
+        ride(&mut invocation, rider);
         invocation
+    }
+}
+
+/// Appends `rider`'s keys and arguments after the host script's (call once those are given).
+fn ride<'a>(invocation: &mut redis::ScriptInvocation<'a>, rider: Option<&'a Rider>) {
+    for key in rider.iter().flat_map(|rider| &rider.keys) {
+        invocation.key(key);
+    }
+    for arg in rider.iter().flat_map(|rider| &rider.args) {
+        invocation.arg(arg);
     }
 }
 
