@@ -1,19 +1,24 @@
 //! Idempotency records and in-progress claims shared by replicas.
 //!
-//! A keyed send first claims its key in Redis (one script: the record if there is one, else a
-//! claim with this replica as owner and a lease of [`CLAIM_LEASE`], renewed while the send
-//! runs). The replica holding the claim sends; one that finds another's claim waits (woken
-//! through pub/sub when the claim settles) and then answers from the record, or claims the
-//! key itself if the send failed (a failure is not recorded). On success the record replaces
-//! the claim for the records' time to live (second script): a keyed send takes two round
-//! trips. Other features' steps ride on both ([`Riders`]): the ledger's lookup under `enforce`
-//! on the claim (run only when this caller claims the key), its record of the send's outcome
-//! on the record.
+//! A keyed send first claims its key in Redis with one command, `SET key owner NX PX lease
+//! GET`: it answers the record if there is one, another replica's claim if one holds the key,
+//! and otherwise claims the key for this replica with a lease of [`CLAIM_LEASE`], renewed while
+//! the send runs. The replica holding the claim sends; one that finds another's claim raises
+//! the key's wait flag, looks again, and waits (woken through pub/sub when the claim settles),
+//! then answers from the record, or claims the key itself if the send failed (a failure is not
+//! recorded). On success the record replaces the claim for the records' time to live (`SET PX`
+//! and the flag's `DEL`, in one pipeline): a keyed send takes two round trips. Other features'
+//! steps ride in the same pipelines ([`Riders`]): the ledger's lookup under `enforce` with the
+//! claim, its record of the send's outcome with the record. Neither is a script around the
+//! claim or the record: Redis's own commands cost it a third of what the same steps cost in Lua
+//! (docs/benchmarks.md).
 //!
 //! A settle is announced (PUBLISH) only when another replica waits: a waiter raises the key's
-//! wait flag (`idem-wait:<key>`, for [`WAIT_FLAG_LIFE`]) in the same script that finds the
-//! claim, and the script that settles the claim publishes only if it finds the flag. Sends
-//! nobody waits for thus wake no replica's subscriber.
+//! wait flag (`idem-wait:<key>`, for [`WAIT_FLAG_LIFE`]) and then looks at the key again in
+//! the same round trip; the settle deletes the flag after writing the record (or dropping the
+//! claim) and publishes only if there was one. A waiter whose look still found the claim
+//! raised its flag before the settle's `DEL`, so it is woken; one that raised it later sees
+//! the settled key in its look. Sends nobody waits for thus wake no replica's subscriber.
 //!
 //! Within one replica, callers of one key share one claim and its outcome (a local cache, as
 //! the in-memory store does), and a record seen once is answered without a round trip.
@@ -27,7 +32,7 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
-use super::{RedisStore, Rider, RiderAnswer, RiderStep};
+use super::{RedisStore, Rider, RiderAnswer, StoreError};
 use crate::{
     idempotency::{IdempotencyStore, Keyed, Record, Riders, SendOnce, StoreUnavailable},
     retry::Backoff,
@@ -57,12 +62,6 @@ pub struct RedisIdempotencyStore {
     ttl: Duration,
     /// Records known here, and the one claim per key this replica is running.
     local: moka::future::Cache<String, Keyed>,
-    claim: redis::Script,
-    finish: redis::Script,
-    /// The claim script with a rider's step.
-    claim_riding: RidingScripts,
-    /// The finish script with a rider's step.
-    finish_riding: RidingScripts,
     release: redis::Script,
     renew: redis::Script,
 }
@@ -77,10 +76,6 @@ impl RedisIdempotencyStore {
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
-            claim: redis::Script::new(&format!("{CLAIM_BODY}\nreturn {{false}}\n")),
-            finish: redis::Script::new(&format!("{FINISH_BODY}\nreturn written\n")),
-            claim_riding: RidingScripts::new(CLAIM_BODY, CLAIM_RIDE_TAIL),
-            finish_riding: RidingScripts::new(FINISH_BODY, FINISH_RIDE_TAIL),
             release: redis::Script::new(RELEASE_SCRIPT),
             renew: redis::Script::new(RENEW_SCRIPT),
         }
@@ -117,53 +112,66 @@ impl RedisIdempotencyStore {
             uuid::Uuid::new_v4().simple()
         );
         let unavailable = |_| E::from(StoreUnavailable);
+        let claim_rider = riders.claim.as_ref().map(|(rider, _)| rider);
         let started = tokio::time::Instant::now();
         let mut looks = 0;
         loop {
-            // Listening first: a settle announced between the look and the wait still wakes us.
-            let mut listener = self.store.listen();
-            let script = match &riders.claim {
-                Some((rider, _)) => self.claim_riding.with(rider.step),
-                None => self.claim.clone(),
-            };
-            let mut invocation = script.key(redis_key);
-            invocation
-                .key(&keys.waiting)
+            let mut pipeline = redis::pipe();
+            pipeline
+                .cmd("SET")
+                .arg(redis_key)
                 .arg(&owner)
+                .arg("NX")
+                .arg("PX")
                 .arg(CLAIM_LEASE.as_millis() as u64)
-                .arg(WAIT_FLAG_LIFE.as_millis() as u64);
-            ride(
-                &mut invocation,
-                riders.claim.as_ref().map(|(rider, _)| rider),
-            );
-            let answer: Vec<redis::Value> =
-                self.store.invoke(&invocation).await.map_err(unavailable)?;
-            let mut answer = answer.into_iter();
-            let found: Option<String> = match answer.next() {
-                None | Some(redis::Value::Nil) => None,
-                Some(value) => {
-                    Some(redis::from_redis_value(value).map_err(|_| E::from(StoreUnavailable))?)
-                }
-            };
-            let answer = answer.next();
-            match found {
-                None => {
-                    if let (Some((_, slot)), Some(answer)) = (&riders.claim, answer) {
-                        let _ = slot.set(RiderAnswer::new(answer));
+                .arg("GET");
+            if let Some(rider) = claim_rider {
+                pipeline.invoke_script(&rider.invocation());
+            }
+            let mut replies = self
+                .store
+                .pipeline(&mut pipeline)
+                .await
+                .map_err(unavailable)?
+                .into_iter();
+            match found(replies.next())? {
+                Found::Nothing => {
+                    if let (Some((rider, slot)), reply) = (&riders.claim, replies.next())
+                        && let Some(answer) = self.store.rider_answer(rider, reply).await
+                    {
+                        let _ = slot.set(answer);
                     }
                     break;
                 }
-                Some(value) => {
-                    if let Some(record) = value.strip_prefix("r:").and_then(decode) {
-                        return Ok(Keyed {
-                            record,
-                            deduplicated: true,
-                            ridden: None,
-                        });
-                    }
-                    if started.elapsed() >= MAX_CLAIM_WAIT {
-                        return Err(E::from(StoreUnavailable));
-                    }
+                Found::Record(record) => return Ok(answered(record)),
+                Found::Claim => {}
+            }
+            // Another replica's claim. Listening first, then the flag, then a look: a settle
+            // after the look wakes us (see the module docs).
+            if started.elapsed() >= MAX_CLAIM_WAIT {
+                return Err(E::from(StoreUnavailable));
+            }
+            let mut listener = self.store.listen();
+            let mut pipeline = redis::pipe();
+            pipeline
+                .cmd("SET")
+                .arg(&keys.waiting)
+                .arg(1)
+                .arg("PX")
+                .arg(WAIT_FLAG_LIFE.as_millis() as u64)
+                .ignore()
+                .cmd("GET")
+                .arg(redis_key);
+            let look = self
+                .store
+                .pipeline(&mut pipeline)
+                .await
+                .map_err(unavailable)?;
+            match found(look.into_iter().next())? {
+                // Settled without a record (the send failed): claim it ourselves.
+                Found::Nothing => {}
+                Found::Record(record) => return Ok(answered(record)),
+                Found::Claim => {
                     looks += 1;
                     listener.wait(redis_key, CLAIM_RECHECK.delay(looks)).await;
                 }
@@ -184,9 +192,7 @@ impl RedisIdempotencyStore {
         };
         match outcome {
             Ok(record) => {
-                let answer = self
-                    .write_record(&keys, owner, &record, riders.record)
-                    .await;
+                let answer = self.write_record(&keys, &record, riders.record).await;
                 *ridden.lock().unwrap_or_else(|e| e.into_inner()) = answer;
                 Ok(Keyed {
                     record,
@@ -207,49 +213,34 @@ impl RedisIdempotencyStore {
         }
     }
 
-    /// Replaces the claim with the record, running `rider` in the same script (its answer is
+    /// Replaces the claim with the record, `rider` in the same round trip (its answer is
     /// returned); if Redis cannot be told now, keeps trying in the background without the
     /// rider (the claim's lease runs out meanwhile: see the module docs).
     async fn write_record(
         &self,
         keys: &ClaimKeys,
-        owner: String,
         record: &Record,
         rider: Option<Rider>,
     ) -> Option<RiderAnswer> {
-        let finish = Finish {
+        let finish = Arc::new(Finish {
             record_key: keys.record.clone(),
             waiting: keys.waiting.clone(),
-            owner,
             value: format!("r:{}", encode(record)),
             ttl_ms: self.ttl.as_millis() as u64,
             channel: self.store.keys().wake_channel(),
-        };
-        if let Some(rider) = rider {
-            let script = self.finish_riding.with(rider.step);
-            let invocation = finish.invocation(&script, Some(&rider));
-            if let Ok((_, answer)) = self.store.invoke::<(i64, redis::Value)>(&invocation).await {
-                return Some(RiderAnswer::new(answer));
-            }
-        } else if self
-            .store
-            .invoke::<i64>(&finish.invocation(&self.finish, None))
-            .await
-            .is_ok()
-        {
-            return None;
+        });
+        if let Ok(answer) = finish.write(&self.store, rider.as_ref()).await {
+            return answer;
         }
         tracing::warn!("could not record a delivered message in redis; retrying in the background");
         let store = self.store.clone();
-        let script = self.finish.clone();
         tokio::spawn(async move {
             let until = tokio::time::Instant::now() + WRITE_BACK_FOR;
             let mut tries = 0;
             while tokio::time::Instant::now() < until {
                 tries += 1;
                 tokio::time::sleep(WRITE_BACK_RETRY.delay(tries)).await;
-                let invocation = finish.invocation(&script, None);
-                if store.invoke::<i64>(&invocation).await.is_ok() {
+                if finish.write(&store, None).await.is_ok() {
                     tracing::info!("recorded a delivered message in redis after an outage");
                     return;
                 }
@@ -260,78 +251,84 @@ impl RedisIdempotencyStore {
     }
 }
 
-/// A host script (its body, then a tail that calls the rider) with each rider's step embedded,
-/// made on first use of the step (by address: each is a `static`).
-struct RidingScripts {
-    body: &'static str,
-    tail: &'static str,
-    made: std::sync::Mutex<Vec<(usize, redis::Script)>>,
+/// What a claim's `SET NX GET` (or a waiter's look) found at the key.
+enum Found {
+    /// Nothing: the claim is ours (or, for a look, the key is free).
+    Nothing,
+    /// The record of the send made under the key.
+    Record(Record),
+    /// Another replica's claim.
+    Claim,
 }
 
-impl RidingScripts {
-    fn new(body: &'static str, tail: &'static str) -> Self {
-        Self {
-            body,
-            tail,
-            made: std::sync::Mutex::new(Vec::new()),
-        }
-    }
+/// Reads the key's value from its reply.
+fn found<E: From<StoreUnavailable>>(reply: Option<redis::Value>) -> Result<Found, E> {
+    let value: Option<String> = match reply {
+        None | Some(redis::Value::Nil) => None,
+        Some(reply) => Some(redis::from_redis_value(reply).map_err(|_| E::from(StoreUnavailable))?),
+    };
+    Ok(match value {
+        None => Found::Nothing,
+        Some(value) => match value.strip_prefix("r:").and_then(decode) {
+            Some(record) => Found::Record(record),
+            None => Found::Claim,
+        },
+    })
+}
 
-    /// The host script carrying `step`.
-    fn with(&self, step: &'static RiderStep) -> redis::Script {
-        let id = std::ptr::from_ref(step) as usize;
-        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, script)) = made.iter().find(|(known, _)| *known == id) {
-            return script.clone();
-        }
-        let script = redis::Script::new(&format!(
-            "{}\n{}\n{}",
-            step.function(),
-            self.body,
-            self.tail
-        ));
-        made.push((id, script.clone()));
-        script
+/// The answer of a caller the record answered.
+fn answered(record: Record) -> Keyed {
+    Keyed {
+        record,
+        deduplicated: true,
+        ridden: None,
     }
 }
 
-/// What the finish script is given: the claim becomes the record.
+/// What the record's round trip writes: the claim becomes the record.
 struct Finish {
     record_key: String,
     waiting: String,
-    owner: String,
     value: String,
     ttl_ms: u64,
     channel: String,
 }
 
 impl Finish {
-    /// `script` (the finish script, or the one carrying `rider`'s step) with its keys and
-    /// arguments: the finish's first, then the rider's.
-    fn invocation<'a>(
-        &'a self,
-        script: &'a redis::Script,
-        rider: Option<&'a Rider>,
-    ) -> redis::ScriptInvocation<'a> {
-        let mut invocation = script.key(&self.record_key);
-        invocation
-            .key(&self.waiting)
-            .arg(&self.owner)
+    /// Writes the record and drops the waiters' flag, with `rider` in the same round trip,
+    /// then announces the key if a waiter had raised the flag. Answers the rider's answer, or
+    /// an error if the record may not be written.
+    async fn write(
+        &self,
+        store: &RedisStore,
+        rider: Option<&Rider>,
+    ) -> Result<Option<RiderAnswer>, StoreError> {
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("SET")
+            .arg(&self.record_key)
             .arg(&self.value)
+            .arg("PX")
             .arg(self.ttl_ms)
-            .arg(&self.channel);
-        ride(&mut invocation, rider);
-        invocation
-    }
-}
-
-/// Appends `rider`'s keys and arguments after the host script's (call once those are given).
-fn ride<'a>(invocation: &mut redis::ScriptInvocation<'a>, rider: Option<&'a Rider>) {
-    for key in rider.iter().flat_map(|rider| &rider.keys) {
-        invocation.key(key);
-    }
-    for arg in rider.iter().flat_map(|rider| &rider.args) {
-        invocation.arg(arg);
+            .cmd("DEL")
+            .arg(&self.waiting);
+        if let Some(rider) = rider {
+            pipeline.invoke_script(&rider.invocation());
+        }
+        let mut replies = store.pipeline(&mut pipeline).await?.into_iter();
+        if let Some(redis::Value::ServerError(error)) = replies.next() {
+            return Err(StoreError(error.to_string()));
+        }
+        if replies.next() == Some(redis::Value::Int(1)) {
+            // Failing to announce only delays the waiters until they look again.
+            let mut invocation = WAKE.key(&self.record_key);
+            invocation.arg(&self.channel);
+            let _ = store.invoke::<i64>(&invocation).await;
+        }
+        Ok(match rider {
+            Some(rider) => store.rider_answer(rider, replies.next()).await,
+            None => None,
+        })
     }
 }
 
@@ -400,54 +397,6 @@ fn decode(text: &str) -> Option<Record> {
     })
 }
 
-/// Answers `{record}` if the key `KEYS[1]` has one; `{claim}` if another holds it, raising the
-/// wait flag `KEYS[2]` for `ARGV[3]` ms (so that its settle is announced); else claims the key
-/// for `ARGV[1]` with a lease of `ARGV[2]` ms, and the script goes on (answering `{nil}`, or
-/// [`CLAIM_RIDE_TAIL`]'s answer).
-const CLAIM_BODY: &str = r"
-local value = redis.call('GET', KEYS[1])
-if value then
-  if string.sub(value, 1, 2) ~= 'r:' then
-    redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-  end
-  return {value}
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-";
-
-/// After [`CLAIM_BODY`] claimed the key, runs the rider on the keys after the first two and the
-/// arguments after the first three; answers `{nil, rider's answer}`.
-const CLAIM_RIDE_TAIL: &str = r"
-local keys, args = {}, {}
-for i = 3, #KEYS do keys[#keys + 1] = KEYS[i] end
-for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
-return {false, rider(keys, args)}
-";
-
-/// Writes the record `ARGV[2]` for `ARGV[3]` ms unless a record is there already
-/// (`written` 1, else 0), and announces the key on channel `ARGV[4]` if a waiter raised the flag
-/// `KEYS[2]`.
-const FINISH_BODY: &str = r"
-local written = 0
-local value = redis.call('GET', KEYS[1])
-if not (value and string.sub(value, 1, 2) == 'r:') then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  written = 1
-  if redis.call('DEL', KEYS[2]) == 1 then
-    redis.call('PUBLISH', ARGV[4], KEYS[1])
-  end
-end
-";
-
-/// After [`FINISH_BODY`], runs the rider on the keys after the first two and the arguments
-/// after the first four; answers `{written, rider's answer}`.
-const FINISH_RIDE_TAIL: &str = r"
-local keys, args = {}, {}
-for i = 3, #KEYS do keys[#keys + 1] = KEYS[i] end
-for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
-return {written, rider(keys, args)}
-";
-
 /// Drops the claim `KEYS[1]` if its owner `ARGV[1]` still holds it, and announces the key on
 /// channel `ARGV[2]` if a waiter raised the flag `KEYS[2]`.
 const RELEASE_SCRIPT: &str = r"
@@ -459,6 +408,13 @@ if redis.call('DEL', KEYS[2]) == 1 then
 end
 return 1
 ";
+
+/// Announces the key `KEYS[1]` on channel `ARGV[1]`. A script, not a PUBLISH, so that on a
+/// Redis Cluster it runs on the key's node (which the settle just reached), not on the node
+/// the channel's name hashes to, which may be down.
+static WAKE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new("redis.call('PUBLISH', ARGV[1], KEYS[1])\nreturn 1\n")
+});
 
 /// Extends the claim's lease to `ARGV[2]` ms if `ARGV[1]` still holds it.
 const RENEW_SCRIPT: &str = r"

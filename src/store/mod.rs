@@ -15,9 +15,11 @@
 //! - The subscription ledger and its events: `crate::subscriptions::RedisLedger`, on the same
 //!   connection and keys.
 //!
-//! Every atomic step is one Lua script (EVALSHA through `redis::Script`). When Redis cannot be
-//! reached the service stays up: keyed sends are refused (`STORE_UNAVAILABLE`) unless their
-//! record is known here, unkeyed sends go on with in-process state; recovery is automatic.
+//! Every atomic step is one command or one Lua script (EVALSHA through `redis::Script`); steps
+//! that need not be atomic together but go at the same moment share a round trip (a
+//! pipeline). When Redis cannot be reached the service stays up: keyed sends are refused
+//! (`STORE_UNAVAILABLE`) unless their record is known here, unkeyed sends go on with
+//! in-process state; recovery is automatic.
 
 pub mod health;
 pub mod idempotency;
@@ -28,19 +30,33 @@ mod wake;
 
 pub use self::redis::{Keys, RedisConfig, RedisStore, StoreError};
 
-/// A step of another feature that rides on a keyed send's record script, so that the record
-/// and the step take one round trip (every key of an app is in its hash tag, hence in one
-/// Cluster slot, so one script may touch them all). The subscription ledger's send outcome is
-/// one: see `crate::subscriptions::RedisLedger`.
+/// A step of another feature that rides on a keyed send's round trips to Redis: its script
+/// is sent in the same pipeline as the claim or the record, so that the send and the step take
+/// one round trip together (every key of an app is in its hash tag, hence in one Cluster slot,
+/// so one node answers the whole pipeline). The subscription ledger's lookup and its record of
+/// the send's outcome are such steps: see `crate::subscriptions::RedisLedger`.
 #[derive(Clone)]
 pub struct Rider {
-    /// The step's Lua, the body of a function of `keys` and `args` (its own keys and arguments,
-    /// apart from the host script's); what it returns comes back as the rider's answer.
+    /// The step's script.
     pub step: &'static RiderStep,
     /// Its keys, in the app's hash tag.
     pub keys: Vec<String>,
     /// Its arguments.
     pub args: Vec<String>,
+}
+
+impl Rider {
+    /// The step's script with its keys and arguments.
+    pub fn invocation(&self) -> ::redis::ScriptInvocation<'_> {
+        let mut invocation = self.step.script().prepare_invoke();
+        for key in &self.keys {
+            invocation.key(key);
+        }
+        for arg in &self.args {
+            invocation.arg(arg);
+        }
+        invocation
+    }
 }
 
 /// What a [`Rider`]'s step answered: opaque, except to the feature that gave the step
@@ -59,28 +75,31 @@ impl RiderAnswer {
     }
 }
 
-/// The Lua of a [`Rider`]: a `static`, so that a host script that embeds it is made once.
-pub struct RiderStep(pub &'static str);
+/// The Lua of a [`Rider`], the body of a function of `keys` and `args` (its `KEYS` and
+/// `ARGV`); what it returns comes back as the rider's answer. A `static`, so that its script is
+/// made once.
+pub struct RiderStep {
+    lua: &'static str,
+    script: std::sync::OnceLock<::redis::Script>,
+}
 
 impl RiderStep {
-    /// The step as a script of its own (`KEYS` and `ARGV` are its keys and arguments).
-    pub fn standalone(&self) -> String {
-        format!(
-            "{}
-return rider(KEYS, ARGV)
-",
-            self.function()
-        )
+    /// The step whose body is `lua`.
+    pub const fn new(lua: &'static str) -> Self {
+        Self {
+            lua,
+            script: std::sync::OnceLock::new(),
+        }
     }
 
-    /// The step as the Lua function `rider(keys, args)`, for a host script to call.
-    pub fn function(&self) -> String {
-        format!(
-            "local function rider(keys, args)
-{}
-end",
-            self.0
-        )
+    /// The step as a script (EVALSHA).
+    pub fn script(&self) -> &::redis::Script {
+        self.script.get_or_init(|| {
+            ::redis::Script::new(&format!(
+                "local function rider(keys, args)\n{}\nend\nreturn rider(KEYS, ARGV)\n",
+                self.lua
+            ))
+        })
     }
 }
 

@@ -10,7 +10,8 @@ use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwapOption;
 use redis::{
-    Cmd, FromRedisValue, IntoConnectionInfo, RedisFuture, ScriptInvocation, Value,
+    Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisFuture, ScriptInvocation,
+    ServerErrorKind, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
@@ -20,6 +21,7 @@ use redis::{
 use tokio::task::JoinHandle;
 
 use super::{
+    Rider, RiderAnswer,
     health::StoreHealth,
     wake::{Listener, Wakeups},
 };
@@ -254,6 +256,7 @@ impl RedisStore {
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut connection = self.connection()?;
+        crate::telemetry::catalog::count_store_request();
         let result = invocation.invoke_async(&mut connection).await;
         self.record(result)
     }
@@ -261,8 +264,40 @@ impl RedisStore {
     /// Runs one command, recording the connection's health.
     pub async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
         let mut connection = self.connection()?;
+        crate::telemetry::catalog::count_store_request();
         let result = command.query_async(&mut connection).await;
         self.record(result)
+    }
+
+    /// Sends several commands in one round trip (a pipeline, not a transaction: other clients'
+    /// commands may run between them) and answers each one's reply, in order; a command that
+    /// failed answers `Value::ServerError` (the pipeline is sent with `ignore_errors`). Records
+    /// the connection's health. The commands must share one hash tag on a Redis Cluster.
+    pub async fn pipeline(&self, pipeline: &mut Pipeline) -> Result<Vec<Value>, StoreError> {
+        let mut connection = self.connection()?;
+        crate::telemetry::catalog::count_store_request();
+        let result = pipeline.ignore_errors().query_async(&mut connection).await;
+        self.record(result)
+    }
+
+    /// A [`Rider`]'s reply in a [`RedisStore::pipeline`] as its answer; `None` when its script
+    /// failed (the rider's feature then does its step by itself). A script Redis did not have
+    /// yet (its first use, or Redis restarted since) is run again on its own, which loads it:
+    /// a pipeline sends EVALSHA alone, and the step had not run.
+    pub(crate) async fn rider_answer(
+        &self,
+        rider: &Rider,
+        reply: Option<Value>,
+    ) -> Option<RiderAnswer> {
+        match reply? {
+            Value::ServerError(error) if error.kind() == Some(ServerErrorKind::NoScript) => self
+                .invoke::<Value>(&rider.invocation())
+                .await
+                .ok()
+                .map(RiderAnswer::new),
+            Value::ServerError(_) => None,
+            reply => Some(RiderAnswer::new(reply)),
+        }
     }
 
     /// Stays subscribed to `channel` (a pub/sub connection of its own, on one of the

@@ -87,7 +87,7 @@ return 1
 /// Answers [`UNKNOWN`] (the created entry written, if any), [`KNOWN`] (the patch written and
 /// published, if any), [`UNKNOWN_FULL`] (an unknown pair whose entry would need an eviction;
 /// nothing written) or [`KNOWN_UNREADABLE`] (an entry this step cannot read; nothing written).
-pub static OUTCOME_STEP: RiderStep = RiderStep(
+pub static OUTCOME_STEP: RiderStep = RiderStep::new(
     r"
 local text = redis.call('HGET', keys[1], args[1])
 if text then
@@ -126,7 +126,7 @@ return 0
 
 /// The pair's entry before a send under `enforce`, as a [`Rider`] step on the claim: keys[1]
 /// the user's hash, args[1] the template id; answers the entry as stored, or nil.
-pub static LOOKUP_STEP: RiderStep = RiderStep("return redis.call('HGET', keys[1], args[1])");
+pub static LOOKUP_STEP: RiderStep = RiderStep::new("return redis.call('HGET', keys[1], args[1])");
 
 /// [`OUTCOME_STEP`]'s answers.
 const UNKNOWN: i64 = 0;
@@ -140,7 +140,6 @@ pub struct RedisLedger {
     /// The pub/sub channel of every app's events.
     channel: String,
     write: redis::Script,
-    outcome: redis::Script,
     hub: Arc<EventHub>,
     relay: tokio::task::JoinHandle<()>,
 }
@@ -162,7 +161,6 @@ impl RedisLedger {
             store,
             channel,
             write: redis::Script::new(WRITE_SCRIPT),
-            outcome: redis::Script::new(&OUTCOME_STEP.standalone()),
             hub,
             relay,
         }
@@ -377,11 +375,11 @@ impl Ledger for RedisLedger {
         update: Option<Update>,
     ) -> Result<bool, LedgerError> {
         let rider = self.outcome_rider(appid, openid, template_id, update.as_ref());
-        let mut invocation = self.outcome.key(&rider.keys[0]);
-        for arg in &rider.args {
-            invocation.arg(arg);
-        }
-        let answer: redis::Value = self.store.invoke(&invocation).await.map_err(unavailable)?;
+        let answer: redis::Value = self
+            .store
+            .invoke(&rider.invocation())
+            .await
+            .map_err(unavailable)?;
         let answer = RiderAnswer::new(answer);
         self.rider_answered(appid, openid, template_id, update, answer)
             .await

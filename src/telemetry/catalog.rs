@@ -61,6 +61,8 @@ const RPC_DURATION: &str = "wechat_notify_rpc_duration_seconds";
 const RPC_IN_FLIGHT: &str = "wechat_notify_rpc_in_flight";
 /// Counter: failed Redis calls.
 const STORE_ERRORS_TOTAL: &str = "wechat_notify_store_errors_total";
+/// Counter: requests sent to the shared Redis, one round trip each.
+const STORE_REQUESTS_TOTAL: &str = "wechat_notify_store_requests_total";
 /// Gauge: 1 while the shared Redis answers.
 const STORE_UP: &str = "wechat_notify_store_up";
 /// Counter `{result}`: waits for another replica, by how they ended.
@@ -186,6 +188,12 @@ fn describe_all() {
         STORE_ERRORS_TOTAL,
         "Calls to the shared Redis (NOTIFY_REDIS_URL) that failed or timed out, connection \
          attempts included."
+    );
+    describe_counter!(
+        STORE_REQUESTS_TOTAL,
+        "Requests sent to the shared Redis (NOTIFY_REDIS_URL), one round trip each: a command, \
+         a script or a pipeline of several; the once-a-second heartbeat and the pub/sub \
+         subscription aside."
     );
     describe_gauge!(
         STORE_UP,
@@ -398,6 +406,11 @@ pub fn count_store_wait(ended: StoreWait) {
 /// Counts one subscription made to the wake-up channel.
 pub fn count_wake_subscription() {
     metrics::counter!(STORE_WAKE_SUBSCRIPTIONS_TOTAL).increment(1);
+}
+
+/// Counts one request to the shared Redis (a command, a script or a pipeline: one round trip).
+pub fn count_store_request() {
+    metrics::counter!(STORE_REQUESTS_TOTAL).increment(1);
 }
 
 /// Counts one failed call to the shared Redis (a connection attempt included).

@@ -34,6 +34,7 @@ fn render_everything() -> String {
         set_store_state(StoreState::Down);
         set_store_state(StoreState::Up);
         count_store_error();
+        count_store_request();
         for ended in StoreWait::ALL {
             count_store_wait(*ended);
         }
