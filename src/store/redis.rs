@@ -387,19 +387,21 @@ impl RedisStore {
     async fn connect(&self) {
         let mut logged = false;
         loop {
-            match self.open().await {
-                Ok(connection) => {
-                    self.connection.store(Some(Arc::new(connection)));
-                    self.health.record_ok();
-                    return;
-                }
-                Err(error) => {
-                    crate::telemetry::catalog::count_store_error();
-                    if !logged {
-                        tracing::warn!(%error, "cannot connect to redis; health stays NOT_SERVING until it connects");
-                        logged = true;
+            let problem = match self.open().await {
+                Ok(mut connection) => match too_old(&mut connection).await {
+                    None => {
+                        self.connection.store(Some(Arc::new(connection)));
+                        self.health.record_ok();
+                        return;
                     }
-                }
+                    Some(problem) => problem,
+                },
+                Err(error) => error.to_string(),
+            };
+            crate::telemetry::catalog::count_store_error();
+            if !logged {
+                tracing::warn!(error = %problem, "cannot connect to redis; health stays NOT_SERVING until it connects");
+                logged = true;
             }
             tokio::time::sleep(HEARTBEAT).await;
         }
@@ -425,6 +427,55 @@ impl RedisStore {
                 client.get_connection_manager_with_config(config).await?,
             ))
         }
+    }
+}
+
+/// The oldest Redis that has every command the service sends: 7.0 (`SET` with both `NX` and
+/// `GET`, the keyed send's claim).
+const OLDEST_REDIS: (u32, u32) = (7, 0);
+
+/// Why the Redis behind `connection` cannot serve the service (a node older than
+/// [`OLDEST_REDIS`]), or `None`; also `None` when it does not say its version (`INFO`
+/// disabled), so that such a Redis is not refused on a guess.
+async fn too_old(connection: &mut Connection) -> Option<String> {
+    let info: Value = redis::cmd("INFO")
+        .arg("server")
+        .query_async(connection)
+        .await
+        .ok()?;
+    let oldest = redis_versions(&info).into_iter().min()?;
+    (oldest < OLDEST_REDIS).then(|| {
+        format!(
+            "redis {}.{} is too old: the service needs {}.{} or newer",
+            oldest.0, oldest.1, OLDEST_REDIS.0, OLDEST_REDIS.1
+        )
+    })
+}
+
+/// Every `redis_version` (major, minor) in an `INFO server` reply: one node's text, or a map of
+/// every node's on a cluster.
+fn redis_versions(info: &Value) -> Vec<(u32, u32)> {
+    match info {
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes)
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("redis_version:"))
+            .filter_map(|version| {
+                let mut parts = version.split('.').map(str::parse::<u32>);
+                Some((parts.next()?.ok()?, parts.next()?.ok()?))
+            })
+            .collect(),
+        Value::VerbatimString { text, .. } => {
+            redis_versions(&Value::BulkString(text.clone().into_bytes()))
+        }
+        Value::SimpleString(text) => redis_versions(&Value::BulkString(text.clone().into_bytes())),
+        Value::Array(values) | Value::Set(values) => {
+            values.iter().flat_map(redis_versions).collect()
+        }
+        Value::Map(pairs) => pairs
+            .iter()
+            .flat_map(|(_, value)| redis_versions(value))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -477,6 +528,22 @@ mod tests {
         assert!(!is_script_load(redis::cmd("SCRIPT").arg("FLUSH")));
         assert!(!is_script_load(redis::cmd("EVALSHA").arg("abc").arg(0)));
         assert!(!is_script_load(&redis::cmd("PING")));
+    }
+
+    #[test]
+    fn versions_are_read_from_one_node_or_every_node() {
+        let node = |version: &str| {
+            Value::BulkString(
+                format!("# Server\r\nredis_version:{version}\r\nredis_mode:cluster\r\n").into(),
+            )
+        };
+        assert_eq!(redis_versions(&node("7.0.15")), vec![(7, 0)]);
+        let cluster = Value::Map(vec![
+            (Value::SimpleString("a:1".into()), node("7.2.4")),
+            (Value::SimpleString("b:2".into()), node("6.2.14")),
+        ]);
+        assert_eq!(redis_versions(&cluster).into_iter().min(), Some((6, 2)));
+        assert!(redis_versions(&Value::Nil).is_empty());
     }
 
     #[test]
