@@ -222,13 +222,13 @@ impl RedisIdempotencyStore {
         record: &Record,
         rider: Option<Rider>,
     ) -> Option<RiderAnswer> {
-        let finish = Arc::new(Finish {
+        let finish = Finish {
             record_key: keys.record.clone(),
             waiting: keys.waiting.clone(),
             value: format!("r:{}", encode(record)),
             ttl_ms: self.ttl.as_millis() as u64,
             channel: self.store.keys().wake_channel(),
-        });
+        };
         if let Ok(answer) = finish.write(&self.store, rider.as_ref()).await {
             return answer;
         }
