@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use redis::{
     Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisFuture, ScriptInvocation,
     ServerErrorKind, Value,
-    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    aio::{ConnectionLike, ConnectionManagerConfig},
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
     cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     Rider, RiderAnswer,
+    batch::Batched,
     health::StoreHealth,
     wake::{Listener, Wakeups},
 };
@@ -102,8 +103,8 @@ impl Keys {
 /// A connection to one Redis or to a Redis Cluster; both reconnect by themselves.
 #[derive(Clone)]
 pub enum Connection {
-    /// One Redis (a primary, or a proxy in front of several).
-    Single(ConnectionManager),
+    /// One Redis (a primary, or a proxy in front of several), its requests sent in batches.
+    Single(Batched),
     /// A Redis Cluster, routed by key slot.
     Cluster(ClusterConnection),
 }
@@ -423,9 +424,9 @@ impl RedisStore {
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(RESPONSE_TIMEOUT))
                 .set_number_of_retries(1);
-            Ok(Connection::Single(
+            Ok(Connection::Single(Batched::new(
                 client.get_connection_manager_with_config(config).await?,
-            ))
+            )))
         }
     }
 }
