@@ -13,12 +13,17 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-use wechat_notify::pb::notify_service_client::NotifyServiceClient;
+use wechat_notify::{
+    pb::notify_service_client::NotifyServiceClient,
+    secret::Secret,
+    store::{RedisConfig, RedisStore},
+};
 
 use super::listening::Listening;
 
@@ -443,5 +448,27 @@ impl Drop for Replica {
             let logs = std::fs::read_to_string(self.logs.path()).unwrap_or_default();
             eprintln!("replica on port {} logged:\n{logs}", self.port);
         }
+    }
+}
+
+/// A store of this process on `redis`, its keys under `prefix`, connected; its upkeep task (the
+/// heartbeat, the wake-up subscription) runs while the returned guard lives.
+pub async fn connected_store(redis: &RedisServer, prefix: &str) -> (Arc<RedisStore>, UpkeepTask) {
+    let store = RedisStore::new(&RedisConfig {
+        urls: vec![Secret::new(redis.url())],
+        cluster: false,
+        key_prefix: prefix.to_owned(),
+    });
+    let upkeep = UpkeepTask(store.spawn_upkeep());
+    store.wait_connected().await;
+    (store, upkeep)
+}
+
+/// Stops a store's upkeep task when dropped.
+pub struct UpkeepTask(tokio::task::JoinHandle<()>);
+
+impl Drop for UpkeepTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -12,15 +12,14 @@ use std::{
 };
 
 use wechat_notify::{
-    secret::Secret,
-    store::{RedisConfig, RedisStore},
+    store::RedisStore,
     subscriptions::{
         Kind, Ledger, LedgerEvent, RedisLedger, Side, Source, Status, Subscription, Unpaired,
         Update, WatchItem, Watcher, rules, wire,
     },
 };
 
-use crate::common::redis::RedisServer;
+use crate::common::redis::{RedisServer, UpkeepTask, connected_store};
 
 const APPID: &str = "wx-ledger-scripts";
 const TEMPLATE: &str = "T-outcome";
@@ -109,24 +108,9 @@ async fn next_change(watcher: &mut Watcher) -> Option<Subscription> {
 
 /// A store and a ledger on `redis`, connected; the upkeep task runs while its handle lives.
 async fn ledger_on(redis: &RedisServer) -> (Arc<RedisStore>, RedisLedger, UpkeepTask) {
-    let store = RedisStore::new(&RedisConfig {
-        urls: vec![Secret::new(redis.url())],
-        cluster: false,
-        key_prefix: "ledger-scripts".to_owned(),
-    });
-    let upkeep = UpkeepTask(store.spawn_upkeep());
-    store.wait_connected().await;
+    let (store, upkeep) = connected_store(redis, "ledger-scripts").await;
     let ledger = RedisLedger::new(Arc::clone(&store));
     (store, ledger, upkeep)
-}
-
-/// Stops the store's upkeep task when the test ends.
-struct UpkeepTask(tokio::task::JoinHandle<()>);
-
-impl Drop for UpkeepTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,35 +6,11 @@
 use std::sync::Arc;
 
 use redis::Value;
-use wechat_notify::{
-    secret::Secret,
-    store::{RedisConfig, RedisStore},
-};
 
-use crate::common::redis::RedisServer;
+use crate::common::redis::{RedisServer, connected_store};
 
 /// Calls made at once.
 const CALLS: usize = 64;
-
-/// A store on `redis`, connected; the upkeep task runs while the handle lives.
-async fn store_on(redis: &RedisServer) -> (Arc<RedisStore>, Upkeep) {
-    let store = RedisStore::new(&RedisConfig {
-        urls: vec![Secret::new(redis.url())],
-        cluster: false,
-        key_prefix: "store-batches".to_owned(),
-    });
-    let upkeep = Upkeep(store.spawn_upkeep());
-    store.wait_connected().await;
-    (store, upkeep)
-}
-
-struct Upkeep(tokio::task::JoinHandle<()>);
-
-impl Drop for Upkeep {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Redis's count of the reads it made from its clients.
 fn reads(redis: &RedisServer) -> u64 {
@@ -51,7 +27,7 @@ fn reads(redis: &RedisServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn calls_made_at_once_share_a_write_and_each_gets_its_own_replies() {
     let redis = RedisServer::start().await;
-    let (store, _upkeep) = store_on(&redis).await;
+    let (store, _upkeep) = connected_store(&redis, "store-batches").await;
     redis.cli(&["SET", "not-a-number", "text"]);
     let before = reads(&redis);
 
@@ -111,7 +87,7 @@ async fn calls_made_at_once_share_a_write_and_each_gets_its_own_replies() {
 #[tokio::test]
 async fn a_transaction_is_sent_as_it_was_written() {
     let redis = RedisServer::start().await;
-    let (store, _upkeep) = store_on(&redis).await;
+    let (store, _upkeep) = connected_store(&redis, "store-batches").await;
     let mut transaction = redis::pipe();
     transaction
         .atomic()
