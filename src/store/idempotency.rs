@@ -3,21 +3,26 @@
 //! A keyed send first claims its key in Redis with one command, `SET key owner NX PX lease
 //! GET`: it answers the record if there is one, another replica's claim if one holds the key,
 //! and otherwise claims the key for this replica with a lease of [`CLAIM_LEASE`], renewed while
-//! the send runs. The replica holding the claim sends; one that finds another's claim marks it
-//! as waited for, and waits (woken through pub/sub when the claim settles), then answers from
-//! the record, or claims the key itself if the send failed (a failure is not recorded). On
-//! success the record replaces the claim for the records' time to live (`SET PX GET`): a keyed
-//! send takes two round trips. Other features' steps ride in the same pipelines ([`Riders`]):
-//! the ledger's lookup under `enforce` with the claim, its record of the send's outcome with the
-//! record. Neither is a script around the claim or the record: Redis's own commands cost it a
-//! third of what the same steps cost in Lua (docs/benchmarks.md).
+//! the send runs. The replica holding the claim sends; one that finds another's claim raises
+//! the key's wait flag, looks again, and waits (woken through pub/sub when the claim settles),
+//! then answers from the record, or claims the key itself if the send failed (a failure is not
+//! recorded). On success the record replaces the claim for the records' time to live (`SET PX`
+//! and the flag's `DEL`, in one pipeline): a keyed send takes two round trips. Other features'
+//! steps ride in the same pipelines ([`Riders`]): the ledger's lookup under `enforce` with the
+//! claim, its record of the send's outcome with the record. Neither is a script around the
+//! claim or the record: Redis's own commands cost it a third of what the same steps cost in Lua
+//! (docs/benchmarks.md).
 //!
-//! A settle is announced (PUBLISH) only when another replica waits: a waiter marks the claim
-//! (a `+` after the owner) and reads the key in one script ([`MARK_SCRIPT`]); the settle's
-//! `SET ... GET` answers the claim it replaced, and it publishes only if that was marked. The
-//! script and the settle are each atomic: a waiter whose look found the claim marked it before
-//! the settle replaced it, so it is woken; one that looks later sees the settled key. Sends
-//! nobody waits for thus wake no replica's subscriber.
+//! A settle is announced (PUBLISH) only when another replica waits: a waiter raises the key's
+//! wait flag (`idem-wait:<key>`, for [`WAIT_FLAG_LIFE`]) and then looks at the key again in
+//! the same round trip; the settle deletes the flag after writing the record (or dropping the
+//! claim) and publishes only if there was one. A waiter whose look still found the claim
+//! raised its flag before the settle's `DEL`, so it is woken; one that raised it later sees
+//! the settled key in its look. Sends nobody waits for thus wake no replica's subscriber.
+//! The flag is a key of its own rather than a mark in the claim's value (which would spare the
+//! settle its `DEL`): a claim must stay exactly its owner, since replicas compare it with their
+//! owner to renew and release it, and a marked claim would stop an older replica's renewals
+//! during a rolling update, letting its lease run out mid-send.
 //!
 //! Within one replica, callers of one key share one claim and its outcome (a local cache, as
 //! the in-memory store does), and a record seen once is answered without a round trip.
@@ -48,6 +53,8 @@ const CLAIM_RECHECK: Backoff = Backoff::new(Duration::from_millis(500), Duration
 /// Longest a caller waits for another replica's send (its longest admission wait, plus a
 /// request): past this the caller is answered STORE_UNAVAILABLE rather than waiting on.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(150);
+/// How long a waiter's flag outlives its last look: longer than the longest wait between looks.
+pub const WAIT_FLAG_LIFE: Duration = Duration::from_secs(10);
 /// How long a record that could not be written after a send is retried in the background.
 const WRITE_BACK_FOR: Duration = Duration::from_secs(600);
 /// The waits between those tries.
@@ -61,7 +68,6 @@ pub struct RedisIdempotencyStore {
     local: moka::future::Cache<String, Keyed>,
     release: redis::Script,
     renew: redis::Script,
-    mark: redis::Script,
 }
 
 impl RedisIdempotencyStore {
@@ -76,15 +82,18 @@ impl RedisIdempotencyStore {
                 .build(),
             release: redis::Script::new(RELEASE_SCRIPT),
             renew: redis::Script::new(RENEW_SCRIPT),
-            mark: redis::Script::new(MARK_SCRIPT),
         }
     }
 
-    /// The Redis key of a scoped key (`appid\n...`, as the notifier scopes them): the record,
-    /// or the claim of the replica sending.
-    fn redis_key(&self, key: &str) -> String {
+    /// The Redis keys of a scoped key (`appid\n...`, as the notifier scopes them): the record
+    /// or claim, and the waiters' flag.
+    fn redis_keys(&self, key: &str) -> ClaimKeys {
         let (appid, rest) = key.split_once('\n').unwrap_or(("", key));
-        self.store.keys().app_parts(appid, &["idem:", rest])
+        let keys = self.store.keys();
+        ClaimKeys {
+            record: keys.app_parts(appid, &["idem:", rest]),
+            waiting: keys.app_parts(appid, &["idem-wait:", rest]),
+        }
     }
 
     /// Claims `key` in Redis and sends, or answers from the record. The claim's rider answers
@@ -99,7 +108,8 @@ impl RedisIdempotencyStore {
     where
         E: From<StoreUnavailable> + Send + Sync + 'static,
     {
-        let redis_key = &self.redis_key(key);
+        let keys = self.redis_keys(key);
+        let redis_key = &keys.record;
         let owner = format!(
             "c:{}:{}",
             self.store.replica_id(),
@@ -140,18 +150,28 @@ impl RedisIdempotencyStore {
                 Found::Record(record) => return Ok(answered(record)),
                 Found::Claim => {}
             }
-            // Another replica's claim. Listening first, then the mark and a look: a settle
+            // Another replica's claim. Listening first, then the flag, then a look: a settle
             // after the look wakes us (see the module docs).
             if started.elapsed() >= MAX_CLAIM_WAIT {
                 return Err(E::from(StoreUnavailable));
             }
             let mut listener = self.store.listen();
+            let mut pipeline = redis::pipe();
+            pipeline
+                .cmd("SET")
+                .arg(&keys.waiting)
+                .arg(1)
+                .arg("PX")
+                .arg(WAIT_FLAG_LIFE.as_millis() as u64)
+                .ignore()
+                .cmd("GET")
+                .arg(redis_key);
             let look = self
                 .store
-                .invoke::<redis::Value>(&self.mark.key(redis_key))
+                .pipeline(&mut pipeline)
                 .await
                 .map_err(unavailable)?;
-            match found(Some(look))? {
+            match found(look.into_iter().next())? {
                 // Settled without a record (the send failed): claim it ourselves.
                 Found::Nothing => {}
                 Found::Record(record) => return Ok(answered(record)),
@@ -176,7 +196,7 @@ impl RedisIdempotencyStore {
         };
         match outcome {
             Ok(record) => {
-                let answer = self.write_record(redis_key, &record, riders.record).await;
+                let answer = self.write_record(&keys, &record, riders.record).await;
                 *ridden.lock().unwrap_or_else(|e| e.into_inner()) = answer;
                 Ok(Keyed {
                     record,
@@ -186,7 +206,10 @@ impl RedisIdempotencyStore {
             }
             Err(error) => {
                 let mut invocation = self.release.key(redis_key);
-                invocation.arg(&owner).arg(self.store.keys().wake_channel());
+                invocation
+                    .key(&keys.waiting)
+                    .arg(&owner)
+                    .arg(self.store.keys().wake_channel());
                 // Failing to release only delays the next attempt until the lease ends.
                 let _ = self.store.invoke::<i64>(&invocation).await;
                 Err(error)
@@ -199,12 +222,13 @@ impl RedisIdempotencyStore {
     /// rider (the claim's lease runs out meanwhile: see the module docs).
     async fn write_record(
         &self,
-        key: &str,
+        keys: &ClaimKeys,
         record: &Record,
         rider: Option<Rider>,
     ) -> Option<RiderAnswer> {
         let finish = Finish {
-            record_key: key.to_owned(),
+            record_key: keys.record.clone(),
+            waiting: keys.waiting.clone(),
             value: format!("r:{}", encode(record)),
             ttl_ms: self.ttl.as_millis() as u64,
             channel: self.store.keys().wake_channel(),
@@ -268,15 +292,16 @@ fn answered(record: Record) -> Keyed {
 /// What the record's round trip writes: the claim becomes the record.
 struct Finish {
     record_key: String,
+    waiting: String,
     value: String,
     ttl_ms: u64,
     channel: String,
 }
 
 impl Finish {
-    /// Writes the record in place of the claim, with `rider` in the same round trip, then
-    /// announces the key if a waiter had marked the claim. Answers the rider's answer, or an
-    /// error if the record may not be written.
+    /// Writes the record and drops the waiters' flag, with `rider` in the same round trip,
+    /// then announces the key if a waiter had raised the flag. Answers the rider's answer, or
+    /// an error if the record may not be written.
     async fn write(
         &self,
         store: &RedisStore,
@@ -289,17 +314,16 @@ impl Finish {
             .arg(&self.value)
             .arg("PX")
             .arg(self.ttl_ms)
-            .arg("GET");
+            .cmd("DEL")
+            .arg(&self.waiting);
         if let Some(rider) = rider {
             pipeline.invoke_script(&rider.invocation());
         }
         let mut replies = store.pipeline(&mut pipeline).await?.into_iter();
-        let replaced = match replies.next() {
-            Some(redis::Value::ServerError(error)) => return Err(StoreError(error.to_string())),
-            Some(redis::Value::BulkString(value)) => value,
-            _ => Vec::new(),
-        };
-        if is_marked(&replaced) {
+        if let Some(redis::Value::ServerError(error)) = replies.next() {
+            return Err(StoreError(error.to_string()));
+        }
+        if replies.next() == Some(redis::Value::Int(1)) {
             // Failing to announce only delays the waiters until they look again.
             let mut invocation = WAKE.key(&self.record_key);
             invocation.arg(&self.channel);
@@ -310,6 +334,14 @@ impl Finish {
             None => None,
         })
     }
+}
+
+/// The keys of one idempotency key.
+struct ClaimKeys {
+    /// The record, or the claim of the replica sending.
+    record: String,
+    /// Set while a replica other than the sender waits for the claim to settle.
+    waiting: String,
 }
 
 #[async_trait]
@@ -369,29 +401,13 @@ fn decode(text: &str) -> Option<Record> {
     })
 }
 
-/// Whether a value the settle replaced is a claim a waiter marked.
-fn is_marked(value: &[u8]) -> bool {
-    value.starts_with(b"c:") && value.ends_with(b"+")
-}
-
-/// Marks the claim `KEYS[1]` as waited for (a `+` after its owner), once; answers the key's
-/// value as it was (nil, a record, or a claim).
-const MARK_SCRIPT: &str = r"
-local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, 2) == 'c:' and string.sub(value, -1) ~= '+' then
-  redis.call('SET', KEYS[1], value .. '+', 'KEEPTTL')
-end
-return value
-";
-
 /// Drops the claim `KEYS[1]` if its owner `ARGV[1]` still holds it, and announces the key on
-/// channel `ARGV[2]` if a waiter had marked it.
+/// channel `ARGV[2]` if a waiter raised the flag `KEYS[2]`.
 const RELEASE_SCRIPT: &str = r"
-local value = redis.call('GET', KEYS[1])
-if value == ARGV[1] then
+if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-elseif value == ARGV[1] .. '+' then
-  redis.call('DEL', KEYS[1])
+end
+if redis.call('DEL', KEYS[2]) == 1 then
   redis.call('PUBLISH', ARGV[2], KEYS[1])
 end
 return 1
@@ -404,10 +420,9 @@ static WAKE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new("redis.call('PUBLISH', ARGV[1], KEYS[1])\nreturn 1\n")
 });
 
-/// Extends the claim's lease to `ARGV[2]` ms if `ARGV[1]` still holds it (marked or not).
+/// Extends the claim's lease to `ARGV[2]` ms if `ARGV[1]` still holds it.
 const RENEW_SCRIPT: &str = r"
-local value = redis.call('GET', KEYS[1])
-if value == ARGV[1] or value == ARGV[1] .. '+' then
+if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
@@ -427,14 +442,5 @@ mod tests {
         };
         assert_eq!(decode(&encode(&record)), Some(record));
         assert_eq!(decode("not json"), None);
-    }
-
-    #[test]
-    fn only_a_claim_with_the_waiters_mark_is_marked() {
-        assert!(is_marked(b"c:replica:id+"));
-        assert!(!is_marked(b"c:replica:id"));
-        // A record whose JSON happened to end so is not a claim.
-        assert!(!is_marked(b"r:{\"touser\":\"o+\"}+"));
-        assert!(!is_marked(b""));
     }
 }
