@@ -18,8 +18,8 @@
 //! Every atomic step is one command or one Lua script (EVALSHA through `redis::Script`); steps
 //! that need not be atomic together but go at the same moment share a round trip (a
 //! pipeline). On one Redis, the requests of all the calls ready at the same moment leave in
-//! one write (`batch`). When Redis cannot be reached the service stays up: keyed sends are refused
-//! (`STORE_UNAVAILABLE`) unless their record is known here, unkeyed sends go on with
+//! one write (`batch`). When Redis cannot be reached the service stays up: keyed sends are
+//! refused (`STORE_UNAVAILABLE`) unless their record is known here, unkeyed sends go on with
 //! in-process state; recovery is automatic.
 
 mod batch;
