@@ -193,3 +193,52 @@ async fn the_generator_speaks_tls_with_a_bearer_token() {
     assert_eq!(refused.messages, 0);
     assert!(refused.errors.contains_key("UNAUTHENTICATED"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delay_proxy_forwards_every_byte_in_order_and_holds_each_way() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An echo server behind the proxy.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = echo.accept().await.unwrap();
+        let (mut read, mut write) = stream.split();
+        tokio::io::copy(&mut read, &mut write).await.unwrap();
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = listener.local_addr().unwrap();
+    const DELAY: Duration = Duration::from_millis(30);
+    let proxy = tokio::spawn(wechat_notify_bench::serve_delay(
+        listener,
+        echo_addr,
+        DELAY,
+        std::future::pending(),
+    ));
+
+    let mut client = tokio::net::TcpStream::connect(proxy_addr).await.unwrap();
+    let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let started = tokio::time::Instant::now();
+    let (mut read, mut write) = client.split();
+    let (_, echoed) = tokio::join!(
+        async {
+            for chunk in sent.chunks(7_000) {
+                write.write_all(chunk).await.unwrap();
+            }
+            write.shutdown().await.unwrap();
+        },
+        async {
+            let mut echoed = Vec::new();
+            read.read_to_end(&mut echoed).await.unwrap();
+            echoed
+        }
+    );
+    assert!(
+        echoed == sent,
+        "{} bytes back of {}",
+        echoed.len(),
+        sent.len()
+    );
+    // Held on the way there and on the way back: a lower bound, which no slow machine breaks.
+    assert!(started.elapsed() >= 2 * DELAY, "{:?}", started.elapsed());
+    proxy.abort();
+}

@@ -12,9 +12,12 @@
 //! - `upstream`: a minimal fixed-answer WeChat API (token endpoints and send).
 //! - `forwarder`: the reference point, a bare tonic handler forwarding each SendSubscribe
 //!   with one shared reqwest client and nothing else.
+//! - `delay`: a TCP proxy adding a fixed delay each way, to put a Redis on loopback at the
+//!   distance of one in another zone.
 //!
 //! Every run is bounded by `--duration` (and `--requests`) and stops by itself.
 
+mod delay;
 mod forwarder;
 mod load;
 pub mod pb;
@@ -25,6 +28,7 @@ mod upstream;
 
 use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
 
+pub use delay::serve_delay;
 pub use forwarder::{Forwarder, serve_forwarder};
 pub use load::{BearerToken, LoadOptions, Scenario, run_load};
 pub use process::ProcessWatch;
@@ -52,6 +56,8 @@ enum BenchCommand {
     Upstream(UpstreamArgs),
     /// Serve a bare SendSubscribe forwarder (the reference point; nothing but tonic + reqwest).
     Forwarder(ForwarderArgs),
+    /// Forward TCP connections to --target, holding every chunk --delay-ms in each direction.
+    Delay(DelayArgs),
 }
 
 /// Flags shared by every load scenario.
@@ -146,6 +152,22 @@ struct ForwarderArgs {
     exit_after: u64,
 }
 
+#[derive(Debug, clap::Args)]
+struct DelayArgs {
+    /// Where to listen (loopback).
+    #[arg(long, default_value = "127.0.0.1:16380")]
+    listen: SocketAddr,
+    /// Where to forward each connection.
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    target: SocketAddr,
+    /// Milliseconds each chunk is held, in each direction (a round trip gains twice this).
+    #[arg(long, default_value_t = 1.0)]
+    delay_ms: f64,
+    /// Exit by itself after this many seconds (a safety net for scripts).
+    #[arg(long, default_value_t = 3_600)]
+    exit_after: u64,
+}
+
 /// Resolves on SIGTERM/SIGINT or after `exit_after`.
 async fn stop_signal(exit_after: Duration) {
     tokio::select! {
@@ -216,6 +238,21 @@ pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("wechat-notify-bench forwarder: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        BenchCommand::Delay(args) => {
+            let stop = stop_signal(Duration::from_secs(args.exit_after));
+            let delay = Duration::from_secs_f64(args.delay_ms.max(0.0) / 1000.0);
+            let served = runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(args.listen).await?;
+                serve_delay(listener, args.target, delay, stop).await
+            });
+            return match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("wechat-notify-bench delay: {error}");
                     ExitCode::FAILURE
                 }
             };
