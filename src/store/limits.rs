@@ -1,16 +1,24 @@
 //! An app's limits over all replicas: `rate_per_sec` as the app's total (a token bucket in
 //! Redis, one second's worth of burst), the 45011 pause and the 45009 stop.
 //!
-//! One round trip leases a small batch of permits (at most [`MAX_LEASE`], about 2% of a
-//! second's rate), kept for [`LEASE_LIFE`]: the app's total stays within the bucket's one-second
-//! burst plus one small batch per replica. The same script answers whether the app is paused or
-//! stopped, so a pause met by one replica holds every replica back from its next lease on.
+//! One round trip at a time per replica leases a small batch of permits, kept for
+//! [`LEASE_LIFE`]: [`MAX_LEASE`] (2% of a second's rate, when that is less), or one for each
+//! send waiting for the round trip when more wait, up to 2% of a second's rate. The app's total
+//! stays within the bucket's one-second burst plus one lease per replica. Leasing for every
+//! send that waits keeps a replica from being held to [`MAX_LEASE`] sends per round trip: with
+//! a fixed lease, round trips of 10 ms (a distant Redis, or a slow moment of a near one) would
+//! cap it at 2,000 sends a second, and a backlog would drain 20 sends per round trip
+//! (docs/benchmarks.md). The same script answers whether the app is paused or stopped, so a
+//! pause met by one replica holds every replica back from its next lease on.
 //! While Redis is unreachable, each replica admits its share of the rate (the rate divided by
 //! the replicas seen last) on its own.
 
 use std::{
     num::NonZeroU32,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use arc_swap::ArcSwapOption;
@@ -19,7 +27,7 @@ use tokio::time::{Duration, Instant};
 
 use super::RedisStore;
 
-/// Most permits leased in one round trip.
+/// Most permits leased in one round trip while no more sends than that wait for it.
 pub const MAX_LEASE: u32 = 20;
 /// How long leased permits stay usable: a replica cannot bank permits for later bursts.
 pub const LEASE_LIFE: Duration = Duration::from_secs(1);
@@ -46,7 +54,12 @@ struct Lease {
 pub struct SharedLimits {
     store: Arc<RedisStore>,
     rate_per_sec: u32,
+    /// Permits leased per round trip while few sends wait.
     lease_size: u32,
+    /// Most permits leased per round trip however many sends wait: 2% of a second's rate.
+    lease_cap: u32,
+    /// Sends waiting here for a lease: the next round trip leases one permit for each.
+    waiting: AtomicU32,
     bucket_key: String,
     pause_key: String,
     stop_key: String,
@@ -71,13 +84,16 @@ impl SharedLimits {
     /// The limits of the app `appid` at `rate_per_sec` in total.
     pub fn new(store: Arc<RedisStore>, appid: &str, rate_per_sec: u32) -> Self {
         let keys = store.keys();
+        let lease_size = (rate_per_sec / 50).clamp(1, MAX_LEASE);
         Self {
             bucket_key: keys.app(appid, "rate"),
             pause_key: keys.app(appid, "pause"),
             stop_key: keys.app(appid, "daily-quota"),
             store,
             rate_per_sec: rate_per_sec.max(1),
-            lease_size: (rate_per_sec / 50).clamp(1, MAX_LEASE),
+            lease_size,
+            lease_cap: (rate_per_sec / 50).max(lease_size),
+            waiting: AtomicU32::new(0),
             leased: Mutex::new(Lease {
                 permits: 0,
                 until: Instant::now(),
@@ -96,6 +112,7 @@ impl SharedLimits {
             if self.take_leased() {
                 return Admit::Granted;
             }
+            let _waiting = Waiting::count(&self.waiting);
             let _turn = self.refill.lock().await;
             if self.take_leased() {
                 return Admit::Granted;
@@ -110,7 +127,7 @@ impl SharedLimits {
                 .key(&self.pause_key)
                 .key(&self.stop_key)
                 .arg(self.rate_per_sec)
-                .arg(self.lease_size);
+                .arg(self.lease_wanted());
             match self.store.invoke::<(u32, u64, u64, u64)>(&invocation).await {
                 Ok((_, _, _, stopped)) if stopped > 0 => {
                     return Admit::Stopped(Duration::from_millis(stopped));
@@ -154,6 +171,13 @@ impl SharedLimits {
         }
     }
 
+    /// Permits to ask for: one for each send waiting (this one included), at least the usual
+    /// lease and at most the cap.
+    fn lease_wanted(&self) -> u32 {
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        waiting.clamp(self.lease_size, self.lease_cap)
+    }
+
     fn take_leased(&self) -> bool {
         let mut lease = self.leased.lock().unwrap_or_else(|e| e.into_inner());
         if lease.permits > 0 && Instant::now() < lease.until {
@@ -186,6 +210,22 @@ impl SharedLimits {
         let made = Arc::new((replicas, limiter));
         self.fallback.store(Some(made.clone()));
         made
+    }
+}
+
+/// Counts a send among those waiting for a lease while it lives.
+struct Waiting<'a>(&'a AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn count(waiting: &'a AtomicU32) -> Self {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Self(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

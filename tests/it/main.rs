@@ -33,6 +33,7 @@ mod replicas;
 mod sandbox;
 mod sandbox_console;
 mod send;
+mod shared_rate;
 mod store_batches;
 mod subscription_loop;
 mod subscriptions;
