@@ -204,6 +204,16 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The value of `field` in the `INFO` `section` (for a command's statistics, its
+    /// `calls=...,usec=...` list).
+    pub fn info(&self, section: &str, field: &str) -> String {
+        let info = self.cli(&["INFO", section]);
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix(field)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("INFO {section} has no {field}: {info}"))
+            .to_owned()
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -15,12 +15,11 @@ const SENDS: u32 = 200;
 
 /// The scripts Redis ran by their digest: the leases, and the store's heartbeat (once a second).
 fn scripts_run(redis: &RedisServer) -> u64 {
-    redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("cmdstat_evalsha:calls="))
+    let stats = redis.info("commandstats", "cmdstat_evalsha");
+    stats
+        .strip_prefix("calls=")
         .and_then(|stats| stats.split(',').next()?.parse().ok())
-        .expect("INFO commandstats counts EVALSHA")
+        .unwrap_or_else(|| panic!("no count of calls in {stats}"))
 }
 
 /// Round trips to Redis that `SENDS` sends asking at once take at `rate_per_sec`, after a first

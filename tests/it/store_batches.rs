@@ -15,11 +15,9 @@ const CALLS: usize = 64;
 /// Redis's count of the reads it made from its clients.
 fn reads(redis: &RedisServer) -> u64 {
     redis
-        .cli(&["INFO", "stats"])
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("total_reads_processed:"))
-        .and_then(|count| count.parse().ok())
-        .expect("INFO stats has total_reads_processed")
+        .info("stats", "total_reads_processed")
+        .parse()
+        .expect("a count")
 }
 
 // One worker, as a busy runtime behaves: each call is a task of its own, and a task that wakes
